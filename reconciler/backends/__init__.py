@@ -1,0 +1,1 @@
+"""Backends: where live state is read from and actions are applied to."""

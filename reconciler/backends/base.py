@@ -1,0 +1,91 @@
+"""The backend plug point: the ``Backend`` protocol and the ``LiveState`` it reads.
+
+Pure data and protocols, no I/O.  ``plan.py`` diffs a ``DesiredState`` against a
+``LiveState``; the engine hands each planned action to ``Backend.apply``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from reconciler.plan import Action
+    from reconciler.specs import DesiredState
+
+Routing = dict[str, float]
+
+
+@dataclass(frozen=True)
+class LiveCanary:
+    percent_traffic: float
+    definition_sha256: str | None
+    deployment_id: str
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    name: str
+    id: str
+    description: str | None
+    definition_sha256: str | None
+    managed: bool
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    id: str
+    definition_sha256: str | None
+    revision: str | None
+
+
+@dataclass(frozen=True)
+class LiveStage:
+    api: str
+    name: str
+    deployment_id: str
+    definition_sha256: str | None
+    description: str | None
+    variables: dict[str, str]
+    canary: LiveCanary | None
+    url: str
+    managed: bool
+
+
+@dataclass(frozen=True)
+class LiveAlias:
+    function: str
+    name: str
+    description: str | None
+    routing: Routing
+    managed: bool
+    revision_id: str | None = None
+
+
+@dataclass
+class LiveState:
+    """What the backend holds now, keyed the way the plan looks things up.
+
+    ``deployments[api]`` maps definition sha256 -> deployment; ``versions``
+    maps a function name to its published versions (``$LATEST`` included); a
+    function that does not exist is absent.
+    """
+
+    apis: dict[str, LiveApi] = field(default_factory=dict)
+    deployments: dict[str, dict[str, LiveDeployment]] = field(default_factory=dict)
+    stages: dict[tuple[str, str], LiveStage] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], LiveAlias] = field(default_factory=dict)
+    versions: dict[str, set[str]] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """Reads live state and applies one action at a time (each idempotent)."""
+
+    name: str
+
+    def read(self, desired: DesiredState) -> LiveState: ...
+
+    def apply(self, action: Action) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,430 @@
+"""The ``local`` backend: API Gateway and Lambda simulated in SQLite (WAL).
+
+``LocalCloud`` is the simulation, with AWS's rules and error codes (immutable
+deployments, stages pointing at deployments, published versions, aliases
+with at most one weighted extra version, never ``$LATEST`` weighted), and is
+also what a test uses to play "someone clicked in the console".
+``LocalBackend`` implements the ``Backend`` protocol on top of it: one SQLite
+transaction per action, every action idempotent.  Used by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import string
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, assert_never
+
+
+from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
+from reconciler.errors import BackendError, ConflictError
+from reconciler.plan import (
+    Action,
+    CreateAlias,
+    CreateApi,
+    CreateDeployment,
+    CreateStage,
+    DeleteAlias,
+    DeleteStage,
+    UpdateAlias,
+    UpdateApi,
+    UpdateStage,
+    primary_version,
+)
+from reconciler.specs import LATEST, DesiredCanary, DesiredState, normalize_percent
+
+DB_NAME = "local-backend.sqlite3"
+REGION = "local"
+ACCOUNT = "000000000000"
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rest_apis (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT,
+    definition_sha256 TEXT, definition TEXT, managed INTEGER NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY, api_id TEXT NOT NULL REFERENCES rest_apis(id), description TEXT,
+    definition_sha256 TEXT, revision TEXT, definition TEXT, created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS deployments_by_hash ON deployments(api_id, definition_sha256);
+CREATE TABLE IF NOT EXISTS stages (
+    api_id TEXT NOT NULL REFERENCES rest_apis(id), name TEXT NOT NULL,
+    deployment_id TEXT NOT NULL REFERENCES deployments(id), description TEXT,
+    variables TEXT NOT NULL, canary TEXT, managed INTEGER NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (api_id, name));
+CREATE TABLE IF NOT EXISTS functions (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    function TEXT NOT NULL REFERENCES functions(name), version INTEGER NOT NULL,
+    created_at TEXT NOT NULL, PRIMARY KEY (function, version));
+CREATE TABLE IF NOT EXISTS aliases (
+    function TEXT NOT NULL REFERENCES functions(name), name TEXT NOT NULL, description TEXT,
+    function_version TEXT NOT NULL, additional_weights TEXT NOT NULL, revision_id TEXT NOT NULL,
+    managed INTEGER NOT NULL, PRIMARY KEY (function, name));
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _new_id(length: int) -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def _error(code: str, message: str) -> BackendError:
+    if code == "PreconditionFailedException":
+        return ConflictError(f"{code}: {message}", code=code)
+    return BackendError(f"{code}: {message}", temporary=False, code=code)
+
+
+class LocalCloud:
+    """API Gateway + Lambda in one SQLite file, with AWS's rules."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_NAME
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: everything inside commits together or not at all."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------ API Gateway
+
+    def url(self, api_id: str, stage: str) -> str:
+        return f"https://{api_id}.execute-api.{REGION}.localhost/{stage}"
+
+    def api_id(self, name: str) -> str:
+        row = self.db.execute("SELECT id FROM rest_apis WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise _error("NotFoundException", f"Invalid API identifier specified: no REST API named {name!r}")
+        return str(row["id"])
+
+    def create_rest_api(self, name: str, description: str | None, managed: bool) -> str:
+        api_id = _new_id(10)
+        try:
+            self.db.execute(
+                "INSERT INTO rest_apis (id, name, description, managed, created_at) VALUES (?, ?, ?, ?, ?)",
+                (api_id, name, description, int(managed), _now()),
+            )
+        except sqlite3.IntegrityError:
+            raise _error("ConflictException", f"a REST API named {name!r} already exists") from None
+        return api_id
+
+    def put_rest_api(self, api_id: str, definition: str, definition_sha256: str, description: str | None) -> None:
+        """Import (overwrite) the API's current definition."""
+        cursor = self.db.execute(
+            "UPDATE rest_apis SET definition = ?, definition_sha256 = ?, description = ? WHERE id = ?",
+            (definition, definition_sha256, description, api_id),
+        )
+        if cursor.rowcount == 0:
+            raise _error("NotFoundException", f"Invalid API identifier specified {ACCOUNT}:{api_id}")
+
+    def create_deployment(self, api_id: str, description: str, revision: str | None) -> str:
+        """Snapshot the API's current definition; deployments never change afterwards."""
+        row = self.db.execute("SELECT definition, definition_sha256 FROM rest_apis WHERE id = ?", (api_id,)).fetchone()
+        if row is None:
+            raise _error("NotFoundException", f"Invalid API identifier specified {ACCOUNT}:{api_id}")
+        if row["definition"] is None:
+            raise _error("BadRequestException", "The REST API doesn't contain any methods")
+        deployment_id = _new_id(6)
+        self.db.execute(
+            "INSERT INTO deployments (id, api_id, description, definition_sha256, revision, definition, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (deployment_id, api_id, description, row["definition_sha256"], revision, row["definition"], _now()),
+        )
+        return deployment_id
+
+    def _check_deployment(self, api_id: str, deployment_id: str) -> None:
+        found = self.db.execute(
+            "SELECT 1 FROM deployments WHERE id = ? AND api_id = ?", (deployment_id, api_id)
+        ).fetchone()
+        if found is None:
+            raise _error("NotFoundException", f"Invalid deployment identifier specified: {deployment_id}")
+
+    def create_stage(
+        self, api_id: str, name: str, deployment_id: str, description: str | None,
+        variables: dict[str, str], canary: dict[str, Any] | None, managed: bool,
+    ) -> None:
+        self._check_deployment(api_id, deployment_id)
+        if canary is not None:
+            self._check_deployment(api_id, canary["deploymentId"])
+        try:
+            self.db.execute(
+                "INSERT INTO stages (api_id, name, deployment_id, description, variables, canary, managed,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (api_id, name, deployment_id, description, json.dumps(variables), _dump(canary), int(managed),
+                 _now(), _now()),
+            )
+        except sqlite3.IntegrityError:
+            raise _error("ConflictException", "Stage already exists") from None
+
+    def update_stage(
+        self, api_id: str, name: str, deployment_id: str, description: str | None,
+        variables: dict[str, str], canary: dict[str, Any] | None,
+    ) -> None:
+        self._check_deployment(api_id, deployment_id)
+        if canary is not None:
+            self._check_deployment(api_id, canary["deploymentId"])
+        cursor = self.db.execute(
+            "UPDATE stages SET deployment_id = ?, description = ?, variables = ?, canary = ?, updated_at = ?"
+            " WHERE api_id = ? AND name = ?",
+            (deployment_id, description, json.dumps(variables), _dump(canary), _now(), api_id, name),
+        )
+        if cursor.rowcount == 0:
+            raise _error("NotFoundException", f"Invalid stage identifier specified: {name}")
+
+    def delete_stage(self, api_id: str, name: str) -> None:
+        cursor = self.db.execute("DELETE FROM stages WHERE api_id = ? AND name = ?", (api_id, name))
+        if cursor.rowcount == 0:
+            raise _error("NotFoundException", f"Invalid stage identifier specified: {name}")
+
+    # ----------------------------------------------------------------- Lambda
+
+    def function_arn(self, function: str, qualifier: str | None = None) -> str:
+        arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}"
+        return f"{arn}:{qualifier}" if qualifier else arn
+
+    def publish_version(self, function: str) -> int:
+        """Create the function if needed and publish its next version."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO functions (name, created_at) VALUES (?, ?)", (function, _now()))
+            row = db.execute("SELECT MAX(version) AS v FROM versions WHERE function = ?", (function,)).fetchone()
+            version = int(row["v"] or 0) + 1
+            db.execute("INSERT INTO versions (function, version, created_at) VALUES (?, ?, ?)", (function, version, _now()))
+        return version
+
+    def _check_alias_target(self, function: str, name: str, version: str, weights: dict[str, float]) -> None:
+        if name.isdigit():
+            raise _error("ValidationException", f"1 validation error detected: Value '{name}' at 'name' failed to satisfy constraint")
+        if self.db.execute("SELECT 1 FROM functions WHERE name = ?", (function,)).fetchone() is None:
+            raise _error("ResourceNotFoundException", f"Function not found: {self.function_arn(function)}")
+        if len(weights) > 1:
+            raise _error("InvalidParameterValueException", "Number of items in AdditionalVersionWeights cannot be greater than 1")
+        for extra, weight in weights.items():
+            if extra == LATEST or version == LATEST:
+                raise _error("InvalidParameterValueException",
+                             "$LATEST is not supported for an alias pointing to more than 1 version")
+            if not 0.0 <= weight <= 1.0:
+                raise _error("ValidationException", f"weight {weight} for version {extra} is outside 0.0-1.0")
+            if extra == version:
+                raise _error("InvalidParameterValueException", "Main version and additional version weight cannot be the same")
+        for candidate in [version, *weights]:
+            if candidate == LATEST:
+                continue
+            found = self.db.execute(
+                "SELECT 1 FROM versions WHERE function = ? AND version = ?", (function, int(candidate))
+            ).fetchone() if candidate.isdigit() else None
+            if found is None:
+                raise _error("ResourceNotFoundException", f"Function not found: {self.function_arn(function, candidate)}")
+
+    def create_alias(
+        self, function: str, name: str, version: str, weights: dict[str, float], description: str | None, managed: bool
+    ) -> None:
+        self._check_alias_target(function, name, version, weights)
+        try:
+            self.db.execute(
+                "INSERT INTO aliases (function, name, description, function_version, additional_weights, revision_id,"
+                " managed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (function, name, description, version, json.dumps(weights), str(uuid.uuid4()), int(managed)),
+            )
+        except sqlite3.IntegrityError:
+            raise _error("ResourceConflictException",
+                         f"Alias already exists: {self.function_arn(function, name)}") from None
+
+    def update_alias(
+        self, function: str, name: str, version: str, weights: dict[str, float], description: str | None,
+        revision_id: str | None = None,
+    ) -> None:
+        self._check_alias_target(function, name, version, weights)
+        row = self.db.execute("SELECT revision_id FROM aliases WHERE function = ? AND name = ?", (function, name)).fetchone()
+        if row is None:
+            raise _error("ResourceNotFoundException", f"Alias not found: {self.function_arn(function, name)}")
+        if revision_id is not None and row["revision_id"] != revision_id:
+            raise _error("PreconditionFailedException",
+                         "The RevisionId provided does not match the latest RevisionId for the Lambda function or alias")
+        self.db.execute(
+            "UPDATE aliases SET description = ?, function_version = ?, additional_weights = ?, revision_id = ?"
+            " WHERE function = ? AND name = ?",
+            (description, version, json.dumps(weights), str(uuid.uuid4()), function, name),
+        )
+
+    def delete_alias(self, function: str, name: str) -> None:
+        self.db.execute("DELETE FROM aliases WHERE function = ? AND name = ?", (function, name))
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def routing_to_lambda(routing: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """version -> percent as Lambda's (FunctionVersion, AdditionalVersionWeights 0.0-1.0)."""
+    primary = primary_version(routing)
+    return primary, {v: round(p / 100, 8) for v, p in routing.items() if v != primary}
+
+
+def routing_from_lambda(version: str, weights: dict[str, float]) -> dict[str, float]:
+    """Lambda's (FunctionVersion, AdditionalVersionWeights) as version -> percent."""
+    routing = {v: normalize_percent(w * 100) for v, w in weights.items()}
+    routing[version] = normalize_percent(100 - sum(routing.values()))
+    return routing
+
+
+class LocalBackend:
+    """The ``Backend`` protocol over ``LocalCloud``: managed resources, one transaction per action."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.cloud = LocalCloud(state_dir)
+
+    def close(self) -> None:
+        self.cloud.close()
+
+    def read(self, desired: DesiredState) -> LiveState:
+        """Everything the simulation holds (it is small enough to read whole)."""
+        db = self.cloud.db
+        live = LiveState()
+        names: dict[str, str] = {}
+        for row in db.execute("SELECT id, name, description, definition_sha256, managed FROM rest_apis"):
+            names[row["id"]] = row["name"]
+            live.apis[row["name"]] = LiveApi(row["name"], row["id"], row["description"], row["definition_sha256"],
+                                             bool(row["managed"]))
+        hashes: dict[str, str | None] = {}
+        for row in db.execute("SELECT id, api_id, definition_sha256, revision FROM deployments ORDER BY created_at"):
+            hashes[row["id"]] = row["definition_sha256"]
+            by_hash = live.deployments.setdefault(names[row["api_id"]], {})
+            by_hash.setdefault(row["definition_sha256"], LiveDeployment(row["id"], row["definition_sha256"], row["revision"]))
+        for row in db.execute("SELECT * FROM stages"):
+            canary = None
+            if row["canary"]:
+                raw = json.loads(row["canary"])
+                canary = LiveCanary(
+                    percent_traffic=normalize_percent(raw["percentTraffic"]),
+                    definition_sha256=hashes.get(raw["deploymentId"]),
+                    deployment_id=raw["deploymentId"],
+                    variables=raw.get("stageVariableOverrides", {}),
+                )
+            api = names[row["api_id"]]
+            live.stages[(api, row["name"])] = LiveStage(
+                api=api, name=row["name"], deployment_id=row["deployment_id"],
+                definition_sha256=hashes.get(row["deployment_id"]), description=row["description"],
+                variables=json.loads(row["variables"]), canary=canary,
+                url=self.cloud.url(row["api_id"], row["name"]), managed=bool(row["managed"]),
+            )
+        for row in db.execute("SELECT name FROM functions"):
+            live.versions[row["name"]] = {LATEST}
+        for row in db.execute("SELECT function, version FROM versions"):
+            live.versions[row["function"]].add(str(row["version"]))
+        for row in db.execute("SELECT * FROM aliases"):
+            live.aliases[(row["function"], row["name"])] = LiveAlias(
+                function=row["function"], name=row["name"], description=row["description"],
+                routing=routing_from_lambda(row["function_version"], json.loads(row["additional_weights"])),
+                managed=bool(row["managed"]), revision_id=row["revision_id"],
+            )
+        return live
+
+    def apply(self, action: Action) -> None:
+        with self.cloud.transaction():
+            self._apply(action)
+
+    def _deployment_for(self, api_id: str, sha256: str) -> str:
+        row = self.cloud.db.execute(
+            "SELECT id FROM deployments WHERE api_id = ? AND definition_sha256 = ? ORDER BY created_at LIMIT 1",
+            (api_id, sha256),
+        ).fetchone()
+        if row is None:
+            raise _error("NotFoundException", f"no deployment of definition {sha256[:12]} exists; re-plan")
+        return str(row["id"])
+
+    def _canary(self, api_id: str, canary: DesiredCanary | None) -> dict[str, Any] | None:
+        if canary is None:
+            return None
+        return {
+            "percentTraffic": canary.percent_traffic,
+            "deploymentId": self._deployment_for(api_id, canary.definition.sha256),
+            "stageVariableOverrides": dict(canary.variables),
+        }
+
+    def _managed_stage_exists(self, api_id: str, stage: str) -> bool:
+        row = self.cloud.db.execute("SELECT managed FROM stages WHERE api_id = ? AND name = ?", (api_id, stage)).fetchone()
+        if row is not None and not row["managed"]:
+            raise _error("ConflictException", f"stage {stage} exists and is not managed by reconciler")
+        return row is not None
+
+    def _apply(self, action: Action) -> None:
+        cloud = self.cloud
+        match action:
+            case CreateApi():
+                row = cloud.db.execute("SELECT id FROM rest_apis WHERE name = ?", (action.api,)).fetchone()
+                api_id = str(row["id"]) if row else cloud.create_rest_api(action.api, action.description, managed=True)
+                cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, action.description)
+            case UpdateApi():
+                cloud.put_rest_api(cloud.api_id(action.api), action.definition.body, action.definition.sha256,
+                                   action.description)
+            case CreateDeployment():
+                api_id = cloud.api_id(action.api)
+                exists = cloud.db.execute(
+                    "SELECT 1 FROM deployments WHERE api_id = ? AND definition_sha256 = ?",
+                    (api_id, action.definition.sha256),
+                ).fetchone()
+                if exists:
+                    return
+                current = cloud.db.execute("SELECT description FROM rest_apis WHERE id = ?", (api_id,)).fetchone()
+                cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, current["description"])
+                description = json.dumps({"sha256": action.definition.sha256, "revision": action.revision})
+                cloud.create_deployment(api_id, description, action.revision)
+                if action.api_definition.sha256 != action.definition.sha256:
+                    cloud.put_rest_api(api_id, action.api_definition.body, action.api_definition.sha256,
+                                       current["description"])
+            case CreateStage() | UpdateStage():
+                api_id = cloud.api_id(action.api)
+                deployment_id = self._deployment_for(api_id, action.definition.sha256)
+                canary = self._canary(api_id, action.canary)
+                if self._managed_stage_exists(api_id, action.stage):
+                    cloud.update_stage(api_id, action.stage, deployment_id, action.description, action.variables, canary)
+                else:
+                    cloud.create_stage(api_id, action.stage, deployment_id, action.description, action.variables,
+                                       canary, managed=True)
+            case CreateAlias() | UpdateAlias():
+                version, weights = routing_to_lambda(action.routing)
+                row = cloud.db.execute(
+                    "SELECT managed FROM aliases WHERE function = ? AND name = ?", (action.function, action.alias)
+                ).fetchone()
+                if row is None:
+                    cloud.create_alias(action.function, action.alias, version, weights, action.description, managed=True)
+                elif not row["managed"]:
+                    raise _error("ResourceConflictException", f"alias {action.alias} exists and is not managed by reconciler")
+                else:
+                    revision_id = action.revision_id if isinstance(action, UpdateAlias) else None
+                    cloud.update_alias(action.function, action.alias, version, weights, action.description, revision_id)
+            case DeleteStage():
+                row = cloud.db.execute("SELECT id FROM rest_apis WHERE name = ?", (action.api,)).fetchone()
+                if row is not None and self._managed_stage_exists(str(row["id"]), action.stage):
+                    cloud.delete_stage(str(row["id"]), action.stage)
+            case DeleteAlias():
+                cloud.db.execute(
+                    "DELETE FROM aliases WHERE function = ? AND name = ? AND managed = 1", (action.function, action.alias)
+                )
+            case _:
+                assert_never(action)

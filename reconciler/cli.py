@@ -1,0 +1,431 @@
+"""The command line: argument parsing and output only; the work is the engine's.
+
+Every command takes the common flags after its own name; every flag may also
+come from ``RECONCILER_<FLAG>`` (flag > environment > default).  Expected
+errors become one line on stderr and an exit code (``ReconcilerError.exit_code``),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import structlog
+
+from reconciler import __version__
+from reconciler.engine import Config, Engine, ReconcileResult
+from reconciler.errors import ReconcilerError, SpecError, UsageError
+from reconciler.plan import Action, Plan
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def env_default(flag: str, default: Any = None) -> Any:
+    """``RECONCILER_<FLAG>`` if set, else ``default`` (flags override both)."""
+    return os.environ.get("RECONCILER_" + flag.upper().replace("-", "_"), default)
+
+
+def env_flag(flag: str) -> bool:
+    return str(env_default(flag, "")).lower() in ("1", "true", "yes", "on")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 1, as exit 2 means "changes" for plan
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def common_flags() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common flags (also RECONCILER_<FLAG> environment variables)")
+    group.add_argument("--repo", default=env_default("repo", "."),
+                       help="git repository (path or URL); default: the one containing the current directory")
+    group.add_argument("--branch", default=env_default("branch"), help="branch to follow; default: the current branch")
+    group.add_argument("--path", default=env_default("path", "deploy_specs"), help="specs root (default: deploy_specs)")
+    group.add_argument("--backend", choices=["local", "aws"], default=env_default("backend", "local"),
+                       help="where live state is (default: local)")
+    group.add_argument("--state-dir", default=env_default("state_dir"),
+                       help="local backend and records (default: .reconciler/ in the repository root)")
+    group.add_argument("--instance", default=env_default("instance", "default"),
+                       help="name of this reconciler instance; tags are applied/<instance>/<n>")
+    group.add_argument("--output", choices=["text", "json"], default=env_default("output", "text"))
+    group.add_argument("--region", default=env_default("region"), help="AWS region (aws backend)")
+    group.add_argument("--endpoint-url", default=env_default("endpoint_url"),
+                       help="AWS endpoint, e.g. a moto_server or LocalStack (aws backend)")
+    group.add_argument("-v", "--verbose", action="store_true", help="log engine events to stderr")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_flags()
+    parser = _Parser(prog="reconciler", description="GitOps for API Gateway stages and Lambda aliases.")
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+    validate = command("validate", "parse and check the specs at a revision (no backend)")
+    validate.add_argument("--rev", help="revision (default: the branch head)")
+    plan = command("plan", "show what apply would change; exit 0 in sync, 2 changes, 1 error")
+    plan.add_argument("--rev", help="revision (default: the pin, else the branch head)")
+    plan.add_argument("--prune", action="store_true", help="also plan deleting orphaned managed resources")
+    apply = command("apply", "one reconcile pass, then exit")
+    apply.add_argument("--rev", help="revision (default: the pin, else the branch head)")
+    apply.add_argument("--prune", action="store_true", help="delete managed resources whose spec is gone")
+    run = command("run", "the daemon: follow the branch until SIGTERM/SIGINT")
+    add_daemon_flags(run)
+    command("status", "live state, desired/applied revision, pin, last error")
+    command("history", "applied tags, newest first")
+    rollback = command("rollback", "apply an earlier revision now and pin the instance to it")
+    rollback.add_argument("target", nargs="?", help="applied tag or revision (default: the applied tag before the current one)")
+    rollback.add_argument("--prune", action="store_true", help="also delete managed resources the target does not name")
+    command("resume", "unpin: follow the branch head again")
+    local = commands.add_parser("local", help="local backend tools")
+    local_commands = local.add_subparsers(dest="local_command", required=True, parser_class=_Parser)
+    publish = local_commands.add_parser("publish-version", parents=[common],
+                                        help="publish a new version of a function (created if needed)")
+    publish.add_argument("function")
+    return parser
+
+
+def add_daemon_flags(run: argparse.ArgumentParser) -> None:
+    """Flags of ``run``; the daemon module reads them from the namespace."""
+    run.add_argument("--listen", default=env_default("listen", "127.0.0.1:8080"), help="HTTP address (default: 127.0.0.1:8080)")
+    run.add_argument("--interval", type=float, default=float(env_default("interval", 30)),
+                     help="seconds between fetches of a remote repository (default: 30)")
+    run.add_argument("--resync-interval", type=float, default=float(env_default("resync_interval", 300)),
+                     help="seconds between drift checks (default: 300)")
+    run.add_argument("--debounce", type=float, default=float(env_default("debounce", 0.02)),
+                     help="seconds to wait for git ref changes to settle (default: 0.02)")
+    run.add_argument("--no-self-heal", action="store_true", default=env_flag("no_self_heal"),
+                     help="report drift but do not correct it")
+    run.add_argument("--prune", action="store_true", default=env_flag("prune"), help="delete orphaned managed resources")
+    run.add_argument("--once", action="store_true", help="one reconcile, then exit")
+    run.add_argument("--log-format", choices=["auto", "json", "console"], default=env_default("log_format", "auto"))
+    run.add_argument("--workdir", default=env_default("workdir"), help="clone of a remote --repo (default: <state-dir>/repo)")
+    run.add_argument("--push-tags", action="store_true", default=env_flag("push_tags"), help="push applied tags to the remote")
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    return Config(
+        repo=args.repo,
+        branch=args.branch,
+        path=args.path,
+        backend=args.backend,
+        state_dir=args.state_dir,
+        instance=args.instance,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+    )
+
+
+# ------------------------------------------------------------------- output
+
+
+class Out:
+    """Writes text for people (coloured on a terminal) or one JSON document."""
+
+    def __init__(self, fmt: str, stream: TextIO | None = None) -> None:
+        self.json = fmt == "json"
+        self.stream = stream or sys.stdout
+        self.colour = self.stream.isatty() and "NO_COLOR" not in os.environ
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.colour else text
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.stream)
+
+    def document(self, data: Any) -> None:
+        print(json.dumps(data, indent=2, sort_keys=False), file=self.stream)
+
+
+def error_line(message: str) -> None:
+    colour = sys.stderr.isatty() and "NO_COLOR" not in os.environ
+    prefix = "\033[31merror:\033[0m" if colour else "error:"
+    print(f"{prefix} {message}", file=sys.stderr)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]
+    if value is None:
+        return "(none)"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+SYMBOLS = {"create": ("+", "32"), "update": ("~", "33"), "delete": ("-", "31")}
+
+
+def render_action(out: Out, action: Action) -> None:
+    verb = action.action.split("_", 1)[0]
+    symbol, colour = SYMBOLS[verb]
+    out.line(out.paint(f"  {symbol} {action.resource}", colour) + f"  ({action.action})")
+    for name, (old, new) in action.changes.items():
+        if verb == "create":
+            out.line(f"      {name}: {_short(new)}")
+        elif verb == "delete":
+            out.line(f"      {name}: {_short(old)}")
+        else:
+            out.line(f"      {name}: {_short(old)} → {_short(new)}")
+
+
+def render_plan(out: Out, plan: Plan) -> None:
+    revision = (plan.revision or "")[:12]
+    if plan.in_sync:
+        out.line(f"In sync at {revision}: no changes.")
+    else:
+        counts = {verb: sum(1 for a in plan.actions if a.action.startswith(verb)) for verb in SYMBOLS}
+        out.line(f"Plan for {revision}: {counts['create']} to create, {counts['update']} to change, "
+                 f"{counts['delete']} to delete.")
+        for action in plan.actions:
+            render_action(out, action)
+    if plan.orphans:
+        out.line(out.paint(f"Orphaned (managed, no spec; deleted only with --prune): {len(plan.orphans)}", "35"))
+        for resource in plan.orphans:
+            out.line(f"  ? {resource}")
+
+
+def report_spec_error(out: Out, exc: SpecError) -> None:
+    if out.json:
+        out.document({"valid": False, "revision": exc.revision, "errors": [i.as_json() for i in exc.issues]})
+    for issue in exc.issues:
+        error_line(str(issue))
+
+
+# ----------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace, out: Out) -> int:
+    engine = Engine(config_from(args))
+    try:
+        revision = engine.repo.resolve(args.rev) if args.rev else engine.head()
+        try:
+            desired = engine.desired(revision)
+        except SpecError as exc:
+            report_spec_error(out, exc)
+            return EXIT_ERROR
+        summary = {"apis": len(desired.apis), "stages": len(desired.stages), "aliases": len(desired.aliases)}
+        if out.json:
+            out.document({"valid": True, "revision": revision, "errors": [], **summary})
+        else:
+            out.line(f"Valid at {revision[:12]}: {summary['apis']} APIs, {summary['stages']} stages, "
+                     f"{summary['aliases']} aliases.")
+        return EXIT_OK
+    finally:
+        engine.close()
+
+
+def cmd_plan(args: argparse.Namespace, out: Out) -> int:
+    engine = Engine(config_from(args))
+    try:
+        revision = engine.resolve_target(args.rev)
+        pinned = engine.record().pinned
+        if pinned and not args.rev and not out.json:
+            out.line(f"Pinned to {pinned.revision[:12]} ({pinned.tag or 'revision'}); `reconciler resume` to follow the branch.")
+        try:
+            plan, _, _ = engine.make_plan(revision, prune=args.prune)
+        except SpecError as exc:
+            report_spec_error(out, exc)
+            return EXIT_ERROR
+        if out.json:
+            out.document(plan.as_json())
+        else:
+            render_plan(out, plan)
+        return EXIT_OK if plan.in_sync else EXIT_CHANGES
+    finally:
+        engine.close()
+
+
+def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
+    if out.json:
+        out.document({
+            "revision": result.revision,
+            "result": result.result,
+            "applied": [a.as_json() for a in result.applied],
+            "tag": result.tag,
+            "error": str(result.error) if result.error else None,
+            "in_sync": result.ok,
+        })
+    else:
+        for action in result.applied:
+            render_action(out, action)
+        if result.ok:
+            if result.applied:
+                tag = f", tagged {result.tag}" if result.tag else ""
+                out.line(f"Applied {len(result.applied)} action{'s' if len(result.applied) != 1 else ''} "
+                         f"at {result.revision[:12]}{tag}.")
+            else:
+                out.line(f"In sync at {result.revision[:12]}: nothing to apply.")
+            if result.plan and result.plan.orphans:
+                out.line(f"{len(result.plan.orphans)} orphaned resource(s) kept; run with --prune to delete them.")
+    if result.error is not None:
+        if isinstance(result.error, SpecError):
+            for issue in result.error.issues:
+                error_line(str(issue))
+        else:
+            error_line(str(result.error))
+        return result.error.exit_code
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, out: Out) -> int:
+    engine = Engine(config_from(args))
+    try:
+        with engine.state.writer_lock(f"reconciler apply, instance {engine.instance}"):
+            result = engine.reconcile(args.rev, prune=args.prune)
+        return report_result(out, result, engine)
+    finally:
+        engine.close()
+
+
+def cmd_rollback(args: argparse.Namespace, out: Out) -> int:
+    engine = Engine(config_from(args))
+    try:
+        with engine.state.writer_lock(f"reconciler rollback, instance {engine.instance}"):
+            result = engine.rollback(args.target, prune=args.prune)
+        code = report_result(out, result, engine)
+        if code == EXIT_OK and not out.json:
+            out.line(f"Pinned instance {engine.instance!r} to {result.revision[:12]}; "
+                     "`reconciler resume` follows the branch again.")
+        return code
+    finally:
+        engine.close()
+
+
+def cmd_resume(args: argparse.Namespace, out: Out) -> int:
+    engine = Engine(config_from(args))
+    try:
+        with engine.state.writer_lock(f"reconciler resume, instance {engine.instance}"):
+            record = engine.resume()
+        if out.json:
+            out.document({"instance": record.instance, "pinned": None})
+        else:
+            out.line(f"Instance {record.instance!r} unpinned; the next reconcile follows {engine.branch}.")
+        return EXIT_OK
+    finally:
+        engine.close()
+
+
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    engine = Engine(config_from(args))
+    try:
+        status = engine.status()
+    finally:
+        engine.close()
+    if out.json:
+        out.document(status)
+        return EXIT_OK
+    out.line(f"instance:  {status['instance']} ({status['backend']} backend)")
+    for key in ("desired_revision", "applied_revision", "attempted_revision"):
+        out.line(f"{key.replace('_', ' ')}: {status[key] or '(none)'}")
+    pin = status["pinned"]
+    out.line(f"pinned:    {pin['revision'][:12] + ' (' + (pin['tag'] or 'revision') + ')' if pin else 'no'}")
+    if status["last_error"]:
+        out.line(out.paint(f"last error: {status['last_error']}", "31"))
+    out.line(f"stages ({len(status['stages'])}):")
+    for name, stage in status["stages"].items():
+        canary = stage["canary"]
+        extra = f", canary {canary['percentTraffic']:g}% → {canary['deployment_id']}" if canary else ""
+        unmanaged = "" if stage["managed"] else " [unmanaged]"
+        out.line(f"  {name}: deployment {stage['deployment_id']}{extra} {stage['url']}{unmanaged}")
+    out.line(f"aliases ({len(status['aliases'])}):")
+    for name, alias in status["aliases"].items():
+        routing = ", ".join(f"{v}: {p}%" for v, p in alias["routing"].items())
+        unmanaged = "" if alias["managed"] else " [unmanaged]"
+        out.line(f"  {name}: {routing}{unmanaged}")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, out: Out) -> int:
+    engine = Engine(config_from(args))
+    try:
+        tags = engine.history()
+    finally:
+        engine.close()
+    if out.json:
+        out.document([t.as_json() for t in tags])
+        return EXIT_OK
+    if not tags:
+        out.line(f"No applied tags for instance {args.instance!r} yet.")
+    for tag in tags:
+        row = tag.as_json()
+        flag = " (rollback)" if row["rollback"] else ""
+        out.line(f"{row['tag']:<28} {row['revision'][:12]}  {row['applied_at']}  {row['actions']} action(s){flag}")
+    return EXIT_OK
+
+
+def cmd_publish_version(args: argparse.Namespace, out: Out) -> int:
+    if args.backend != "local":
+        raise UsageError("publish-version works on the local backend only; publish with the AWS tools")
+    from reconciler.backends.local import LocalCloud
+
+    engine = Engine(config_from(args))
+    try:
+        cloud = LocalCloud(engine.state.path)
+        version = cloud.publish_version(args.function)
+        cloud.close()
+    finally:
+        engine.close()
+    if out.json:
+        out.document({"function": args.function, "version": str(version)})
+    else:
+        out.line(str(version))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: Out) -> int:
+    from reconciler.daemon import run_daemon
+
+    return run_daemon(config_from(args), args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Out], int]] = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "run": cmd_run,
+    "status": cmd_status,
+    "history": cmd_history,
+    "rollback": cmd_rollback,
+    "resume": cmd_resume,
+    "publish-version": cmd_publish_version,
+}
+
+
+def configure_cli_logging(verbose: bool) -> None:
+    """One-shot commands log engine events only with --verbose, as console lines on stderr."""
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    name = args.local_command if args.command == "local" else args.command
+    if name != "run":
+        configure_cli_logging(args.verbose)
+    out = Out(args.output)
+    try:
+        return COMMANDS[name](args, out)
+    except ReconcilerError as exc:
+        error_line(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,305 @@
+"""One reconcile: git source -> specs -> backend.read -> plan -> apply -> tag.
+
+Also the operations built on it that the CLI and the daemon share: status,
+history, rollback (pin) and resume.  Records last attempted and last applied
+revision apart, and sets "applied" (and tags the commit) only after every
+action succeeded.  Called by ``cli.py`` and ``daemon.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from reconciler.backends.base import Backend, LiveState
+from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, StateError
+from reconciler.gitsource import AppliedTag, GitRepo
+from reconciler.plan import Action, Plan, canary_json, make_plan, routing_json
+from reconciler.specs import DesiredState, load_desired
+from reconciler.state import InstanceRecord, Pin, StateDir
+
+log = structlog.get_logger("reconciler.engine")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a reconcile needs to know; built by the CLI from flags/env."""
+
+    repo: str = "."
+    branch: str | None = None
+    path: str = "deploy_specs"
+    backend: str = "local"
+    state_dir: str | None = None
+    instance: str = "default"
+    region: str | None = None
+    endpoint_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReconcileResult:
+    revision: str
+    plan: Plan | None = None
+    applied: list[Action] = field(default_factory=list)
+    tag: str | None = None
+    error: ReconcilerError | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def result(self) -> str:
+        if self.error is None:
+            return "success" if self.applied else "noop"
+        return "invalid" if isinstance(self.error, SpecError) else "failed"
+
+
+def make_backend(config: Config, state_dir: Path) -> Backend:
+    """The backend named by ``config.backend`` (boto3 is imported only for ``aws``)."""
+    if config.backend == "local":
+        from reconciler.backends.local import LocalBackend
+
+        return LocalBackend(state_dir)
+    if config.backend == "aws":
+        from reconciler.backends.aws import AwsBackend  # type: ignore[import-not-found,unused-ignore]
+
+        backend: Backend = AwsBackend(region=config.region, endpoint_url=config.endpoint_url)
+        return backend
+    raise StateError(f"unknown backend {config.backend!r}; expected local or aws")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Engine:
+    """Reconciles one instance of one repository/branch/specs root against one backend."""
+
+    def __init__(self, config: Config, repo: GitRepo | None = None, backend: Backend | None = None) -> None:
+        self.config = config
+        self.repo = repo or GitRepo(config.repo)
+        state_path = Path(config.state_dir) if config.state_dir else self.repo.root / ".reconciler"
+        self.state = StateDir(state_path)
+        self._backend = backend
+        self._branch = config.branch
+
+    # ----------------------------------------------------------------- parts
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = make_backend(self.config, self.state.path)
+        return self._backend
+
+    @property
+    def branch(self) -> str:
+        if self._branch is None:
+            self._branch = self.repo.current_branch()
+        return self._branch
+
+    @property
+    def instance(self) -> str:
+        return self.config.instance
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+        self.repo.close()
+
+    def record(self) -> InstanceRecord:
+        return self.state.load_record(self.instance)
+
+    def head(self) -> str:
+        return self.repo.branch_head(self.branch)
+
+    def resolve_target(self, rev: str | None) -> str:
+        """An explicit revision, else the pin, else the branch head."""
+        if rev is not None:
+            tag = self.repo.find_tag(rev)
+            return tag.revision if tag else self.repo.resolve(rev)
+        pinned = self.record().pinned
+        return pinned.revision if pinned else self.head()
+
+    def desired(self, revision: str) -> DesiredState:
+        cache = self.state.load_cache()
+        try:
+            return load_desired(self.repo.spec_source(revision, self.config.path), cache)
+        finally:
+            cache.save()
+
+    def make_plan(self, revision: str, prune: bool = False) -> tuple[Plan, DesiredState, LiveState]:
+        desired = self.desired(revision)
+        live = self.backend.read(desired)
+        return make_plan(desired, live, prune=prune), desired, live
+
+    # ------------------------------------------------------------- reconcile
+
+    def reconcile(
+        self,
+        rev: str | None = None,
+        prune: bool = False,
+        rollback: bool = False,
+        on_action: Callable[[Action, BaseException | None], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> ReconcileResult:
+        """One pass; never raises an expected error, it is returned in the result."""
+        started = time.monotonic()
+        record = self.record()
+        try:
+            revision = self.resolve_target(rev)
+        except ReconcilerError as exc:
+            record.last_error = str(exc)
+            record.last_attempt_at = _now()
+            self.state.save_record(record)
+            return ReconcileResult(revision="", error=exc, duration=time.monotonic() - started)
+        result = ReconcileResult(revision=revision)
+        record.attempted_revision = revision
+        record.last_attempt_at = _now()
+        try:
+            plan, _, _ = self.make_plan(revision, prune=prune)
+            result.plan = plan
+            for action in plan.actions:
+                if stop is not None and stop():
+                    raise BackendError("stopped before all actions were applied; the next reconcile resumes", temporary=True)
+                try:
+                    self.backend.apply(action)
+                except BackendError as exc:
+                    exc.args = (f"{action.action} {action.resource}: {exc}",)
+                    if on_action:
+                        on_action(action, exc)
+                    raise
+                if on_action:
+                    on_action(action, None)
+                result.applied.append(action)
+            if result.applied:
+                result.tag = self._tag(revision, result.applied, rollback)
+            record.applied_revision = revision
+            record.applied_at = _now()
+            record.last_error = None
+        except ReconcilerError as exc:
+            result.error = exc
+            record.last_error = str(exc)
+        finally:
+            result.duration = time.monotonic() - started
+            self.state.save_record(record)
+        log.info(
+            "reconcile",
+            revision=revision,
+            actions=len(result.plan.actions) if result.plan else None,
+            applied=len(result.applied),
+            duration_ms=round(result.duration * 1000, 1),
+            result=result.result,
+            tag=result.tag,
+            error=str(result.error) if result.error else None,
+        )
+        return result
+
+    def _tag(self, revision: str, applied: list[Action], rollback: bool) -> str | None:
+        message = {
+            "time": _now(),
+            "revision": revision,
+            "instance": self.instance,
+            "backend": self.config.backend,
+            "rollback": rollback,
+            "actions": [{"action": a.action, "resource": a.resource} for a in applied],
+        }
+        try:
+            return self.repo.create_applied_tag(self.instance, revision, message)
+        except GitError as exc:  # the apply happened; a tag failure must not undo "applied"
+            log.warning("tag_failed", revision=revision, error=str(exc))
+            return None
+
+    # ------------------------------------------------------------ operations
+
+    def history(self) -> list[AppliedTag]:
+        return self.repo.applied_tags(self.instance)
+
+    def rollback(self, target: str | None, prune: bool = False) -> ReconcileResult:
+        """Apply ``target`` (default: the applied tag before the current one) and pin to it."""
+        revision, tag = self._rollback_target(target)
+        result = self.reconcile(revision, prune=prune, rollback=True)
+        if result.ok:
+            record = self.record()
+            record.pinned = Pin(revision=revision, tag=tag, pinned_at=_now())
+            self.state.save_record(record)
+        return result
+
+    def _rollback_target(self, target: str | None) -> tuple[str, str | None]:
+        if target is not None:
+            tag = self.repo.find_tag(target)
+            if tag is not None:
+                return tag.revision, tag.name
+            return self.repo.resolve(target), None
+        tags = [t for t in self.history() if not t.message.get("rollback")]
+        applied = self.record().applied_revision
+        current = next((t for t in tags if t.revision == applied), None)
+        if current is None:
+            raise StateError("no applied tag matches the applied revision; name the tag or revision to roll back to")
+        older = next((t for t in tags if t.number < current.number and t.revision != applied), None)
+        if older is None:
+            raise StateError(f"there is no applied tag before {current.name} to roll back to")
+        return older.revision, older.name
+
+    def resume(self) -> InstanceRecord:
+        record = self.record()
+        record.pinned = None
+        self.state.save_record(record)
+        return record
+
+    def status(self) -> dict[str, Any]:
+        record = self.record()
+        try:
+            desired_revision: str | None = self.head()
+        except GitError:
+            desired_revision = None
+        live = self.backend.read(self._desired_for_status(record, desired_revision))
+        return {
+            "instance": self.instance,
+            "backend": self.config.backend,
+            "branch": self._branch,
+            "desired_revision": desired_revision,
+            "applied_revision": record.applied_revision,
+            "attempted_revision": record.attempted_revision,
+            "applied_at": record.applied_at,
+            "pinned": None if record.pinned is None else {
+                "revision": record.pinned.revision, "tag": record.pinned.tag, "pinned_at": record.pinned.pinned_at,
+            },
+            "last_error": record.last_error,
+            "stages": {
+                f"{api}/{name}": {
+                    "deployment_id": s.deployment_id,
+                    "definition_sha256": s.definition_sha256,
+                    "variables": s.variables,
+                    "canary": None if s.canary is None else {
+                        **(canary_json(s.canary) or {}),
+                        "percentTraffic": float(s.canary.percent_traffic),
+                        "deployment_id": s.canary.deployment_id,
+                    },
+                    "url": s.url,
+                    "managed": s.managed,
+                }
+                for (api, name), s in sorted(live.stages.items())
+            },
+            "aliases": {
+                f"{function}/{name}": {"routing": routing_json(a.routing), "managed": a.managed}
+                for (function, name), a in sorted(live.aliases.items())
+            },
+        }
+
+    def _desired_for_status(self, record: InstanceRecord, head: str | None) -> DesiredState:
+        """What to ask the backend about: the applied specs, else the head's (best effort)."""
+        for revision in (record.applied_revision, head):
+            if revision:
+                try:
+                    return self.desired(revision)
+                except (SpecError, GitError):
+                    continue
+        return DesiredState()

@@ -1,0 +1,434 @@
+"""The plan: ``DesiredState`` x ``LiveState`` -> ordered, frozen list of actions.
+
+Pure (no I/O), one small function per kind.  Deployments are content
+addressed: a stage whose definition hash already has a deployment is pointed
+back at it, so a revert creates nothing new.  Managed resources missing from
+the specs are orphans (deleted only with ``prune``); unmanaged ones are never
+touched.  The engine applies ``Plan.actions`` in order; ``plan`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from reconciler.backends.base import LiveAlias, LiveCanary, LiveStage, LiveState
+from reconciler.errors import PlanError, SpecIssue
+from reconciler.specs import (
+    LATEST,
+    Definition,
+    DesiredAlias,
+    DesiredApi,
+    DesiredCanary,
+    DesiredStage,
+    DesiredState,
+    Location,
+)
+
+Change = tuple[Any, Any]
+
+
+def percent_json(value: float) -> float | int:
+    """A percentage as shown to people and in JSON: 95 rather than 95.0."""
+    return int(value) if float(value).is_integer() else value
+
+
+def routing_json(routing: dict[str, float] | None) -> dict[str, float | int] | None:
+    if routing is None:
+        return None
+    return {version: percent_json(p) for version, p in sorted(routing.items(), key=lambda kv: _version_key(kv[0]))}
+
+
+def _version_key(version: str) -> tuple[int, int]:
+    return (1, 0) if version == LATEST else (0, int(version))
+
+
+def primary_version(routing: dict[str, float]) -> str:
+    """The version an alias points at; any other version takes a weight."""
+    return max(routing, key=lambda v: (routing[v], -_version_key(v)[1]))
+
+
+@dataclass(frozen=True)
+class _Action:
+    action: ClassVar[str]
+    changes: dict[str, Change] = field(default_factory=dict, kw_only=True)
+
+    @property
+    def resource(self) -> str:  # pragma: no cover - every action overrides it
+        raise NotImplementedError
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "resource": self.resource,
+            "changes": {name: [old, new] for name, (old, new) in self.changes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class _ApiAction(_Action):
+    api: str
+
+    @property
+    def resource(self) -> str:
+        return f"RestApi/{self.api}"
+
+
+@dataclass(frozen=True)
+class _StageAction(_Action):
+    api: str
+    stage: str
+
+    @property
+    def resource(self) -> str:
+        return f"Stage/{self.api}/{self.stage}"
+
+
+@dataclass(frozen=True)
+class _AliasAction(_Action):
+    function: str
+    alias: str
+
+    @property
+    def resource(self) -> str:
+        return f"Alias/{self.function}/{self.alias}"
+
+
+@dataclass(frozen=True)
+class CreateApi(_ApiAction):
+    action: ClassVar[str] = "create_api"
+    description: str | None
+    definition: Definition
+
+
+@dataclass(frozen=True)
+class UpdateApi(_ApiAction):
+    """Import the API's definition (and/or set its description)."""
+
+    action: ClassVar[str] = "update_api"
+    description: str | None
+    definition: Definition
+
+
+@dataclass(frozen=True)
+class CreateDeployment(_ApiAction):
+    """Snapshot ``definition``; ``api_definition`` is what the API keeps as current."""
+
+    action: ClassVar[str] = "create_deployment"
+    definition: Definition
+    api_definition: Definition
+    revision: str | None
+
+
+@dataclass(frozen=True)
+class CreateStage(_StageAction):
+    action: ClassVar[str] = "create_stage"
+    description: str | None
+    definition: Definition
+    variables: dict[str, str]
+    canary: DesiredCanary | None
+
+
+@dataclass(frozen=True)
+class UpdateStage(_StageAction):
+    action: ClassVar[str] = "update_stage"
+    description: str | None
+    definition: Definition
+    variables: dict[str, str]
+    canary: DesiredCanary | None
+
+
+@dataclass(frozen=True)
+class CreateAlias(_AliasAction):
+    action: ClassVar[str] = "create_alias"
+    description: str | None
+    routing: dict[str, float]
+
+
+@dataclass(frozen=True)
+class UpdateAlias(_AliasAction):
+    action: ClassVar[str] = "update_alias"
+    description: str | None
+    routing: dict[str, float]
+    revision_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteStage(_StageAction):
+    action: ClassVar[str] = "delete_stage"
+
+
+@dataclass(frozen=True)
+class DeleteAlias(_AliasAction):
+    action: ClassVar[str] = "delete_alias"
+
+
+Action = (
+    CreateApi
+    | UpdateApi
+    | CreateDeployment
+    | CreateStage
+    | UpdateStage
+    | CreateAlias
+    | UpdateAlias
+    | DeleteStage
+    | DeleteAlias
+)
+ACTION_ORDER = [cls.action for cls in (CreateApi, UpdateApi, CreateDeployment, CreateStage, UpdateStage,
+                                       CreateAlias, UpdateAlias, DeleteStage, DeleteAlias)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    revision: str | None
+    actions: tuple[Action, ...]
+    orphans: tuple[str, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "in_sync": self.in_sync,
+            "actions": [a.as_json() for a in self.actions],
+            "orphans": list(self.orphans),
+        }
+
+
+# ------------------------------------------------------------------ planning
+
+
+def make_plan(desired: DesiredState, live: LiveState, prune: bool = False) -> Plan:
+    """Every action that makes ``live`` equal ``desired``, in the safe order."""
+    issues: list[SpecIssue] = []
+    actions: list[Action] = []
+    actions += plan_apis(desired, live, issues)
+    actions += plan_deployments(desired, live)
+    actions += plan_stages(desired, live, issues)
+    actions += plan_aliases(desired, live, issues)
+    orphans = find_orphans(desired, live)
+    if prune:
+        actions += [o for o in orphans if isinstance(o, DeleteStage)]
+        actions += [o for o in orphans if isinstance(o, DeleteAlias)]
+    if issues:
+        raise PlanError(issues, desired.revision)
+    rank = {name: i for i, name in enumerate(ACTION_ORDER)}
+    ordered = sorted(actions, key=lambda a: rank[a.action])  # stable: each kind keeps its own order
+    return Plan(desired.revision, tuple(ordered), () if prune else tuple(o.resource for o in orphans))
+
+
+def _unmanaged(issues: list[SpecIssue], location: Location, what: str) -> None:
+    issues.append(
+        SpecIssue(
+            location.file,
+            location.line,
+            "metadata.name",
+            f"{what} already exists and is not managed by reconciler; rename it in the spec or delete it by hand",
+        )
+    )
+
+
+def _changed(changes: dict[str, Change], name: str, old: Any, new: Any) -> None:
+    if old != new:
+        changes[name] = (old, new)
+
+
+def plan_apis(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+    actions: list[Action] = []
+    for name in sorted(desired.apis):
+        api: DesiredApi = desired.apis[name]
+        current = live.apis.get(name)
+        if current is None:
+            actions.append(
+                CreateApi(
+                    api=name,
+                    description=api.description,
+                    definition=api.definition,
+                    changes={"description": (None, api.description), "definition_sha256": (None, api.definition.sha256)},
+                )
+            )
+            continue
+        if not current.managed:
+            _unmanaged(issues, api.location, f"RestApi {name!r}")
+            continue
+        changes: dict[str, Change] = {}
+        _changed(changes, "description", current.description or None, api.description or None)
+        _changed(changes, "definition_sha256", current.definition_sha256, api.definition.sha256)
+        if changes:
+            actions.append(UpdateApi(api=name, description=api.description, definition=api.definition, changes=changes))
+    return actions
+
+
+def _stage_definitions(stage: DesiredStage) -> list[Definition]:
+    found = [stage.definition]
+    if stage.canary is not None:
+        found.append(stage.canary.definition)
+    return found
+
+
+def plan_deployments(desired: DesiredState, live: LiveState) -> list[Action]:
+    """One deployment per (API, definition hash) that no deployment has yet."""
+    needed: dict[str, dict[str, Definition]] = {}
+    for key in sorted(desired.stages):
+        stage = desired.stages[key]
+        if stage.api not in desired.apis:
+            continue
+        for definition in _stage_definitions(stage):
+            needed.setdefault(stage.api, {})[definition.sha256] = definition
+    actions: list[Action] = []
+    for api in sorted(needed):
+        existing = live.deployments.get(api, {})
+        main = desired.apis[api].definition
+        missing = [d for sha, d in needed[api].items() if sha not in existing]
+        # the API's own definition last, so an importing backend ends on it
+        missing.sort(key=lambda d: (d.sha256 == main.sha256, d.sha256))
+        for definition in missing:
+            actions.append(
+                CreateDeployment(
+                    api=api,
+                    definition=definition,
+                    api_definition=main,
+                    revision=desired.revision,
+                    changes={"deployment": (None, definition.sha256)},
+                )
+            )
+    return actions
+
+
+def canary_json(canary: DesiredCanary | LiveCanary | None) -> dict[str, Any] | None:
+    """The comparable/printable form of a canary."""
+    if canary is None:
+        return None
+    if isinstance(canary, DesiredCanary):
+        sha: str | None = canary.definition.sha256
+    else:
+        sha = canary.definition_sha256
+    return {"percentTraffic": percent_json(canary.percent_traffic), "definition_sha256": sha, "variables": dict(sorted(canary.variables.items()))}
+
+
+def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+    creates: list[Action] = []
+    updates: list[Action] = []
+    for key in sorted(desired.stages):
+        stage = desired.stages[key]
+        current: LiveStage | None = live.stages.get(key)
+        if current is None:
+            creates.append(
+                CreateStage(
+                    api=stage.api,
+                    stage=stage.name,
+                    description=stage.description,
+                    definition=stage.definition,
+                    variables=stage.variables,
+                    canary=stage.canary,
+                    changes={
+                        "definition_sha256": (None, stage.definition.sha256),
+                        "variables": (None, dict(sorted(stage.variables.items()))),
+                        "canary": (None, canary_json(stage.canary)),
+                        **({"description": (None, stage.description)} if stage.description else {}),
+                    },
+                )
+            )
+            continue
+        if not current.managed:
+            _unmanaged(issues, stage.location, f"stage {stage.name!r} of API {stage.api!r}")
+            continue
+        changes: dict[str, Change] = {}
+        _changed(changes, "description", current.description or None, stage.description or None)
+        _changed(changes, "definition_sha256", current.definition_sha256, stage.definition.sha256)
+        _changed(changes, "variables", dict(sorted(current.variables.items())), dict(sorted(stage.variables.items())))
+        _changed(changes, "canary", canary_json(current.canary), canary_json(stage.canary))
+        if changes:
+            updates.append(
+                UpdateStage(
+                    api=stage.api,
+                    stage=stage.name,
+                    description=stage.description,
+                    definition=stage.definition,
+                    variables=stage.variables,
+                    canary=stage.canary,
+                    changes=changes,
+                )
+            )
+    return creates + updates
+
+
+def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue]) -> bool:
+    versions = live.versions.get(alias.function)
+    if versions is None:
+        issues.append(
+            SpecIssue(alias.location.file, alias.location.line, "spec.function",
+                      f"Alias {alias.name!r}: function {alias.function!r} does not exist in the backend; "
+                      "expected an existing Lambda function")
+        )
+        return False
+    missing = sorted((v for v in alias.routing if v not in versions), key=_version_key)
+    if missing:
+        published = ", ".join(sorted((v for v in versions if v != LATEST), key=_version_key)) or "none"
+        issues.append(
+            SpecIssue(alias.location.file, alias.location.line, "spec.routing",
+                      f"Alias {alias.name!r}: version {', '.join(missing)} of {alias.function!r} is not published; "
+                      f"expected one of the published versions ({published}) or $LATEST")
+        )
+        return False
+    return True
+
+
+def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+    creates: list[Action] = []
+    updates: list[Action] = []
+    for key in sorted(desired.aliases):
+        alias = desired.aliases[key]
+        current: LiveAlias | None = live.aliases.get(key)
+        if current is not None and not current.managed:
+            _unmanaged(issues, alias.location, f"alias {alias.name!r} of function {alias.function!r}")
+            continue
+        if not _check_versions(alias, live, issues):
+            continue
+        if current is None:
+            creates.append(
+                CreateAlias(
+                    function=alias.function,
+                    alias=alias.name,
+                    description=alias.description,
+                    routing=alias.routing,
+                    changes={
+                        "routing": (None, routing_json(alias.routing)),
+                        **({"description": (None, alias.description)} if alias.description else {}),
+                    },
+                )
+            )
+            continue
+        changes: dict[str, Change] = {}
+        _changed(changes, "description", current.description or None, alias.description or None)
+        _changed(changes, "routing", routing_json(current.routing), routing_json(alias.routing))
+        if changes:
+            updates.append(
+                UpdateAlias(
+                    function=alias.function,
+                    alias=alias.name,
+                    description=alias.description,
+                    routing=alias.routing,
+                    revision_id=current.revision_id,
+                    changes=changes,
+                )
+            )
+    return creates + updates
+
+
+def find_orphans(desired: DesiredState, live: LiveState) -> list[DeleteStage | DeleteAlias]:
+    """Managed resources that no spec names any more."""
+    orphans: list[DeleteStage | DeleteAlias] = []
+    for api, stage in sorted(live.stages):
+        current = live.stages[(api, stage)]
+        if current.managed and (api, stage) not in desired.stages:
+            orphans.append(DeleteStage(api=api, stage=stage, changes={"definition_sha256": (current.definition_sha256, None)}))
+    for function, alias in sorted(live.aliases):
+        current_alias = live.aliases[(function, alias)]
+        if current_alias.managed and (function, alias) not in desired.aliases:
+            orphans.append(
+                DeleteAlias(function=function, alias=alias, changes={"routing": (routing_json(current_alias.routing), None)})
+            )
+    return orphans

@@ -1,0 +1,563 @@
+"""Spec models and validation: the files of one commit -> ``DesiredState``.
+
+The pydantic models describe the YAML kinds (``RestApi``, ``Stage``,
+``Alias``); ``load_desired`` reads every ``*.yaml``/``*.yml`` below the specs
+root through a ``SpecSource`` (git blobs at one commit, see ``gitsource.py``),
+checks schema, references, routing and stage variables, and collects every
+problem into one ``SpecError``.  No I/O of its own: the caller passes the
+source and an optional parse cache keyed by blob sha.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reconciler.errors import SpecError, SpecIssue
+from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
+
+API_VERSION = "reconciler/v1"
+KINDS = ("RestApi", "Stage", "Alias")
+MAX_SPEC_BYTES = 1 << 20  # 1 MiB per spec file
+MAX_DEFINITION_BYTES = 10 << 20  # 10 MiB per OpenAPI definition
+LATEST = "$LATEST"
+MODE_SYMLINK = 0o120000
+MODE_SUBMODULE = 0o160000
+STAGE_VARIABLE_REF = re.compile(r"\$\{stageVariables\.([A-Za-z0-9_]+)\}")
+CACHE_FORMAT = 1
+
+
+# ---------------------------------------------------------------- field rules
+
+
+def _rule(pattern: str, expected: str) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return value
+
+    return check
+
+
+def _matching(pattern: str, expected: str) -> AfterValidator:
+    return AfterValidator(_rule(pattern, expected))
+
+
+check_api_name = _rule(r"[A-Za-z0-9._ -]{1,128}", "1-128 characters of [A-Za-z0-9._ -]")
+check_stage_name = _rule(r"[A-Za-z0-9_-]{1,128}", "1-128 characters of [A-Za-z0-9_-]")
+check_alias_name = _rule(r"(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}", "1-128 characters of [a-zA-Z0-9_-], not all digits")
+NAME_RULES = {"RestApi": check_api_name, "Stage": check_stage_name, "Alias": check_alias_name}
+ApiName = Annotated[str, AfterValidator(check_api_name)]
+FunctionName = Annotated[str, _matching(r"[a-zA-Z0-9_-]{1,64}", "a Lambda function name: 1-64 characters of [a-zA-Z0-9_-]")]
+VariableName = Annotated[str, _matching(r"[A-Za-z0-9_]{1,64}", "1-64 characters of [A-Za-z0-9_]")]
+VariableValue = Annotated[
+    str,
+    _matching(r"[A-Za-z0-9\-._~:/?#&=,]{1,512}", "1-512 characters of [A-Za-z0-9-._~:/?#&=,]"),
+]
+Version = Annotated[str, _matching(r"\$LATEST|[1-9][0-9]{0,9}", "a published version number or $LATEST")]
+Description = Annotated[str, Field(max_length=1024)]
+Variables = dict[VariableName, VariableValue]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Metadata(_Model):
+    name: str
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class RestApiSpec(_Model):
+    description: Description | None = None
+    definition: str
+
+
+class CanarySpec(_Model):
+    percentTraffic: float
+    definition: str | None = None
+    variables: Variables = {}
+
+    @model_validator(mode="after")
+    def _percent_in_range(self) -> CanarySpec:
+        if not 0 < self.percentTraffic <= 100:
+            raise ValueError(f"percentTraffic: expected a number in (0, 100], got {self.percentTraffic:g}")
+        return self
+
+
+class StageSpec(_Model):
+    api: ApiName
+    definition: str | None = None
+    description: Description | None = None
+    variables: Variables = {}
+    canary: CanarySpec | None = None
+
+
+class AliasSpec(_Model):
+    function: FunctionName
+    description: Annotated[str, Field(max_length=256)] | None = None
+    routing: dict[Version, float]
+
+    @model_validator(mode="after")
+    def _routing_rules(self) -> AliasSpec:
+        problems = routing_problems(self.routing)
+        if problems:
+            raise ValueError("routing: " + "; ".join(problems))
+        return self
+
+
+def routing_problems(routing: dict[str, float]) -> list[str]:
+    """What is wrong with a version -> percent map, by Lambda's rules."""
+    problems: list[str] = []
+    if not 1 <= len(routing) <= 2:
+        problems.append(f"expected one or two versions, got {len(routing)}")
+    for version, percent in routing.items():
+        if not 0 < percent <= 100:
+            problems.append(f"version {version}: expected a percentage in (0, 100], got {percent:g}")
+    total = sum(routing.values())
+    if routing and abs(total - 100) > 1e-6:
+        problems.append(f"expected percentages summing to 100, got {total:g}")
+    if LATEST in routing and len(routing) > 1:
+        problems.append("$LATEST cannot take weighted traffic; it may only be routed alone")
+    return problems
+
+
+SPEC_MODELS: dict[str, type[_Model]] = {"RestApi": RestApiSpec, "Stage": StageSpec, "Alias": AliasSpec}
+
+
+# ------------------------------------------------------------- desired state
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int | None
+
+    def __str__(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Definition:
+    """An OpenAPI/Swagger document in canonical form, identified by its sha256."""
+
+    sha256: str
+    body: str = field(repr=False)
+    source: str
+    variables: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class DesiredApi:
+    name: str
+    description: str | None
+    definition: Definition
+    location: Location
+
+
+@dataclass(frozen=True)
+class DesiredCanary:
+    percent_traffic: float
+    definition: Definition
+    variables: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DesiredStage:
+    api: str
+    name: str
+    description: str | None
+    definition: Definition
+    variables: dict[str, str]
+    canary: DesiredCanary | None
+    location: Location
+
+
+@dataclass(frozen=True)
+class DesiredAlias:
+    function: str
+    name: str
+    description: str | None
+    routing: dict[str, float]
+    location: Location
+
+
+@dataclass
+class DesiredState:
+    revision: str | None = None
+    apis: dict[str, DesiredApi] = field(default_factory=dict)
+    stages: dict[tuple[str, str], DesiredStage] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], DesiredAlias] = field(default_factory=dict)
+
+    @property
+    def functions(self) -> set[str]:
+        return {function for function, _ in self.aliases}
+
+
+def canonical_json(data: Any) -> str:
+    """Compact JSON with sorted keys: the form a definition is hashed in."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def normalize_percent(value: float) -> float:
+    """Percent as stored and compared: rounded to 1e-6, so 5 == 5.0 == 0.05*100."""
+    return round(float(value), 6)
+
+
+# ------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative to the repository root, POSIX separators
+    sha: str  # git blob sha: the cache key
+    size: int
+    mode: int
+
+
+class SpecSource(Protocol):
+    """The files of one commit below the specs root (see ``gitsource.py``)."""
+
+    root: str
+    revision: str
+
+    def files(self) -> Iterable[SourceFile]: ...
+
+    def read(self, file: SourceFile) -> bytes: ...
+
+
+@dataclass
+class _Doc:
+    kind: str
+    name: str
+    spec: Any
+    file: str
+    lines: Lines
+    line: int
+
+    def line_of(self, path: str) -> int:
+        """The line of ``path`` (dotted), else of its nearest recorded parent."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path.rpartition(".")[0]
+        return self.line
+
+    def at(self, path: str) -> Location:
+        return Location(self.file, self.line_of(path))
+
+
+class _Issues:
+    def __init__(self) -> None:
+        self.items: list[SpecIssue] = []
+
+    def add(self, file: str, line: int | None, fieldname: str, message: str) -> None:
+        self.items.append(SpecIssue(file, line, fieldname, message))
+
+    def doc(self, doc: _Doc, path: str, message: str) -> None:
+        self.add(doc.file, doc.line_of(path), path, f"{doc.kind} {doc.name!r}: {message}")
+
+
+# ------------------------------------------------------------------- loading
+
+
+def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = None) -> DesiredState:
+    """Parse and validate every spec of ``source``; raise ``SpecError`` listing all issues."""
+    issues = _Issues()
+    files = {f.path: f for f in source.files()}
+    if cache is None:
+        cache = {}
+    docs: list[_Doc] = []
+    for path in sorted(files):
+        entry = files[path]
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        docs.extend(_read_spec_file(source, entry, cache, issues))
+    typed = _validate_schema(docs, issues)
+    state = _resolve(typed, source, files, cache, issues)
+    if issues.items:
+        raise SpecError(issues.items, source.revision)
+    state.revision = source.revision
+    return state
+
+
+def _decode(data: bytes, path: str, issues: _Issues) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        issues.add(path, line, "", f"not valid UTF-8 (byte {exc.start}); expected a UTF-8 text file")
+        return None
+
+
+def _read_spec_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str, Any], issues: _Issues) -> list[_Doc]:
+    if entry.mode == MODE_SYMLINK:
+        issues.add(entry.path, None, "", "is a symbolic link; symlinks are never followed, commit the file itself")
+        return []
+    if entry.mode == MODE_SUBMODULE:
+        return []
+    if entry.size > MAX_SPEC_BYTES:
+        issues.add(entry.path, None, "", f"is {entry.size} bytes; expected at most {MAX_SPEC_BYTES} bytes per spec file")
+        return []
+    key = f"spec:{CACHE_FORMAT}:{entry.sha}"
+    parsed = cache.get(key)
+    if parsed is None:
+        text = _decode(source.read(entry), entry.path, issues)
+        if text is None:
+            return []
+        try:
+            parsed = [[data, lines, line] for data, lines, line in load_documents(text)]
+        except YamlProblem as exc:
+            issues.add(entry.path, exc.line, exc.field, exc.message)
+            return []
+        cache[key] = parsed
+    docs: list[_Doc] = []
+    for data, lines, line in parsed:
+        doc = _envelope(data, lines, line, entry.path, issues)
+        if doc is not None:
+            docs.append(doc)
+    return docs
+
+
+def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) -> _Doc | None:
+    """Check apiVersion/kind/metadata; return the document or record why not."""
+    if not isinstance(data, dict):
+        issues.add(path, line, "", f"expected a mapping with apiVersion, kind, metadata and spec, got {type(data).__name__}")
+        return None
+    doc = _Doc(kind=str(data.get("kind", "?")), name="?", spec=None, file=path, lines=lines, line=line)
+    ok = True
+    for unknown in sorted(set(data) - {"apiVersion", "kind", "metadata", "spec"}):
+        issues.add(path, doc.line_of(unknown), unknown, "unknown field; expected apiVersion, kind, metadata, spec")
+        ok = False
+    if data.get("apiVersion") != API_VERSION:
+        issues.add(path, doc.line_of("apiVersion"), "apiVersion", f"expected {API_VERSION!r}, got {data.get('apiVersion')!r}")
+        ok = False
+    if data.get("kind") not in KINDS:
+        issues.add(path, doc.line_of("kind"), "kind", f"expected one of {', '.join(KINDS)}, got {data.get('kind')!r}")
+        ok = False
+    try:
+        metadata = Metadata.model_validate(data.get("metadata"))
+        doc.name = metadata.name
+    except ValidationError as exc:
+        _pydantic_issues(doc, "metadata", exc, issues)
+        ok = False
+    if not isinstance(data.get("spec"), dict):
+        issues.add(path, doc.line_of("spec"), "spec", f"expected a mapping, got {type(data.get('spec')).__name__}")
+        ok = False
+    doc.spec = data.get("spec")
+    return doc if ok else None
+
+
+def _pydantic_issues(doc: _Doc, prefix: str, exc: ValidationError, issues: _Issues) -> None:
+    for error in exc.errors(include_url=False):
+        parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+        path = ".".join([prefix, *parts]) if parts else prefix
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            message = "unknown field"
+        elif kind == "missing":
+            message = "required field is missing"
+        elif kind in ("string_type", "float_type", "dict_type", "model_type", "int_type", "bool_type"):
+            message = f"{message}, got {type(error.get('input')).__name__} {error.get('input')!r}"[:300]
+        issues.doc(doc, path, message)
+
+
+def _validate_schema(docs: list[_Doc], issues: _Issues) -> list[tuple[_Doc, Any]]:
+    typed: list[tuple[_Doc, Any]] = []
+    for doc in docs:
+        try:
+            NAME_RULES[doc.kind](doc.name)
+        except ValueError as exc:
+            issues.doc(doc, "metadata.name", str(exc))
+            continue
+        try:
+            typed.append((doc, SPEC_MODELS[doc.kind].model_validate(doc.spec)))
+        except ValidationError as exc:
+            _pydantic_issues(doc, "spec", exc, issues)
+    return typed
+
+
+def _resolve(
+    typed: list[tuple[_Doc, Any]],
+    source: SpecSource,
+    files: dict[str, SourceFile],
+    cache: MutableMapping[str, Any],
+    issues: _Issues,
+) -> DesiredState:
+    state = DesiredState()
+    seen: dict[tuple[str, ...], _Doc] = {}
+    definitions = _Definitions(source, files, cache, issues)
+
+    def unique(doc: _Doc, key: tuple[str, ...], what: str) -> bool:
+        first = seen.get(key)
+        if first is not None:
+            issues.doc(doc, "metadata.name", f"duplicate {what}; first defined at {first.file}:{first.line}")
+            return False
+        seen[key] = doc
+        return True
+
+    for doc, spec in typed:
+        if doc.kind == "RestApi" and unique(doc, ("RestApi", doc.name), f"RestApi {doc.name!r}"):
+            definition = definitions.get(doc, "spec.definition", spec.definition)
+            if definition is not None:
+                state.apis[doc.name] = DesiredApi(doc.name, spec.description, definition, doc.at(""))
+    for doc, spec in typed:
+        if doc.kind == "Stage" and unique(doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"):
+            stage = _stage(doc, spec, state, definitions, issues)
+            if stage is not None:
+                state.stages[(stage.api, stage.name)] = stage
+        elif doc.kind == "Alias" and unique(
+            doc, ("Alias", spec.function, doc.name), f"alias {doc.name!r} of function {spec.function!r}"
+        ):
+            routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
+            state.aliases[(spec.function, doc.name)] = DesiredAlias(
+                spec.function, doc.name, spec.description, routing, doc.at("")
+            )
+    return state
+
+
+def _stage(doc: _Doc, spec: StageSpec, state: DesiredState, definitions: _Definitions, issues: _Issues) -> DesiredStage | None:
+    api = state.apis.get(spec.api)
+    if api is None:
+        known = ", ".join(sorted(state.apis)) or "none"
+        issues.doc(doc, "spec.api", f"expected the name of a RestApi in the specs, got {spec.api!r} (known: {known})")
+        return None
+    definition = api.definition
+    if spec.definition is not None:
+        pinned = definitions.get(doc, "spec.definition", spec.definition)
+        if pinned is None:
+            return None
+        definition = pinned
+    _check_variables(doc, "spec.variables", definition, spec.variables, issues)
+    canary = None
+    if spec.canary is not None:
+        canary_definition = definition
+        if spec.canary.definition is not None:
+            found = definitions.get(doc, "spec.canary.definition", spec.canary.definition)
+            if found is None:
+                return None
+            canary_definition = found
+        _check_variables(
+            doc, "spec.canary.variables", canary_definition, {**spec.variables, **spec.canary.variables}, issues
+        )
+        canary = DesiredCanary(
+            normalize_percent(spec.canary.percentTraffic), canary_definition, dict(spec.canary.variables)
+        )
+    return DesiredStage(spec.api, doc.name, spec.description, definition, dict(spec.variables), canary, doc.at(""))
+
+
+def _check_variables(doc: _Doc, path: str, definition: Definition, variables: dict[str, str], issues: _Issues) -> None:
+    missing = sorted(definition.variables - set(variables))
+    if missing:
+        names = ", ".join(missing)
+        issues.doc(
+            doc,
+            path,
+            f"{definition.source} uses ${{stageVariables.X}} for {names}; expected the stage to set "
+            f"{'it' if len(missing) == 1 else 'them'}",
+        )
+
+
+class _Definitions:
+    """Resolves, reads, parses and hashes definition files once per blob."""
+
+    def __init__(self, source: SpecSource, files: dict[str, SourceFile], cache: MutableMapping[str, Any], issues: _Issues) -> None:
+        self.source = source
+        self.files = files
+        self.cache = cache
+        self.issues = issues
+        self.by_sha: dict[str, Definition] = {}
+
+    def get(self, doc: _Doc, path: str, reference: str) -> Definition | None:
+        resolved = self._resolve_path(doc, path, reference)
+        if resolved is None:
+            return None
+        entry = self.files[resolved]
+        if entry.mode == MODE_SYMLINK:
+            self.issues.doc(doc, path, f"{resolved} is a symbolic link; expected a regular file (symlinks are never followed)")
+            return None
+        if entry.size > MAX_DEFINITION_BYTES:
+            self.issues.doc(doc, path, f"{resolved} is {entry.size} bytes; expected at most {MAX_DEFINITION_BYTES}")
+            return None
+        key = f"def:{CACHE_FORMAT}:{entry.sha}"
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self._parse(doc, path, entry)
+            if hit is None:
+                return None
+            self.cache[key] = hit
+        sha, body, variables = hit
+        known = self.by_sha.get(sha)
+        if known is None:
+            known = self.by_sha[sha] = Definition(sha, body, resolved, frozenset(variables))
+        return known
+
+    def _resolve_path(self, doc: _Doc, path: str, reference: str) -> str | None:
+        if not reference or reference.startswith("/") or "\\" in reference or "\x00" in reference:
+            self.issues.doc(doc, path, f"expected a relative path inside {self.source.root}/, got {reference!r}")
+            return None
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(doc.file), reference))
+        root = self.source.root.strip("/")
+        if root and root != "." and not resolved.startswith(root + "/"):
+            self.issues.doc(doc, path, f"{reference!r} leaves the specs root {root}/; expected a path inside it")
+            return None
+        if resolved.startswith("../") or resolved == "..":
+            self.issues.doc(doc, path, f"{reference!r} leaves the repository; expected a path inside {root}/")
+            return None
+        if resolved not in self.files:
+            self.issues.doc(doc, path, f"{resolved} does not exist in this commit; expected an OpenAPI file")
+            return None
+        return resolved
+
+    def _parse(self, doc: _Doc, path: str, entry: SourceFile) -> list[Any] | None:
+        try:
+            text = self.source.read(entry).decode("utf-8")
+        except UnicodeDecodeError:
+            self.issues.doc(doc, path, f"{entry.path} is not valid UTF-8; expected a UTF-8 OpenAPI file")
+            return None
+        try:
+            data = load_definition(text, is_json=entry.path.endswith(".json"))
+        except YamlProblem as exc:
+            where = f"{entry.path}:{exc.line}" if exc.line else entry.path
+            self.issues.doc(doc, path, f"{where}: {exc.message}")
+            return None
+        if not isinstance(data, dict) or not (
+            str(data.get("openapi", "")).startswith("3.") or str(data.get("swagger", "")) == "2.0"
+        ):
+            self.issues.doc(doc, path, f"{entry.path}: expected an OpenAPI 3 ('openapi: 3.x') or Swagger 2 ('swagger: \"2.0\"') document")
+            return None
+        body = canonical_json(data)
+        sha = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        variables = sorted(set(STAGE_VARIABLE_REF.findall(body)))
+        return [sha, body, variables]
+
+
+__all__ = [
+    "AliasSpec",
+    "CanarySpec",
+    "Definition",
+    "DesiredAlias",
+    "DesiredApi",
+    "DesiredCanary",
+    "DesiredStage",
+    "DesiredState",
+    "Location",
+    "RestApiSpec",
+    "SourceFile",
+    "SpecSource",
+    "StageSpec",
+    "load_desired",
+]

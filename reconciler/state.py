@@ -1,0 +1,179 @@
+"""The state directory: per-instance records, the spec parse cache, the writer lock.
+
+Records (last attempted / applied revision, last error, rollback pin) are
+small JSON files replaced atomically, so a kill at any moment leaves either
+the old or the new record.  The parse cache maps git blob shas to parsed
+YAML, so an unchanged file is never parsed twice.  Used by the engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import StateError
+
+CACHE_FILE = "spec-cache.json"
+LOCK_FILE = "writer.lock"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so that readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Pin:
+    revision: str
+    tag: str | None
+    pinned_at: str
+
+
+@dataclass
+class InstanceRecord:
+    """What one instance last attempted and applied (Flux keeps these apart)."""
+
+    instance: str
+    attempted_revision: str | None = None
+    applied_revision: str | None = None
+    applied_at: str | None = None
+    last_error: str | None = None
+    last_attempt_at: str | None = None
+    pinned: Pin | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StateDir:
+    """``--state-dir``: created on first use, ignored by git."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory {path}: {exc.strerror}") from None
+        ignore = path / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# written by reconciler: local state, never committed\n*\n", encoding="utf-8")
+
+    # --------------------------------------------------------------- records
+
+    def _record_path(self, instance: str) -> Path:
+        return self.path / "instances" / f"{instance}.json"
+
+    def load_record(self, instance: str) -> InstanceRecord:
+        path = self._record_path(instance)
+        if not path.exists():
+            return InstanceRecord(instance=instance)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            pin = raw.pop("pinned", None)
+            return InstanceRecord(**raw, pinned=Pin(**pin) if pin else None)
+        except (ValueError, TypeError) as exc:
+            raise StateError(f"the record {path} is unreadable ({exc}); delete it to start afresh") from None
+
+    def save_record(self, record: InstanceRecord) -> None:
+        write_json_atomic(self._record_path(record.instance), record.as_json())
+
+    # ----------------------------------------------------------------- cache
+
+    def load_cache(self) -> ParseCache:
+        return ParseCache(self.path / CACHE_FILE)
+
+    # ------------------------------------------------------------------ lock
+
+    @contextmanager
+    def writer_lock(self, what: str) -> Iterator[None]:
+        """Exclusive, non-blocking: a second writer on this state dir is refused."""
+        path = self.path / LOCK_FILE
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the with-block
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise StateError(
+                    f"the state directory {self.path} is in use by {holder}; "
+                    "only one reconciler may write to a state directory (stop it, or use another --state-dir)"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{what} (pid {os.getpid()})\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+
+class ParseCache(MutableMapping[str, Any]):
+    """Parsed specs by blob sha, loaded lazily and saved only when it grew."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._data: dict[str, Any] | None = None
+        self._dirty = False
+        self._used: set[str] = set()
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+                self._data = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                self._data = {}
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.data[key]
+        self._used.add(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self._used.add(key)
+        self._dirty = True
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+        self._dirty = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def save(self, keep_unused: int = 5000) -> None:
+        """Persist new entries; entries unused by this load are kept up to a bound."""
+        if not self._dirty or self._data is None:
+            return
+        unused = [k for k in self._data if k not in self._used]
+        for key in unused[: max(0, len(unused) - keep_unused)]:
+            del self._data[key]
+        try:
+            write_json_atomic(self.path, self._data)
+        except OSError:
+            return  # a cache that cannot be written only costs speed
+        self._dirty = False

@@ -1,0 +1,148 @@
+"""Hostile-input-safe YAML loading with line numbers; used by ``specs.py`` only.
+
+Documents are composed by libyaml (no Python tags are ever constructed), then
+converted here with a node budget, so alias/anchor expansion ("billion
+laughs") fails fast instead of eating memory.  Every mapping key's line is
+recorded under its dotted path so that errors can name the line of a field.
+No I/O: callers pass text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+try:  # libyaml is bundled with PyYAML wheels; fall back to pure Python otherwise
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - depends on the wheel
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+Lines = dict[str, int]
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+_CONSTRUCTOR = SafeConstructor()
+_SCALARS = {
+    tag: ctor
+    for tag, ctor in SafeConstructor.yaml_constructors.items()
+    if tag is not None and tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap",
+                                       "tag:yaml.org,2002:pairs", "tag:yaml.org,2002:set")
+}
+
+
+class YamlProblem(Exception):
+    """A document cannot be loaded; ``line`` is 1-based where known."""
+
+    def __init__(self, message: str, line: int | None, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.field = field
+
+
+class _Converter:
+    def __init__(self, budget: int, record_lines: bool) -> None:
+        self.budget = budget
+        self.record = record_lines
+        self.lines: Lines = {}
+
+    def convert(self, node: Node, path: str) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise YamlProblem(
+                "document expands to too many nodes (YAML aliases/anchors nested too deep?)",
+                node.start_mark.line + 1,
+                path,
+            )
+        if isinstance(node, ScalarNode):
+            ctor = _SCALARS.get(node.tag)
+            if ctor is None:
+                raise YamlProblem(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, path)
+            return ctor(_CONSTRUCTOR, node)
+        if isinstance(node, SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                raise YamlProblem(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, path)
+            return [self.convert(item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(node.value)]
+        if isinstance(node, MappingNode):
+            if node.tag != "tag:yaml.org,2002:map":
+                raise YamlProblem(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, path)
+            return self._mapping(node, path)
+        raise YamlProblem("unsupported YAML node", node.start_mark.line + 1, path)  # pragma: no cover
+
+    def _mapping(self, node: MappingNode, path: str) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                merged = self.convert(value_node, path)
+                sources = merged if isinstance(merged, list) else [merged]
+                for source in sources:
+                    if not isinstance(source, dict):
+                        raise YamlProblem("a merge key (<<) needs a mapping", key_node.start_mark.line + 1, path)
+                    for k, v in source.items():
+                        result.setdefault(k, v)
+                continue
+            key = self.convert(key_node, path)
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise YamlProblem(
+                    f"mapping keys must be strings, got {type(key).__name__} {key!r}",
+                    key_node.start_mark.line + 1,
+                    path,
+                )
+            key = str(key)
+            child = f"{path}.{key}" if path else key
+            if key in result:
+                raise YamlProblem(f"duplicate key {key!r}", key_node.start_mark.line + 1, child)
+            if self.record:
+                self.lines[child] = key_node.start_mark.line + 1
+            result[key] = self.convert(value_node, child)
+        return result
+
+
+def load_documents(text: str, max_nodes: int = 200_000) -> list[tuple[Any, Lines, int]]:
+    """Every non-empty document in ``text`` as (data, lines-by-field, first line)."""
+    loader = _Loader(text)
+    documents: list[tuple[Any, Lines, int]] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:  # pragma: no cover - check_node guards it
+                continue
+            converter = _Converter(max_nodes, record_lines=True)
+            data = converter.convert(node, "")
+            if data is None:
+                continue
+            documents.append((data, converter.lines, node.start_mark.line + 1))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise YamlProblem(f"invalid YAML: {exc.problem or exc.context}", line) from None
+    except yaml.YAMLError as exc:
+        raise YamlProblem(f"invalid YAML: {exc}", None) from None
+    finally:
+        loader.dispose()
+    return documents
+
+
+def load_definition(text: str, is_json: bool, max_nodes: int = 2_000_000) -> Any:
+    """One OpenAPI/Swagger document (JSON or YAML), without line bookkeeping."""
+    if is_json:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise YamlProblem(f"invalid JSON: {exc.msg}", exc.lineno) from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise YamlProblem("the definition is empty", None)
+        return _Converter(max_nodes, record_lines=False).convert(node, "")
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise YamlProblem(f"invalid YAML: {exc.problem or exc.context}", mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise YamlProblem(f"invalid YAML: {exc}", None) from None
+    finally:
+        loader.dispose()
