@@ -25,6 +25,7 @@ from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_docume
 
 API_VERSION = "reconciler/v1"
 KINDS = ("RestApi", "Stage", "Alias")
+ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB per spec file
 MAX_DEFINITION_BYTES = 10 << 20  # 10 MiB per OpenAPI definition
 LATEST = "$LATEST"
@@ -334,10 +335,18 @@ def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) ->
     if not isinstance(data, dict):
         issues.add(path, line, "", f"expected a mapping with apiVersion, kind, metadata and spec, got {type(data).__name__}")
         return None
+    if "apiVersion" not in data and "kind" not in data and ("openapi" in data or "swagger" in data):
+        return None  # an OpenAPI/Swagger document, checked where a spec references it
     doc = _Doc(kind=str(data.get("kind", "?")), name="?", spec=None, file=path, lines=lines, line=line)
     ok = True
-    for unknown in sorted(set(data) - {"apiVersion", "kind", "metadata", "spec"}):
-        issues.add(path, doc.line_of(unknown), unknown, "unknown field; expected apiVersion, kind, metadata, spec")
+    for required in ("apiVersion", "kind", "metadata", "spec"):
+        if required not in data:
+            issues.add(path, line, required, f"required field is missing; expected {', '.join(ENVELOPE)}")
+            ok = False
+    if not ok:
+        return None
+    for unknown in sorted(set(data) - set(ENVELOPE)):
+        issues.add(path, doc.line_of(unknown), unknown, f"unknown field; expected {', '.join(ENVELOPE)}")
         ok = False
     if data.get("apiVersion") != API_VERSION:
         issues.add(path, doc.line_of("apiVersion"), "apiVersion", f"expected {API_VERSION!r}, got {data.get('apiVersion')!r}")
