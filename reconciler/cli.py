@@ -39,28 +39,46 @@ def env_flag(flag: str) -> bool:
 
 
 class _Parser(argparse.ArgumentParser):
+    """Exits 1 on usage errors (argparse's 2 would read as "changes" for plan)."""
+
     def error(self, message: str) -> Any:  # exit 1, as exit 2 means "changes" for plan
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def common_flags() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def common_flags() -> _Parser:
+    common = _Parser(add_help=False)
     group = common.add_argument_group("common flags (also RECONCILER_<FLAG> environment variables)")
-    group.add_argument("--repo", default=env_default("repo", "."),
-                       help="git repository (path or URL); default: the one containing the current directory")
+    group.add_argument(
+        "--repo",
+        default=env_default("repo", "."),
+        help="git repository (path or URL); default: the one containing the current directory",
+    )
     group.add_argument("--branch", default=env_default("branch"), help="branch to follow; default: the current branch")
     group.add_argument("--path", default=env_default("path", "deploy_specs"), help="specs root (default: deploy_specs)")
-    group.add_argument("--backend", choices=["local", "aws"], default=env_default("backend", "local"),
-                       help="where live state is (default: local)")
-    group.add_argument("--state-dir", default=env_default("state_dir"),
-                       help="local backend and records (default: .reconciler/ in the repository root)")
-    group.add_argument("--instance", default=env_default("instance", "default"),
-                       help="name of this reconciler instance; tags are applied/<instance>/<n>")
+    group.add_argument(
+        "--backend",
+        choices=["local", "aws"],
+        default=env_default("backend", "local"),
+        help="where live state is (default: local)",
+    )
+    group.add_argument(
+        "--state-dir",
+        default=env_default("state_dir"),
+        help="local backend and records (default: .reconciler/ in the repository root)",
+    )
+    group.add_argument(
+        "--instance",
+        default=env_default("instance", "default"),
+        help="name of this reconciler instance; tags are applied/<instance>/<n>",
+    )
     group.add_argument("--output", choices=["text", "json"], default=env_default("output", "text"))
     group.add_argument("--region", default=env_default("region"), help="AWS region (aws backend)")
-    group.add_argument("--endpoint-url", default=env_default("endpoint_url"),
-                       help="AWS endpoint, e.g. a moto_server or LocalStack (aws backend)")
+    group.add_argument(
+        "--endpoint-url",
+        default=env_default("endpoint_url"),
+        help="AWS endpoint, e.g. a moto_server or LocalStack (aws backend)",
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="log engine events to stderr")
     return common
 
@@ -87,33 +105,60 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", "live state, desired/applied revision, pin, last error")
     command("history", "applied tags, newest first")
     rollback = command("rollback", "apply an earlier revision now and pin the instance to it")
-    rollback.add_argument("target", nargs="?", help="applied tag or revision (default: the applied tag before the current one)")
+    rollback.add_argument(
+        "target", nargs="?", help="applied tag or revision (default: the applied tag before the current one)"
+    )
     rollback.add_argument("--prune", action="store_true", help="also delete managed resources the target does not name")
     command("resume", "unpin: follow the branch head again")
     local = commands.add_parser("local", help="local backend tools")
     local_commands = local.add_subparsers(dest="local_command", required=True, parser_class=_Parser)
-    publish = local_commands.add_parser("publish-version", parents=[common],
-                                        help="publish a new version of a function (created if needed)")
+    publish = local_commands.add_parser(
+        "publish-version", parents=[common], help="publish a new version of a function (created if needed)"
+    )
     publish.add_argument("function")
     return parser
 
 
 def add_daemon_flags(run: argparse.ArgumentParser) -> None:
     """Flags of ``run``; the daemon module reads them from the namespace."""
-    run.add_argument("--listen", default=env_default("listen", "127.0.0.1:8080"), help="HTTP address (default: 127.0.0.1:8080)")
-    run.add_argument("--interval", type=float, default=float(env_default("interval", 30)),
-                     help="seconds between fetches of a remote repository (default: 30)")
-    run.add_argument("--resync-interval", type=float, default=float(env_default("resync_interval", 300)),
-                     help="seconds between drift checks (default: 300)")
-    run.add_argument("--debounce", type=float, default=float(env_default("debounce", 0.02)),
-                     help="seconds to wait for git ref changes to settle (default: 0.02)")
-    run.add_argument("--no-self-heal", action="store_true", default=env_flag("no_self_heal"),
-                     help="report drift but do not correct it")
-    run.add_argument("--prune", action="store_true", default=env_flag("prune"), help="delete orphaned managed resources")
+    run.add_argument(
+        "--listen", default=env_default("listen", "127.0.0.1:8080"), help="HTTP address (default: 127.0.0.1:8080)"
+    )
+    run.add_argument(
+        "--interval",
+        type=float,
+        default=float(env_default("interval", 30)),
+        help="seconds between fetches of a remote repository (default: 30)",
+    )
+    run.add_argument(
+        "--resync-interval",
+        type=float,
+        default=float(env_default("resync_interval", 300)),
+        help="seconds between drift checks (default: 300)",
+    )
+    run.add_argument(
+        "--debounce",
+        type=float,
+        default=float(env_default("debounce", 0.02)),
+        help="seconds to wait for git ref changes to settle (default: 0.02)",
+    )
+    run.add_argument(
+        "--no-self-heal",
+        action="store_true",
+        default=env_flag("no_self_heal"),
+        help="report drift but do not correct it",
+    )
+    run.add_argument(
+        "--prune", action="store_true", default=env_flag("prune"), help="delete orphaned managed resources"
+    )
     run.add_argument("--once", action="store_true", help="one reconcile, then exit")
     run.add_argument("--log-format", choices=["auto", "json", "console"], default=env_default("log_format", "auto"))
-    run.add_argument("--workdir", default=env_default("workdir"), help="clone of a remote --repo (default: <state-dir>/repo)")
-    run.add_argument("--push-tags", action="store_true", default=env_flag("push_tags"), help="push applied tags to the remote")
+    run.add_argument(
+        "--workdir", default=env_default("workdir"), help="clone of a remote --repo (default: <state-dir>/repo)"
+    )
+    run.add_argument(
+        "--push-tags", action="store_true", default=env_flag("push_tags"), help="push applied tags to the remote"
+    )
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -188,8 +233,10 @@ def render_plan(out: Out, plan: Plan) -> None:
         out.line(f"In sync at {revision}: no changes.")
     else:
         counts = {verb: sum(1 for a in plan.actions if a.action.startswith(verb)) for verb in SYMBOLS}
-        out.line(f"Plan for {revision}: {counts['create']} to create, {counts['update']} to change, "
-                 f"{counts['delete']} to delete.")
+        out.line(
+            f"Plan for {revision}: {counts['create']} to create, {counts['update']} to change, "
+            f"{counts['delete']} to delete."
+        )
         for action in plan.actions:
             render_action(out, action)
     if plan.orphans:
@@ -221,8 +268,10 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
         if out.json:
             out.document({"valid": True, "revision": revision, "errors": [], **summary})
         else:
-            out.line(f"Valid at {revision[:12]}: {summary['apis']} APIs, {summary['stages']} stages, "
-                     f"{summary['aliases']} aliases.")
+            out.line(
+                f"Valid at {revision[:12]}: {summary['apis']} APIs, {summary['stages']} stages, "
+                f"{summary['aliases']} aliases."
+            )
         return EXIT_OK
     finally:
         engine.close()
@@ -234,7 +283,10 @@ def cmd_plan(args: argparse.Namespace, out: Out) -> int:
         revision = engine.resolve_target(args.rev)
         pinned = engine.record().pinned
         if pinned and not args.rev and not out.json:
-            out.line(f"Pinned to {pinned.revision[:12]} ({pinned.tag or 'revision'}); `reconciler resume` to follow the branch.")
+            out.line(
+                f"Pinned to {pinned.revision[:12]} ({pinned.tag or 'revision'}); "
+                "`reconciler resume` to follow the branch."
+            )
         try:
             plan, _, _ = engine.make_plan(revision, prune=args.prune)
         except SpecError as exc:
@@ -251,22 +303,26 @@ def cmd_plan(args: argparse.Namespace, out: Out) -> int:
 
 def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
     if out.json:
-        out.document({
-            "revision": result.revision,
-            "result": result.result,
-            "applied": [a.as_json() for a in result.applied],
-            "tag": result.tag,
-            "error": str(result.error) if result.error else None,
-            "in_sync": result.ok,
-        })
+        out.document(
+            {
+                "revision": result.revision,
+                "result": result.result,
+                "applied": [a.as_json() for a in result.applied],
+                "tag": result.tag,
+                "error": str(result.error) if result.error else None,
+                "in_sync": result.ok,
+            }
+        )
     else:
         for action in result.applied:
             render_action(out, action)
         if result.ok:
             if result.applied:
                 tag = f", tagged {result.tag}" if result.tag else ""
-                out.line(f"Applied {len(result.applied)} action{'s' if len(result.applied) != 1 else ''} "
-                         f"at {result.revision[:12]}{tag}.")
+                out.line(
+                    f"Applied {len(result.applied)} action{'s' if len(result.applied) != 1 else ''} "
+                    f"at {result.revision[:12]}{tag}."
+                )
             else:
                 out.line(f"In sync at {result.revision[:12]}: nothing to apply.")
             if result.plan and result.plan.orphans:
@@ -298,8 +354,10 @@ def cmd_rollback(args: argparse.Namespace, out: Out) -> int:
             result = engine.rollback(args.target, prune=args.prune)
         code = report_result(out, result, engine)
         if code == EXIT_OK and not out.json:
-            out.line(f"Pinned instance {engine.instance!r} to {result.revision[:12]}; "
-                     "`reconciler resume` follows the branch again.")
+            out.line(
+                f"Pinned instance {engine.instance!r} to {result.revision[:12]}; "
+                "`reconciler resume` follows the branch again."
+            )
         return code
     finally:
         engine.close()
@@ -387,9 +445,10 @@ def cmd_publish_version(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
-    from reconciler.daemon import run_daemon
+    from reconciler.daemon import run_daemon  # type: ignore[import-not-found,unused-ignore]
 
-    return run_daemon(config_from(args), args)
+    code: int = run_daemon(config_from(args), args)
+    return code
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Out], int]] = {
@@ -408,8 +467,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Out], int]] = {
 def configure_cli_logging(verbose: bool) -> None:
     """One-shot commands log engine events only with --verbose, as console lines on stderr."""
     structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
-                    structlog.dev.ConsoleRenderer(colors=False)],
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,

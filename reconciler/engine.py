@@ -168,7 +168,9 @@ class Engine:
             result.plan = plan
             for action in plan.actions:
                 if stop is not None and stop():
-                    raise BackendError("stopped before all actions were applied; the next reconcile resumes", temporary=True)
+                    raise BackendError(
+                        "stopped before all actions were applied; the next reconcile resumes", temporary=True
+                    )
                 try:
                     self.backend.apply(action)
                 except BackendError as exc:
@@ -269,8 +271,12 @@ class Engine:
             "applied_revision": record.applied_revision,
             "attempted_revision": record.attempted_revision,
             "applied_at": record.applied_at,
-            "pinned": None if record.pinned is None else {
-                "revision": record.pinned.revision, "tag": record.pinned.tag, "pinned_at": record.pinned.pinned_at,
+            "pinned": None
+            if record.pinned is None
+            else {
+                "revision": record.pinned.revision,
+                "tag": record.pinned.tag,
+                "pinned_at": record.pinned.pinned_at,
             },
             "last_error": record.last_error,
             "stages": {
@@ -278,7 +284,9 @@ class Engine:
                     "deployment_id": s.deployment_id,
                     "definition_sha256": s.definition_sha256,
                     "variables": s.variables,
-                    "canary": None if s.canary is None else {
+                    "canary": None
+                    if s.canary is None
+                    else {
                         **(canary_json(s.canary) or {}),
                         "percentTraffic": float(s.canary.percent_traffic),
                         "deployment_id": s.canary.deployment_id,

@@ -123,9 +123,13 @@ class GitRepo:
             mode, kind, sha, size = meta.split(None, 3)
             if kind == "commit":  # submodule
                 continue
-            files.append(SourceFile(path=path, sha=sha, size=int(size) if size.strip() != "-" else 0, mode=int(mode, 8)))
+            files.append(
+                SourceFile(path=path, sha=sha, size=int(size) if size.strip() != "-" else 0, mode=int(mode, 8))
+            )
         if not files and root != ".":
-            raise GitError(f"the specs root {root}/ does not exist at {revision[:12]}; expected --path to name a folder")
+            raise GitError(
+                f"the specs root {root}/ does not exist at {revision[:12]}; expected --path to name a folder"
+            )
         return files
 
     def read_blob(self, sha: str) -> bytes:

@@ -174,8 +174,20 @@ Action = (
     | DeleteStage
     | DeleteAlias
 )
-ACTION_ORDER = [cls.action for cls in (CreateApi, UpdateApi, CreateDeployment, CreateStage, UpdateStage,
-                                       CreateAlias, UpdateAlias, DeleteStage, DeleteAlias)]
+ACTION_ORDER = [
+    cls.action
+    for cls in (
+        CreateApi,
+        UpdateApi,
+        CreateDeployment,
+        CreateStage,
+        UpdateStage,
+        CreateAlias,
+        UpdateAlias,
+        DeleteStage,
+        DeleteAlias,
+    )
+]
 
 
 @dataclass(frozen=True)
@@ -246,7 +258,10 @@ def plan_apis(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -
                     api=name,
                     description=api.description,
                     definition=api.definition,
-                    changes={"description": (None, api.description), "definition_sha256": (None, api.definition.sha256)},
+                    changes={
+                        "description": (None, api.description),
+                        "definition_sha256": (None, api.definition.sha256),
+                    },
                 )
             )
             continue
@@ -305,7 +320,11 @@ def canary_json(canary: DesiredCanary | LiveCanary | None) -> dict[str, Any] | N
         sha: str | None = canary.definition.sha256
     else:
         sha = canary.definition_sha256
-    return {"percentTraffic": percent_json(canary.percent_traffic), "definition_sha256": sha, "variables": dict(sorted(canary.variables.items()))}
+    return {
+        "percentTraffic": percent_json(canary.percent_traffic),
+        "definition_sha256": sha,
+        "variables": dict(sorted(canary.variables.items())),
+    }
 
 
 def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
@@ -359,18 +378,26 @@ def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue
     versions = live.versions.get(alias.function)
     if versions is None:
         issues.append(
-            SpecIssue(alias.location.file, alias.location.line, "spec.function",
-                      f"Alias {alias.name!r}: function {alias.function!r} does not exist in the backend; "
-                      "expected an existing Lambda function")
+            SpecIssue(
+                alias.location.file,
+                alias.location.line,
+                "spec.function",
+                f"Alias {alias.name!r}: function {alias.function!r} does not exist in the backend; "
+                "expected an existing Lambda function",
+            )
         )
         return False
     missing = sorted((v for v in alias.routing if v not in versions), key=_version_key)
     if missing:
         published = ", ".join(sorted((v for v in versions if v != LATEST), key=_version_key)) or "none"
         issues.append(
-            SpecIssue(alias.location.file, alias.location.line, "spec.routing",
-                      f"Alias {alias.name!r}: version {', '.join(missing)} of {alias.function!r} is not published; "
-                      f"expected one of the published versions ({published}) or $LATEST")
+            SpecIssue(
+                alias.location.file,
+                alias.location.line,
+                "spec.routing",
+                f"Alias {alias.name!r}: version {', '.join(missing)} of {alias.function!r} is not published; "
+                f"expected one of the published versions ({published}) or $LATEST",
+            )
         )
         return False
     return True
@@ -424,11 +451,15 @@ def find_orphans(desired: DesiredState, live: LiveState) -> list[DeleteStage | D
     for api, stage in sorted(live.stages):
         current = live.stages[(api, stage)]
         if current.managed and (api, stage) not in desired.stages:
-            orphans.append(DeleteStage(api=api, stage=stage, changes={"definition_sha256": (current.definition_sha256, None)}))
+            orphans.append(
+                DeleteStage(api=api, stage=stage, changes={"definition_sha256": (current.definition_sha256, None)})
+            )
     for function, alias in sorted(live.aliases):
         current_alias = live.aliases[(function, alias)]
         if current_alias.managed and (function, alias) not in desired.aliases:
             orphans.append(
-                DeleteAlias(function=function, alias=alias, changes={"routing": (routing_json(current_alias.routing), None)})
+                DeleteAlias(
+                    function=function, alias=alias, changes={"routing": (routing_json(current_alias.routing), None)}
+                )
             )
     return orphans

@@ -58,7 +58,9 @@ check_stage_name = _rule(r"[A-Za-z0-9_-]{1,128}", "1-128 characters of [A-Za-z0-
 check_alias_name = _rule(r"(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}", "1-128 characters of [a-zA-Z0-9_-], not all digits")
 NAME_RULES = {"RestApi": check_api_name, "Stage": check_stage_name, "Alias": check_alias_name}
 ApiName = Annotated[str, AfterValidator(check_api_name)]
-FunctionName = Annotated[str, _matching(r"[a-zA-Z0-9_-]{1,64}", "a Lambda function name: 1-64 characters of [a-zA-Z0-9_-]")]
+FunctionName = Annotated[
+    str, _matching(r"[a-zA-Z0-9_-]{1,64}", "a Lambda function name: 1-64 characters of [a-zA-Z0-9_-]")
+]
 VariableName = Annotated[str, _matching(r"[A-Za-z0-9_]{1,64}", "1-64 characters of [A-Za-z0-9_]")]
 VariableValue = Annotated[
     str,
@@ -301,14 +303,18 @@ def _decode(data: bytes, path: str, issues: _Issues) -> str | None:
         return None
 
 
-def _read_spec_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str, Any], issues: _Issues) -> list[_Doc]:
+def _read_spec_file(
+    source: SpecSource, entry: SourceFile, cache: MutableMapping[str, Any], issues: _Issues
+) -> list[_Doc]:
     if entry.mode == MODE_SYMLINK:
         issues.add(entry.path, None, "", "is a symbolic link; symlinks are never followed, commit the file itself")
         return []
     if entry.mode == MODE_SUBMODULE:
         return []
     if entry.size > MAX_SPEC_BYTES:
-        issues.add(entry.path, None, "", f"is {entry.size} bytes; expected at most {MAX_SPEC_BYTES} bytes per spec file")
+        issues.add(
+            entry.path, None, "", f"is {entry.size} bytes; expected at most {MAX_SPEC_BYTES} bytes per spec file"
+        )
         return []
     key = f"spec:{CACHE_FORMAT}:{entry.sha}"
     parsed = cache.get(key)
@@ -333,7 +339,9 @@ def _read_spec_file(source: SpecSource, entry: SourceFile, cache: MutableMapping
 def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) -> _Doc | None:
     """Check apiVersion/kind/metadata; return the document or record why not."""
     if not isinstance(data, dict):
-        issues.add(path, line, "", f"expected a mapping with apiVersion, kind, metadata and spec, got {type(data).__name__}")
+        issues.add(
+            path, line, "", f"expected a mapping with apiVersion, kind, metadata and spec, got {type(data).__name__}"
+        )
         return None
     if "apiVersion" not in data and "kind" not in data and ("openapi" in data or "swagger" in data):
         return None  # an OpenAPI/Swagger document, checked where a spec references it
@@ -349,7 +357,9 @@ def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) ->
         issues.add(path, doc.line_of(unknown), unknown, f"unknown field; expected {', '.join(ENVELOPE)}")
         ok = False
     if data.get("apiVersion") != API_VERSION:
-        issues.add(path, doc.line_of("apiVersion"), "apiVersion", f"expected {API_VERSION!r}, got {data.get('apiVersion')!r}")
+        issues.add(
+            path, doc.line_of("apiVersion"), "apiVersion", f"expected {API_VERSION!r}, got {data.get('apiVersion')!r}"
+        )
         ok = False
     if data.get("kind") not in KINDS:
         issues.add(path, doc.line_of("kind"), "kind", f"expected one of {', '.join(KINDS)}, got {data.get('kind')!r}")
@@ -373,7 +383,7 @@ def _pydantic_issues(doc: _Doc, prefix: str, exc: ValidationError, issues: _Issu
         path = ".".join([prefix, *parts]) if parts else prefix
         message = error["msg"]
         if message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
         kind = error["type"]
         if kind == "extra_forbidden":
             message = "unknown field"
@@ -424,7 +434,9 @@ def _resolve(
             if definition is not None:
                 state.apis[doc.name] = DesiredApi(doc.name, spec.description, definition, doc.at(""))
     for doc, spec in typed:
-        if doc.kind == "Stage" and unique(doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"):
+        if doc.kind == "Stage" and unique(
+            doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"
+        ):
             stage = _stage(doc, spec, state, definitions, issues)
             if stage is not None:
                 state.stages[(stage.api, stage.name)] = stage
@@ -438,7 +450,9 @@ def _resolve(
     return state
 
 
-def _stage(doc: _Doc, spec: StageSpec, state: DesiredState, definitions: _Definitions, issues: _Issues) -> DesiredStage | None:
+def _stage(
+    doc: _Doc, spec: StageSpec, state: DesiredState, definitions: _Definitions, issues: _Issues
+) -> DesiredStage | None:
     api = state.apis.get(spec.api)
     if api is None:
         known = ", ".join(sorted(state.apis)) or "none"
@@ -483,7 +497,9 @@ def _check_variables(doc: _Doc, path: str, definition: Definition, variables: di
 class _Definitions:
     """Resolves, reads, parses and hashes definition files once per blob."""
 
-    def __init__(self, source: SpecSource, files: dict[str, SourceFile], cache: MutableMapping[str, Any], issues: _Issues) -> None:
+    def __init__(
+        self, source: SpecSource, files: dict[str, SourceFile], cache: MutableMapping[str, Any], issues: _Issues
+    ) -> None:
         self.source = source
         self.files = files
         self.cache = cache
@@ -496,7 +512,9 @@ class _Definitions:
             return None
         entry = self.files[resolved]
         if entry.mode == MODE_SYMLINK:
-            self.issues.doc(doc, path, f"{resolved} is a symbolic link; expected a regular file (symlinks are never followed)")
+            self.issues.doc(
+                doc, path, f"{resolved} is a symbolic link; expected a regular file (symlinks are never followed)"
+            )
             return None
         if entry.size > MAX_DEFINITION_BYTES:
             self.issues.doc(doc, path, f"{resolved} is {entry.size} bytes; expected at most {MAX_DEFINITION_BYTES}")
@@ -546,7 +564,11 @@ class _Definitions:
         if not isinstance(data, dict) or not (
             str(data.get("openapi", "")).startswith("3.") or str(data.get("swagger", "")) == "2.0"
         ):
-            self.issues.doc(doc, path, f"{entry.path}: expected an OpenAPI 3 ('openapi: 3.x') or Swagger 2 ('swagger: \"2.0\"') document")
+            self.issues.doc(
+                doc,
+                path,
+                f"{entry.path}: expected an OpenAPI 3 ('openapi: 3.x') or Swagger 2 ('swagger: \"2.0\"') document",
+            )
             return None
         body = canonical_json(data)
         sha = hashlib.sha256(body.encode("utf-8")).hexdigest()

@@ -28,8 +28,15 @@ _CONSTRUCTOR = SafeConstructor()
 _SCALARS = {
     tag: ctor
     for tag, ctor in SafeConstructor.yaml_constructors.items()
-    if tag is not None and tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap",
-                                       "tag:yaml.org,2002:pairs", "tag:yaml.org,2002:set")
+    if tag is not None
+    and tag
+    not in (
+        "tag:yaml.org,2002:map",
+        "tag:yaml.org,2002:seq",
+        "tag:yaml.org,2002:omap",
+        "tag:yaml.org,2002:pairs",
+        "tag:yaml.org,2002:set",
+    )
 }
 
 

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, assert_never
 
-
 from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
 from reconciler.errors import BackendError, ConflictError
 from reconciler.plan import (
@@ -163,8 +162,14 @@ class LocalCloud:
             raise _error("NotFoundException", f"Invalid deployment identifier specified: {deployment_id}")
 
     def create_stage(
-        self, api_id: str, name: str, deployment_id: str, description: str | None,
-        variables: dict[str, str], canary: dict[str, Any] | None, managed: bool,
+        self,
+        api_id: str,
+        name: str,
+        deployment_id: str,
+        description: str | None,
+        variables: dict[str, str],
+        canary: dict[str, Any] | None,
+        managed: bool,
     ) -> None:
         self._check_deployment(api_id, deployment_id)
         if canary is not None:
@@ -173,15 +178,29 @@ class LocalCloud:
             self.db.execute(
                 "INSERT INTO stages (api_id, name, deployment_id, description, variables, canary, managed,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (api_id, name, deployment_id, description, json.dumps(variables), _dump(canary), int(managed),
-                 _now(), _now()),
+                (
+                    api_id,
+                    name,
+                    deployment_id,
+                    description,
+                    json.dumps(variables),
+                    _dump(canary),
+                    int(managed),
+                    _now(),
+                    _now(),
+                ),
             )
         except sqlite3.IntegrityError:
             raise _error("ConflictException", "Stage already exists") from None
 
     def update_stage(
-        self, api_id: str, name: str, deployment_id: str, description: str | None,
-        variables: dict[str, str], canary: dict[str, Any] | None,
+        self,
+        api_id: str,
+        name: str,
+        deployment_id: str,
+        description: str | None,
+        variables: dict[str, str],
+        canary: dict[str, Any] | None,
     ) -> None:
         self._check_deployment(api_id, deployment_id)
         if canary is not None:
@@ -211,32 +230,49 @@ class LocalCloud:
             db.execute("INSERT OR IGNORE INTO functions (name, created_at) VALUES (?, ?)", (function, _now()))
             row = db.execute("SELECT MAX(version) AS v FROM versions WHERE function = ?", (function,)).fetchone()
             version = int(row["v"] or 0) + 1
-            db.execute("INSERT INTO versions (function, version, created_at) VALUES (?, ?, ?)", (function, version, _now()))
+            db.execute(
+                "INSERT INTO versions (function, version, created_at) VALUES (?, ?, ?)", (function, version, _now())
+            )
         return version
 
     def _check_alias_target(self, function: str, name: str, version: str, weights: dict[str, float]) -> None:
         if name.isdigit():
-            raise _error("ValidationException", f"1 validation error detected: Value '{name}' at 'name' failed to satisfy constraint")
+            raise _error(
+                "ValidationException",
+                f"1 validation error detected: Value '{name}' at 'name' failed to satisfy constraint",
+            )
         if self.db.execute("SELECT 1 FROM functions WHERE name = ?", (function,)).fetchone() is None:
             raise _error("ResourceNotFoundException", f"Function not found: {self.function_arn(function)}")
         if len(weights) > 1:
-            raise _error("InvalidParameterValueException", "Number of items in AdditionalVersionWeights cannot be greater than 1")
+            raise _error(
+                "InvalidParameterValueException", "Number of items in AdditionalVersionWeights cannot be greater than 1"
+            )
         for extra, weight in weights.items():
             if extra == LATEST or version == LATEST:
-                raise _error("InvalidParameterValueException",
-                             "$LATEST is not supported for an alias pointing to more than 1 version")
+                raise _error(
+                    "InvalidParameterValueException",
+                    "$LATEST is not supported for an alias pointing to more than 1 version",
+                )
             if not 0.0 <= weight <= 1.0:
                 raise _error("ValidationException", f"weight {weight} for version {extra} is outside 0.0-1.0")
             if extra == version:
-                raise _error("InvalidParameterValueException", "Main version and additional version weight cannot be the same")
+                raise _error(
+                    "InvalidParameterValueException", "Main version and additional version weight cannot be the same"
+                )
         for candidate in [version, *weights]:
             if candidate == LATEST:
                 continue
-            found = self.db.execute(
-                "SELECT 1 FROM versions WHERE function = ? AND version = ?", (function, int(candidate))
-            ).fetchone() if candidate.isdigit() else None
+            found = (
+                self.db.execute(
+                    "SELECT 1 FROM versions WHERE function = ? AND version = ?", (function, int(candidate))
+                ).fetchone()
+                if candidate.isdigit()
+                else None
+            )
             if found is None:
-                raise _error("ResourceNotFoundException", f"Function not found: {self.function_arn(function, candidate)}")
+                raise _error(
+                    "ResourceNotFoundException", f"Function not found: {self.function_arn(function, candidate)}"
+                )
 
     def create_alias(
         self, function: str, name: str, version: str, weights: dict[str, float], description: str | None, managed: bool
@@ -249,20 +285,30 @@ class LocalCloud:
                 (function, name, description, version, json.dumps(weights), str(uuid.uuid4()), int(managed)),
             )
         except sqlite3.IntegrityError:
-            raise _error("ResourceConflictException",
-                         f"Alias already exists: {self.function_arn(function, name)}") from None
+            raise _error(
+                "ResourceConflictException", f"Alias already exists: {self.function_arn(function, name)}"
+            ) from None
 
     def update_alias(
-        self, function: str, name: str, version: str, weights: dict[str, float], description: str | None,
+        self,
+        function: str,
+        name: str,
+        version: str,
+        weights: dict[str, float],
+        description: str | None,
         revision_id: str | None = None,
     ) -> None:
         self._check_alias_target(function, name, version, weights)
-        row = self.db.execute("SELECT revision_id FROM aliases WHERE function = ? AND name = ?", (function, name)).fetchone()
+        row = self.db.execute(
+            "SELECT revision_id FROM aliases WHERE function = ? AND name = ?", (function, name)
+        ).fetchone()
         if row is None:
             raise _error("ResourceNotFoundException", f"Alias not found: {self.function_arn(function, name)}")
         if revision_id is not None and row["revision_id"] != revision_id:
-            raise _error("PreconditionFailedException",
-                         "The RevisionId provided does not match the latest RevisionId for the Lambda function or alias")
+            raise _error(
+                "PreconditionFailedException",
+                "The RevisionId provided does not match the latest RevisionId for the Lambda function or alias",
+            )
         self.db.execute(
             "UPDATE aliases SET description = ?, function_version = ?, additional_weights = ?, revision_id = ?"
             " WHERE function = ? AND name = ?",
@@ -308,13 +354,16 @@ class LocalBackend:
         names: dict[str, str] = {}
         for row in db.execute("SELECT id, name, description, definition_sha256, managed FROM rest_apis"):
             names[row["id"]] = row["name"]
-            live.apis[row["name"]] = LiveApi(row["name"], row["id"], row["description"], row["definition_sha256"],
-                                             bool(row["managed"]))
+            live.apis[row["name"]] = LiveApi(
+                row["name"], row["id"], row["description"], row["definition_sha256"], bool(row["managed"])
+            )
         hashes: dict[str, str | None] = {}
         for row in db.execute("SELECT id, api_id, definition_sha256, revision FROM deployments ORDER BY created_at"):
             hashes[row["id"]] = row["definition_sha256"]
             by_hash = live.deployments.setdefault(names[row["api_id"]], {})
-            by_hash.setdefault(row["definition_sha256"], LiveDeployment(row["id"], row["definition_sha256"], row["revision"]))
+            by_hash.setdefault(
+                row["definition_sha256"], LiveDeployment(row["id"], row["definition_sha256"], row["revision"])
+            )
         for row in db.execute("SELECT * FROM stages"):
             canary = None
             if row["canary"]:
@@ -327,10 +376,15 @@ class LocalBackend:
                 )
             api = names[row["api_id"]]
             live.stages[(api, row["name"])] = LiveStage(
-                api=api, name=row["name"], deployment_id=row["deployment_id"],
-                definition_sha256=hashes.get(row["deployment_id"]), description=row["description"],
-                variables=json.loads(row["variables"]), canary=canary,
-                url=self.cloud.url(row["api_id"], row["name"]), managed=bool(row["managed"]),
+                api=api,
+                name=row["name"],
+                deployment_id=row["deployment_id"],
+                definition_sha256=hashes.get(row["deployment_id"]),
+                description=row["description"],
+                variables=json.loads(row["variables"]),
+                canary=canary,
+                url=self.cloud.url(row["api_id"], row["name"]),
+                managed=bool(row["managed"]),
             )
         for row in db.execute("SELECT name FROM functions"):
             live.versions[row["name"]] = {LATEST}
@@ -338,9 +392,12 @@ class LocalBackend:
             live.versions[row["function"]].add(str(row["version"]))
         for row in db.execute("SELECT * FROM aliases"):
             live.aliases[(row["function"], row["name"])] = LiveAlias(
-                function=row["function"], name=row["name"], description=row["description"],
+                function=row["function"],
+                name=row["name"],
+                description=row["description"],
                 routing=routing_from_lambda(row["function_version"], json.loads(row["additional_weights"])),
-                managed=bool(row["managed"]), revision_id=row["revision_id"],
+                managed=bool(row["managed"]),
+                revision_id=row["revision_id"],
             )
         return live
 
@@ -367,7 +424,9 @@ class LocalBackend:
         }
 
     def _managed_stage_exists(self, api_id: str, stage: str) -> bool:
-        row = self.cloud.db.execute("SELECT managed FROM stages WHERE api_id = ? AND name = ?", (api_id, stage)).fetchone()
+        row = self.cloud.db.execute(
+            "SELECT managed FROM stages WHERE api_id = ? AND name = ?", (api_id, stage)
+        ).fetchone()
         if row is not None and not row["managed"]:
             raise _error("ConflictException", f"stage {stage} exists and is not managed by reconciler")
         return row is not None
@@ -380,8 +439,9 @@ class LocalBackend:
                 api_id = str(row["id"]) if row else cloud.create_rest_api(action.api, action.description, managed=True)
                 cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, action.description)
             case UpdateApi():
-                cloud.put_rest_api(cloud.api_id(action.api), action.definition.body, action.definition.sha256,
-                                   action.description)
+                cloud.put_rest_api(
+                    cloud.api_id(action.api), action.definition.body, action.definition.sha256, action.description
+                )
             case CreateDeployment():
                 api_id = cloud.api_id(action.api)
                 exists = cloud.db.execute(
@@ -395,26 +455,34 @@ class LocalBackend:
                 description = json.dumps({"sha256": action.definition.sha256, "revision": action.revision})
                 cloud.create_deployment(api_id, description, action.revision)
                 if action.api_definition.sha256 != action.definition.sha256:
-                    cloud.put_rest_api(api_id, action.api_definition.body, action.api_definition.sha256,
-                                       current["description"])
+                    cloud.put_rest_api(
+                        api_id, action.api_definition.body, action.api_definition.sha256, current["description"]
+                    )
             case CreateStage() | UpdateStage():
                 api_id = cloud.api_id(action.api)
                 deployment_id = self._deployment_for(api_id, action.definition.sha256)
                 canary = self._canary(api_id, action.canary)
                 if self._managed_stage_exists(api_id, action.stage):
-                    cloud.update_stage(api_id, action.stage, deployment_id, action.description, action.variables, canary)
+                    cloud.update_stage(
+                        api_id, action.stage, deployment_id, action.description, action.variables, canary
+                    )
                 else:
-                    cloud.create_stage(api_id, action.stage, deployment_id, action.description, action.variables,
-                                       canary, managed=True)
+                    cloud.create_stage(
+                        api_id, action.stage, deployment_id, action.description, action.variables, canary, managed=True
+                    )
             case CreateAlias() | UpdateAlias():
                 version, weights = routing_to_lambda(action.routing)
                 row = cloud.db.execute(
                     "SELECT managed FROM aliases WHERE function = ? AND name = ?", (action.function, action.alias)
                 ).fetchone()
                 if row is None:
-                    cloud.create_alias(action.function, action.alias, version, weights, action.description, managed=True)
+                    cloud.create_alias(
+                        action.function, action.alias, version, weights, action.description, managed=True
+                    )
                 elif not row["managed"]:
-                    raise _error("ResourceConflictException", f"alias {action.alias} exists and is not managed by reconciler")
+                    raise _error(
+                        "ResourceConflictException", f"alias {action.alias} exists and is not managed by reconciler"
+                    )
                 else:
                     revision_id = action.revision_id if isinstance(action, UpdateAlias) else None
                     cloud.update_alias(action.function, action.alias, version, weights, action.description, revision_id)
@@ -424,7 +492,8 @@ class LocalBackend:
                     cloud.delete_stage(str(row["id"]), action.stage)
             case DeleteAlias():
                 cloud.db.execute(
-                    "DELETE FROM aliases WHERE function = ? AND name = ? AND managed = 1", (action.function, action.alias)
+                    "DELETE FROM aliases WHERE function = ? AND name = ? AND managed = 1",
+                    (action.function, action.alias),
                 )
             case _:
                 assert_never(action)
