@@ -25,6 +25,7 @@ from reconciler.specs import DesiredState, load_desired
 from reconciler.state import InstanceRecord, Pin, StateDir
 
 log = structlog.get_logger("reconciler.engine")
+TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,8 @@ class Engine:
             "instance": self.instance,
             "backend": self.config.backend,
             "rollback": rollback,
-            "actions": [{"action": a.action, "resource": a.resource} for a in applied],
+            "action_count": len(applied),
+            "actions": [{"action": a.action, "resource": a.resource} for a in applied[:TAG_ACTIONS_LISTED]],
         }
         try:
             return self.repo.create_applied_tag(self.instance, revision, message)

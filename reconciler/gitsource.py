@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +43,12 @@ class AppliedTag:
 
     def as_json(self) -> dict[str, Any]:
         actions = self.message.get("actions", [])
+        count = self.message.get("action_count", len(actions) if isinstance(actions, list) else 0)
         return {
             "tag": self.name,
             "revision": self.revision,
             "applied_at": self.message.get("time") or self.tagged_at,
-            "actions": len(actions) if isinstance(actions, list) else actions,
+            "actions": count,
             "rollback": bool(self.message.get("rollback", False)),
         }
 
@@ -178,9 +180,16 @@ class GitRepo:
             name = f"{TAG_PREFIX}/{instance}/{number}"
             body = json.dumps({**message, "tag": name}, sort_keys=True)
             try:
-                with self.repo.git.custom_environment(**self._identity()):
-                    self.repo.git.tag("-a", name, revision, "-m", body)
+                with (
+                    tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".json") as handle,
+                    self.repo.git.custom_environment(**self._identity()),
+                ):
+                    handle.write(body)
+                    handle.flush()
+                    self.repo.git.tag("-a", name, revision, "-F", handle.name)
                 return name
+            except OSError as exc:
+                raise GitError(f"cannot create tag {name}: {exc}") from None
             except GitCommandError as exc:
                 if "already exists" in (exc.stderr or ""):
                     continue
