@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.backends.local import LocalCloud  # noqa: E402
+from reconciler.backends.local import LocalCloud
 
 STAGES_PER_API = 50
 ALIASES_PER_FUNCTION = 10
@@ -40,9 +40,10 @@ DEFINITION = textwrap.dedent(
           x-amazon-apigateway-integration:
             type: aws_proxy
             httpMethod: POST
-            uri: arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/arn:aws:lambda:us-east-1:1:function:{api}:${{stageVariables.lambdaAlias}}/invocations
+            uri: arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/{function}/invocations
     """
 )
+FUNCTION_ARN = "arn:aws:lambda:us-east-1:1:function:{api}:${{stageVariables.lambdaAlias}}"
 
 FLOOR = """
 import sys, time, pathlib, yaml
@@ -64,7 +65,7 @@ def generate(repo: Path, n: int) -> None:
     apis = max(1, n // STAGES_PER_API)
     for a in range(apis):
         api = f"api-{a:04d}"
-        (specs / f"{api}-openapi.yaml").write_text(DEFINITION.format(api=api))
+        (specs / f"{api}-openapi.yaml").write_text(DEFINITION.format(api=api, function=FUNCTION_ARN.format(api=api)))
         docs = [
             f"apiVersion: reconciler/v1\nkind: RestApi\nmetadata: {{name: {api}}}\n"
             f"spec: {{description: API {a}, definition: {api}-openapi.yaml}}\n"
@@ -117,7 +118,7 @@ def bench(n: int) -> dict[str, tuple[float, float]]:
         cli = [sys.executable, "-m", "reconciler"]
         common = ["--repo", str(repo), "--state-dir", str(state)]
 
-        wall, rss, code, out = measured([sys.executable, "-c", FLOOR, str(repo / "deploy_specs")], repo)
+        wall, rss, _code, out = measured([sys.executable, "-c", FLOOR, str(repo / "deploy_specs")], repo)
         floor_inner = float(out.split()[1])
         results["floor: read + parse YAML (process)"] = (wall, rss)
         results["floor: read + parse YAML (in-process)"] = (floor_inner, rss)
