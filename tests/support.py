@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -11,7 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
 from reconciler.cli import main
+from reconciler.specs import (
+    Definition,
+    DesiredAlias,
+    DesiredApi,
+    DesiredCanary,
+    DesiredStage,
+    DesiredState,
+    Location,
+    canonical_json,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy_specs"
 
@@ -82,3 +94,119 @@ class SpecRepo:
 
     def publish(self, function: str, times: int = 1) -> list[str]:
         return [self.cli("local", "publish-version", function).stdout.strip() for _ in range(times)]
+
+
+# ------------------------------------------- plan inputs, built without git or a backend
+
+SPEC_FILE = "deploy_specs/specs.yaml"
+
+
+def make_definition(title: str, variables: frozenset[str] = frozenset({"lambdaAlias"})) -> Definition:
+    """A small OpenAPI document in canonical form, hashed as the specs loader hashes it."""
+    body = canonical_json({"openapi": "3.0.1", "info": {"title": title, "version": "1"}, "paths": {}})
+    return Definition(hashlib.sha256(body.encode("utf-8")).hexdigest(), body, f"deploy_specs/{title}.yaml", variables)
+
+
+def desired_api(definition: Definition, name: str = "orders", description: str | None = None) -> DesiredApi:
+    return DesiredApi(name, description, definition, Location(SPEC_FILE, 1))
+
+
+def desired_stage(
+    name: str,
+    definition: Definition,
+    api: str = "orders",
+    variables: dict[str, str] | None = None,
+    canary: DesiredCanary | None = None,
+    description: str | None = None,
+    line: int = 10,
+) -> DesiredStage:
+    return DesiredStage(
+        api, name, description, definition, variables or {"lambdaAlias": name}, canary, Location(SPEC_FILE, line)
+    )
+
+
+def desired_alias(
+    name: str,
+    routing: dict[str, float],
+    function: str = "orders-handler",
+    description: str | None = None,
+    line: int = 20,
+) -> DesiredAlias:
+    return DesiredAlias(function, name, description, routing, Location(SPEC_FILE, line))
+
+
+def desired_state(*items: DesiredApi | DesiredStage | DesiredAlias, revision: str = "c0ffee") -> DesiredState:
+    state = DesiredState(revision=revision)
+    for item in items:
+        if isinstance(item, DesiredApi):
+            state.apis[item.name] = item
+        elif isinstance(item, DesiredStage):
+            state.stages[(item.api, item.name)] = item
+        else:
+            state.aliases[(item.function, item.name)] = item
+    return state
+
+
+def deployment_id(definition: Definition) -> str:
+    return f"dep-{definition.sha256[:6]}"
+
+
+def live_api(
+    definition: Definition, name: str = "orders", managed: bool = True, description: str | None = None
+) -> LiveApi:
+    return LiveApi(name, f"id-{name}", description, definition.sha256, managed)
+
+
+def live_canary(percent: float, definition: Definition, variables: dict[str, str] | None = None) -> LiveCanary:
+    return LiveCanary(percent, definition.sha256, deployment_id(definition), variables or {})
+
+
+def live_stage(
+    name: str,
+    definition: Definition,
+    api: str = "orders",
+    variables: dict[str, str] | None = None,
+    canary: LiveCanary | None = None,
+    managed: bool = True,
+    description: str | None = None,
+) -> LiveStage:
+    return LiveStage(
+        api=api,
+        name=name,
+        deployment_id=deployment_id(definition),
+        definition_sha256=definition.sha256,
+        description=description,
+        variables=variables or {"lambdaAlias": name},
+        canary=canary,
+        url=f"https://id-{api}.execute-api.local.localhost/{name}",
+        managed=managed,
+    )
+
+
+def live_alias(
+    name: str,
+    routing: dict[str, float],
+    function: str = "orders-handler",
+    managed: bool = True,
+    description: str | None = None,
+) -> LiveAlias:
+    return LiveAlias(function, name, description, routing, managed, revision_id=f"rev-{name}")
+
+
+def live_state(
+    *items: LiveApi | LiveStage | LiveAlias,
+    deployments: dict[str, list[Definition]] | None = None,
+    versions: dict[str, set[str]] | None = None,
+) -> LiveState:
+    """Live state; ``versions`` defaults to orders-handler with versions 1 and 2 published."""
+    state = LiveState(versions={"orders-handler": {"$LATEST", "1", "2"}} if versions is None else versions)
+    for item in items:
+        if isinstance(item, LiveApi):
+            state.apis[item.name] = item
+        elif isinstance(item, LiveStage):
+            state.stages[(item.api, item.name)] = item
+        else:
+            state.aliases[(item.function, item.name)] = item
+    for api, definitions in (deployments or {}).items():
+        state.deployments[api] = {d.sha256: LiveDeployment(deployment_id(d), d.sha256, "0ld") for d in definitions}
+    return state
