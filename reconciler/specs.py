@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reconciler.errors import SpecError, SpecIssue
 from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
@@ -91,11 +91,12 @@ class CanarySpec(_Model):
     definition: str | None = None
     variables: Variables = {}
 
-    @model_validator(mode="after")
-    def _percent_in_range(self) -> CanarySpec:
-        if not 0 < self.percentTraffic <= 100:
-            raise ValueError(f"percentTraffic: expected a number in (0, 100], got {self.percentTraffic:g}")
-        return self
+    @field_validator("percentTraffic")
+    @classmethod
+    def _percent_in_range(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(f"expected a number in (0, 100], got {value:g}")
+        return value
 
 
 class StageSpec(_Model):
@@ -111,12 +112,13 @@ class AliasSpec(_Model):
     description: Annotated[str, Field(max_length=256)] | None = None
     routing: dict[Version, float]
 
-    @model_validator(mode="after")
-    def _routing_rules(self) -> AliasSpec:
-        problems = routing_problems(self.routing)
+    @field_validator("routing")
+    @classmethod
+    def _routing_rules(cls, routing: dict[str, float]) -> dict[str, float]:
+        problems = routing_problems(routing)
         if problems:
-            raise ValueError("routing: " + "; ".join(problems))
-        return self
+            raise ValueError("; ".join(problems))
+        return routing
 
 
 def routing_problems(routing: dict[str, float]) -> list[str]:
@@ -380,6 +382,7 @@ def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) ->
 def _pydantic_issues(doc: _Doc, prefix: str, exc: ValidationError, issues: _Issues) -> None:
     for error in exc.errors(include_url=False):
         parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+        parts = [p for p in parts if p != "[key]"]
         path = ".".join([prefix, *parts]) if parts else prefix
         message = error["msg"]
         if message.startswith("Value error, "):
