@@ -201,14 +201,33 @@ def error_line(message: str) -> None:
     print(f"{prefix} {message}", file=sys.stderr)
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, str) and len(value) == 64:
+def _abbreviate(value: Any) -> Any:
+    """Definition hashes shortened to 12 characters, at any depth."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return value[:12]
+    if isinstance(value, dict):
+        return {k: _abbreviate(v) for k, v in value.items()}
+    return value
+
+
+def _short(value: Any) -> str:
+    value = _abbreviate(value)
     if value is None:
         return "(none)"
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     return str(value)
+
+
+def _field_changes(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """One line per changed leaf when both sides are mappings (canary, variables), else one line."""
+    if isinstance(old, dict) and isinstance(new, dict) and old and new:
+        return [
+            (f"{name}.{key}", old.get(key), new.get(key))
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
+    return [(name, old, new)]
 
 
 SYMBOLS = {"create": ("+", "32"), "update": ("~", "33"), "delete": ("-", "31")}
@@ -224,7 +243,8 @@ def render_action(out: Out, action: Action) -> None:
         elif verb == "delete":
             out.line(f"      {name}: {_short(old)}")
         else:
-            out.line(f"      {name}: {_short(old)} → {_short(new)}")
+            for leaf, before, after in _field_changes(name, old, new):
+                out.line(f"      {leaf}: {_short(before)} → {_short(after)}")
 
 
 def render_plan(out: Out, plan: Plan) -> None:
