@@ -16,7 +16,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -133,7 +133,7 @@ def routing_problems(routing: dict[str, float]) -> list[str]:
     if routing and abs(total - 100) > 1e-6:
         problems.append(f"expected percentages summing to 100, got {total:g}")
     if LATEST in routing and len(routing) > 1:
-        problems.append("$LATEST cannot take weighted traffic; it may only be routed alone")
+        problems.append("$LATEST cannot take weighted traffic; expected it alone at 100")
     return problems
 
 
@@ -370,7 +370,7 @@ def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) ->
         metadata = Metadata.model_validate(data.get("metadata"))
         doc.name = metadata.name
     except ValidationError as exc:
-        _pydantic_issues(doc, "metadata", exc, issues)
+        _pydantic_issues(doc, "metadata", Metadata, exc, issues)
         ok = False
     if not isinstance(data.get("spec"), dict):
         issues.add(path, doc.line_of("spec"), "spec", f"expected a mapping, got {type(data.get('spec')).__name__}")
@@ -379,7 +379,31 @@ def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) ->
     return doc if ok else None
 
 
-def _pydantic_issues(doc: _Doc, prefix: str, exc: ValidationError, issues: _Issues) -> None:
+TYPE_NOUNS = {
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "string_type": "a string",
+    "float_type": "a number",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+}
+
+
+def _fields_at(model: type[BaseModel], parts: list[str]) -> list[str]:
+    """The field names of the (nested) model that the field path ``parts`` lands in."""
+    for part in parts:
+        info = model.model_fields.get(part)
+        if info is None:
+            return []
+        nested = [a for a in (*get_args(info.annotation), info.annotation) if isinstance(a, type)]
+        models = [a for a in nested if issubclass(a, BaseModel)]
+        if not models:
+            return []
+        model = models[0]
+    return list(model.model_fields)
+
+
+def _pydantic_issues(doc: _Doc, prefix: str, model: type[BaseModel], exc: ValidationError, issues: _Issues) -> None:
     for error in exc.errors(include_url=False):
         parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
         parts = [p for p in parts if p != "[key]"]
@@ -389,11 +413,13 @@ def _pydantic_issues(doc: _Doc, prefix: str, exc: ValidationError, issues: _Issu
             message = message[len("Value error, ") :]
         kind = error["type"]
         if kind == "extra_forbidden":
-            message = "unknown field"
+            message = f"unknown field; expected one of {', '.join(_fields_at(model, parts[:-1]))}"
         elif kind == "missing":
-            message = "required field is missing"
-        elif kind in ("string_type", "float_type", "dict_type", "model_type", "int_type", "bool_type"):
-            message = f"{message}, got {type(error.get('input')).__name__} {error.get('input')!r}"[:300]
+            message = f"required field is missing; expected {parts[-1] if parts else prefix} to be set"
+        elif kind in TYPE_NOUNS:
+            message = f"expected {TYPE_NOUNS[kind]}, got {type(error.get('input')).__name__} {error.get('input')!r}"[
+                :300
+            ]
         issues.doc(doc, path, message)
 
 
@@ -408,7 +434,7 @@ def _validate_schema(docs: list[_Doc], issues: _Issues) -> list[tuple[_Doc, Any]
         try:
             typed.append((doc, SPEC_MODELS[doc.kind].model_validate(doc.spec)))
         except ValidationError as exc:
-            _pydantic_issues(doc, "spec", exc, issues)
+            _pydantic_issues(doc, "spec", SPEC_MODELS[doc.kind], exc, issues)
     return typed
 
 
@@ -426,7 +452,9 @@ def _resolve(
     def unique(doc: _Doc, key: tuple[str, ...], what: str) -> bool:
         first = seen.get(key)
         if first is not None:
-            issues.doc(doc, "metadata.name", f"duplicate {what}; first defined at {first.file}:{first.line}")
+            issues.doc(
+                doc, "metadata.name", f"duplicate {what}; first defined at {first.file}:{first.line}, expected once"
+            )
             return False
         seen[key] = doc
         return True

@@ -67,15 +67,27 @@ class _Converter:
         if isinstance(node, ScalarNode):
             ctor = _SCALARS.get(node.tag)
             if ctor is None:
-                raise YamlProblem(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, path)
+                raise YamlProblem(
+                    f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags",
+                    node.start_mark.line + 1,
+                    path,
+                )
             return ctor(_CONSTRUCTOR, node)
         if isinstance(node, SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                raise YamlProblem(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, path)
+                raise YamlProblem(
+                    f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags",
+                    node.start_mark.line + 1,
+                    path,
+                )
             return [self.convert(item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(node.value)]
         if isinstance(node, MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
-                raise YamlProblem(f"unsupported YAML tag {node.tag!r}", node.start_mark.line + 1, path)
+                raise YamlProblem(
+                    f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags",
+                    node.start_mark.line + 1,
+                    path,
+                )
             return self._mapping(node, path)
         raise YamlProblem("unsupported YAML node", node.start_mark.line + 1, path)  # pragma: no cover
 
@@ -87,21 +99,25 @@ class _Converter:
                 sources = merged if isinstance(merged, list) else [merged]
                 for source in sources:
                     if not isinstance(source, dict):
-                        raise YamlProblem("a merge key (<<) needs a mapping", key_node.start_mark.line + 1, path)
+                        raise YamlProblem(
+                            "a merge key (<<) needs a mapping; expected <<: *anchor of a mapping",
+                            key_node.start_mark.line + 1,
+                            path,
+                        )
                     for k, v in source.items():
                         result.setdefault(k, v)
                 continue
             key = self.convert(key_node, path)
             if isinstance(key, bool) or not isinstance(key, (str, int)):
                 raise YamlProblem(
-                    f"mapping keys must be strings, got {type(key).__name__} {key!r}",
+                    f"expected a string as mapping key, got {type(key).__name__} {key!r}",
                     key_node.start_mark.line + 1,
                     path,
                 )
             key = str(key)
             child = f"{path}.{key}" if path else key
             if key in result:
-                raise YamlProblem(f"duplicate key {key!r}", key_node.start_mark.line + 1, child)
+                raise YamlProblem(f"duplicate key {key!r}; expected each key once", key_node.start_mark.line + 1, child)
             if self.record:
                 self.lines[child] = key_node.start_mark.line + 1
             result[key] = self.convert(value_node, child)
