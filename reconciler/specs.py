@@ -417,9 +417,8 @@ def _pydantic_issues(doc: _Doc, prefix: str, model: type[BaseModel], exc: Valida
         elif kind == "missing":
             message = f"required field is missing; expected {parts[-1] if parts else prefix} to be set"
         elif kind in TYPE_NOUNS:
-            message = f"expected {TYPE_NOUNS[kind]}, got {type(error.get('input')).__name__} {error.get('input')!r}"[
-                :300
-            ]
+            found = error.get("input")
+            message = f"expected {TYPE_NOUNS[kind]}, got {type(found).__name__} {found!r}"[:300]
         issues.doc(doc, path, message)
 
 

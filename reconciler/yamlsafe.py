@@ -50,6 +50,12 @@ class YamlProblem(Exception):
         self.field = field
 
 
+def _unsupported_tag(node: Node, path: str) -> YamlProblem:
+    return YamlProblem(
+        f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags", node.start_mark.line + 1, path
+    )
+
+
 class _Converter:
     def __init__(self, budget: int, record_lines: bool) -> None:
         self.budget = budget
@@ -67,27 +73,15 @@ class _Converter:
         if isinstance(node, ScalarNode):
             ctor = _SCALARS.get(node.tag)
             if ctor is None:
-                raise YamlProblem(
-                    f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags",
-                    node.start_mark.line + 1,
-                    path,
-                )
+                raise _unsupported_tag(node, path)
             return ctor(_CONSTRUCTOR, node)
         if isinstance(node, SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                raise YamlProblem(
-                    f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags",
-                    node.start_mark.line + 1,
-                    path,
-                )
+                raise _unsupported_tag(node, path)
             return [self.convert(item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(node.value)]
         if isinstance(node, MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
-                raise YamlProblem(
-                    f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags",
-                    node.start_mark.line + 1,
-                    path,
-                )
+                raise _unsupported_tag(node, path)
             return self._mapping(node, path)
         raise YamlProblem("unsupported YAML node", node.start_mark.line + 1, path)  # pragma: no cover
 
