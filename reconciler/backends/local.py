@@ -104,7 +104,8 @@ class LocalCloud:
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back already (interrupt, I/O error, full disk)
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
@@ -323,6 +324,10 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
+def _alias_target(row: sqlite3.Row) -> tuple[str, dict[str, float], str | None]:
+    return row["function_version"], json.loads(row["additional_weights"]), row["description"]
+
+
 def routing_to_lambda(routing: dict[str, float]) -> tuple[str, dict[str, float]]:
     """version -> percent as Lambda's (FunctionVersion, AdditionalVersionWeights 0.0-1.0)."""
     primary = primary_version(routing)
@@ -402,8 +407,11 @@ class LocalBackend:
         return live
 
     def apply(self, action: Action) -> None:
-        with self.cloud.transaction():
-            self._apply(action)
+        try:
+            with self.cloud.transaction():
+                self._apply(action)
+        except sqlite3.Error as exc:  # locked, interrupted, disk full: nothing was written, retrying may help
+            raise BackendError(f"local backend: {exc}", temporary=True, code="SQLiteError") from None
 
     def _deployment_for(self, api_id: str, sha256: str) -> str:
         row = self.cloud.db.execute(
@@ -423,6 +431,13 @@ class LocalBackend:
             "stageVariableOverrides": dict(canary.variables),
         }
 
+    def _managed_api_id(self, name: str) -> str | None:
+        """The id of the managed API ``name``, None if there is none; an unmanaged one is a conflict."""
+        row = self.cloud.db.execute("SELECT id, managed FROM rest_apis WHERE name = ?", (name,)).fetchone()
+        if row is not None and not row["managed"]:
+            raise _error("ConflictException", f"REST API {name} exists and is not managed by reconciler")
+        return None if row is None else str(row["id"])
+
     def _managed_stage_exists(self, api_id: str, stage: str) -> bool:
         row = self.cloud.db.execute(
             "SELECT managed FROM stages WHERE api_id = ? AND name = ?", (api_id, stage)
@@ -435,13 +450,12 @@ class LocalBackend:
         cloud = self.cloud
         match action:
             case CreateApi():
-                row = cloud.db.execute("SELECT id FROM rest_apis WHERE name = ?", (action.api,)).fetchone()
-                api_id = str(row["id"]) if row else cloud.create_rest_api(action.api, action.description, managed=True)
+                found = self._managed_api_id(action.api)
+                api_id = found or cloud.create_rest_api(action.api, action.description, managed=True)
                 cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, action.description)
             case UpdateApi():
-                cloud.put_rest_api(
-                    cloud.api_id(action.api), action.definition.body, action.definition.sha256, action.description
-                )
+                api_id = self._managed_api_id(action.api) or cloud.api_id(action.api)
+                cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, action.description)
             case CreateDeployment():
                 api_id = cloud.api_id(action.api)
                 exists = cloud.db.execute(
@@ -473,7 +487,9 @@ class LocalBackend:
             case CreateAlias() | UpdateAlias():
                 version, weights = routing_to_lambda(action.routing)
                 row = cloud.db.execute(
-                    "SELECT managed FROM aliases WHERE function = ? AND name = ?", (action.function, action.alias)
+                    "SELECT managed, function_version, additional_weights, description FROM aliases"
+                    " WHERE function = ? AND name = ?",
+                    (action.function, action.alias),
                 ).fetchone()
                 if row is None:
                     cloud.create_alias(
@@ -483,6 +499,8 @@ class LocalBackend:
                     raise _error(
                         "ResourceConflictException", f"alias {action.alias} exists and is not managed by reconciler"
                     )
+                elif _alias_target(row) == (version, weights, action.description):
+                    return  # already as wanted: a repeated action is a no-op, whatever the RevisionId
                 else:
                     revision_id = action.revision_id if isinstance(action, UpdateAlias) else None
                     cloud.update_alias(action.function, action.alias, version, weights, action.description, revision_id)
