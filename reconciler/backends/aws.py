@@ -1,0 +1,761 @@
+"""The ``aws`` backend: the ``Backend`` protocol over API Gateway REST APIs and Lambda aliases.
+
+Called by the engine (``make_backend``).  ``read`` makes one paginated
+``GetRestApis``, then per API ``GetDeployments`` + ``GetStages``, and per
+function ``ListAliases`` + ``ListVersionsByFunction``: never one call per
+resource.  ``apply`` runs one plan action, idempotently, from the live state
+that ``read`` saw (kept here and updated after every write).
+
+What marks a resource as the tool's own (docs/aws.md has the details):
+* RestApi: tag ``reconciler:managed=true`` (set by ``CreateRestApi``), and its
+  current definition hash at the end of its description
+  (``Orders service [reconciler:definition-sha256=<hex>]``), because
+  ``GetRestApis`` returns descriptions and tags but moto cannot tag an API later;
+* Deployment: description ``{"revision": ..., "sha256": ...}``;
+* Stage: tag ``reconciler:managed=true``;
+* Alias: description ``[reconciler] <the spec's description>``.
+Unmarked resources are never changed or deleted.  Calls, pacing and errors:
+``aws_calls.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, assert_never
+
+import structlog
+
+from reconciler.backends.aws_calls import AwsCalls, Rates
+from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
+from reconciler.backends.local import routing_from_lambda, routing_to_lambda
+from reconciler.errors import BackendError, ConflictError
+from reconciler.plan import (
+    Action,
+    CreateAlias,
+    CreateApi,
+    CreateDeployment,
+    CreateStage,
+    DeleteAlias,
+    DeleteStage,
+    UpdateAlias,
+    UpdateApi,
+    UpdateStage,
+    percent_json,
+)
+from reconciler.specs import Definition, DesiredCanary, DesiredState, normalize_percent
+
+log = structlog.get_logger("reconciler.backends.aws")
+
+MANAGED_TAG = "reconciler:managed"
+ALIAS_MARKER = "[reconciler]"
+ALIAS_DESCRIPTION_MAX = 256
+API_SHA_MARKER = re.compile(r"\s*\[reconciler:definition-sha256=([0-9a-f]{64})\]\Z")
+STATEMENT_PREFIX = "reconciler-"
+INVOKE_PRINCIPAL = "apigateway.amazonaws.com"
+_VAR = r"\$\{stageVariables\.([A-Za-z0-9_]+)\}"
+LAMBDA_REF = re.compile(
+    r"arn:(aws[a-z-]*):lambda:[a-z0-9-]+:([0-9]{12}):function:(?:([A-Za-z0-9_-]+)|" + _VAR + r"):" + _VAR
+)
+PatchOp = dict[str, str]
+
+
+# ------------------------------------------------------------------ markers
+
+
+def api_description(description: str | None, sha256: str | None) -> str:
+    """The RestApi description as stored: the spec's text, then the definition hash marker."""
+    text = description or ""
+    if sha256 is None:
+        return text
+    marker = f"[reconciler:definition-sha256={sha256}]"
+    return f"{text} {marker}" if text else marker
+
+
+def parse_api_description(stored: str | None) -> tuple[str | None, str | None]:
+    """(the spec's description, the definition hash) from a stored RestApi description."""
+    text = stored or ""
+    found = API_SHA_MARKER.search(text)
+    if found is None:
+        return text or None, None
+    return text[: found.start()] or None, found.group(1)
+
+
+def alias_description(description: str | None) -> str:
+    return f"{ALIAS_MARKER} {description}" if description else ALIAS_MARKER
+
+
+def parse_alias_description(stored: str | None) -> tuple[bool, str | None]:
+    """(managed, the spec's description) from a stored alias description."""
+    text = stored or ""
+    if text == ALIAS_MARKER:
+        return True, None
+    if text.startswith(ALIAS_MARKER + " "):
+        return True, text[len(ALIAS_MARKER) + 1 :] or None
+    return False, text or None
+
+
+def deployment_description(sha256: str, revision: str | None) -> str:
+    return json.dumps({"revision": revision, "sha256": sha256}, sort_keys=True)
+
+
+def parse_deployment_description(stored: str | None) -> tuple[str | None, str | None]:
+    """(definition hash, git revision) of a deployment this tool created, else (None, None)."""
+    try:
+        data = json.loads(stored or "")
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict) or not isinstance(data.get("sha256"), str):
+        return None, None
+    revision = data.get("revision")
+    return data["sha256"], revision if isinstance(revision, str) else None
+
+
+def stage_url(api_id: str, region: str, stage: str) -> str:
+    return f"https://{api_id}.execute-api.{region}.amazonaws.com/{stage}"
+
+
+# --------------------------------------------------------------- permissions
+
+
+@dataclass(frozen=True)
+class AliasRef:
+    """A Lambda alias that a stage's integration names through a stage variable."""
+
+    function: str
+    alias: str
+    partition: str
+    account: str
+
+
+def alias_refs(definition: Definition, variables: Mapping[str, str]) -> set[AliasRef]:
+    """Every alias that ``definition``'s Lambda integrations reach with these stage variables."""
+    refs: set[AliasRef] = set()
+    for partition, account, literal, function_var, alias_var in LAMBDA_REF.findall(definition.body):
+        function = literal or variables.get(function_var)
+        alias = variables.get(alias_var)
+        if function and alias:
+            refs.add(AliasRef(function, alias, partition, account))
+    return refs
+
+
+def desired_refs(definition: Definition, variables: Mapping[str, str], canary: DesiredCanary | None) -> set[AliasRef]:
+    refs = alias_refs(definition, variables)
+    if canary is not None:
+        refs |= alias_refs(canary.definition, {**variables, **canary.variables})
+    return refs
+
+
+# -------------------------------------------------------------- stage patches
+
+
+@dataclass(frozen=True)
+class CanaryTarget:
+    percent_traffic: float
+    deployment_id: str
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+def _replace(path: str, value: str) -> PatchOp:
+    return {"op": "replace", "path": path, "value": value}
+
+
+def _remove(path: str) -> PatchOp:
+    return {"op": "remove", "path": path}
+
+
+def _variable_ops(prefix: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[PatchOp]:
+    ops = [_replace(f"{prefix}/{name}", value) for name, value in sorted(new.items()) if old.get(name) != value]
+    return ops + [_remove(f"{prefix}/{name}") for name in sorted(set(old) - set(new))]
+
+
+def stage_patch(
+    current: LiveStage,
+    deployment_id: str,
+    description: str | None,
+    variables: Mapping[str, str],
+    canary: CanaryTarget | None,
+) -> list[PatchOp]:
+    """The ``UpdateStage`` patch operations that turn ``current`` into the target (empty: nothing to do).
+
+    Variables are set with ``replace`` (AWS creates missing ones that way; moto rejects ``add``).
+    """
+    ops: list[PatchOp] = []
+    if current.deployment_id != deployment_id:
+        ops.append(_replace("/deploymentId", deployment_id))
+    if (current.description or "") != (description or ""):
+        ops.append(_replace("/description", description or ""))
+    ops += _variable_ops("/variables", current.variables, variables)
+    old = current.canary
+    if canary is None:
+        if old is not None:
+            ops.append(_remove("/canarySettings"))
+        return ops
+    if old is None or normalize_percent(old.percent_traffic) != normalize_percent(canary.percent_traffic):
+        ops.append(_replace("/canarySettings/percentTraffic", str(percent_json(canary.percent_traffic))))
+    if old is None or old.deployment_id != canary.deployment_id:
+        ops.append(_replace("/canarySettings/deploymentId", canary.deployment_id))
+    ops += _variable_ops("/canarySettings/stageVariableOverrides", old.variables if old else {}, canary.variables)
+    return ops
+
+
+# ------------------------------------------------------------------- backend
+
+
+class AwsBackend:
+    """The ``Backend`` protocol over boto3 ``apigateway`` and ``lambda``; every action idempotent."""
+
+    name = "aws"
+
+    def __init__(
+        self,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        rates: Rates | None = None,
+        retry_mode: str | None = None,
+        max_attempts: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.calls = AwsCalls(
+            region, endpoint_url, rates or Rates.from_env(), retry_mode, max_attempts, clock=clock, sleep=sleep
+        )
+        self.region = self.calls.region
+        self._live = LiveState()
+        self._desired = DesiredState()
+        self._definitions: dict[str, Definition] = {}
+        self._functions_read: set[str] = set()
+        self._imported: dict[str, str] = {}  # api id -> sha256 this process imported last
+        self._granted: set[tuple[str, str, str]] = set()
+
+    def close(self) -> None:
+        self.calls.close()
+
+    # ------------------------------------------------------------------ read
+
+    def read(self, desired: DesiredState) -> LiveState:
+        """APIs named in ``desired`` or managed, their deployments and stages; the functions ``desired`` names."""
+        live = LiveState()
+        for item in self._list_apis():
+            api = _live_api(item)
+            if api.name not in desired.apis and not api.managed:
+                continue
+            known = live.apis.get(api.name)
+            if known is None or (api.managed and not known.managed):
+                live.apis[api.name] = api
+        for name in sorted(live.apis):
+            api = live.apis[name]
+            if api.managed:
+                self._read_api(live, api)
+        for function in sorted(desired.functions):
+            self._read_function(live, function)
+        self._remember(desired, live)
+        return _copy(live)
+
+    def _remember(self, desired: DesiredState, live: LiveState) -> None:
+        self._live = _copy(live)
+        self._desired = desired
+        self._functions_read = set(desired.functions)
+        self._definitions = {}
+        for api in desired.apis.values():
+            self._definitions[api.definition.sha256] = api.definition
+        for stage in desired.stages.values():
+            self._definitions[stage.definition.sha256] = stage.definition
+            if stage.canary is not None:
+                self._definitions[stage.canary.definition.sha256] = stage.canary.definition
+
+    def _list_apis(self) -> list[Mapping[str, Any]]:
+        """Every REST API of the account and region, oldest first (one paginated listing)."""
+        paginator = self.calls.apigateway.get_paginator("get_rest_apis")
+        items: list[Mapping[str, Any]] = self.calls.call(
+            "RestApi/*",
+            "GetRestApis",
+            lambda: [i for page in paginator.paginate(PaginationConfig={"PageSize": 500}) for i in page["items"]],
+        )
+        return sorted(items, key=lambda i: str(i.get("createdDate", "")))
+
+    def _read_api(self, live: LiveState, api: LiveApi) -> None:
+        resource = f"RestApi/{api.name}"
+        paginator = self.calls.apigateway.get_paginator("get_deployments")
+        deployments: list[Mapping[str, Any]] = self.calls.call(
+            resource,
+            "GetDeployments",
+            lambda: [
+                i
+                for page in paginator.paginate(restApiId=api.id, PaginationConfig={"PageSize": 500})
+                for i in page["items"]
+            ],
+        )
+        by_sha = live.deployments.setdefault(api.name, {})
+        for item in sorted(deployments, key=lambda i: str(i.get("createdDate", ""))):
+            sha, revision = parse_deployment_description(item.get("description"))
+            if sha is not None:
+                by_sha.setdefault(sha, LiveDeployment(str(item["id"]), sha, revision))
+        stages = self.calls.call(resource, "GetStages", lambda: self.calls.apigateway.get_stages(restApiId=api.id))
+        hashes = _hashes(by_sha)
+        for item in stages.get("item", []):
+            stage = _live_stage(api, item, hashes, self.region)
+            live.stages[(api.name, stage.name)] = stage
+
+    def _read_function(self, live: LiveState, function: str) -> None:
+        resource = f"Function/{function}"
+        aliases_paginator = self.calls.lambda_.get_paginator("list_aliases")
+        try:
+            aliases: list[Mapping[str, Any]] = self.calls.call(
+                resource,
+                "ListAliases",
+                lambda: [
+                    a
+                    for page in aliases_paginator.paginate(FunctionName=function, PaginationConfig={"PageSize": 50})
+                    for a in page["Aliases"]
+                ],
+            )
+        except BackendError as exc:
+            if exc.code == "ResourceNotFoundException":
+                return  # no such function: absent from live.versions, the plan says so
+            raise
+        versions_paginator = self.calls.lambda_.get_paginator("list_versions_by_function")
+        versions: list[str] = self.calls.call(
+            resource,
+            "ListVersionsByFunction",
+            lambda: [
+                str(v["Version"])
+                for page in versions_paginator.paginate(FunctionName=function, PaginationConfig={"PageSize": 50})
+                for v in page["Versions"]
+            ],
+        )
+        live.versions[function] = set(versions)
+        for item in aliases:
+            alias = _live_alias(function, item)
+            live.aliases[(function, alias.name)] = alias
+
+    # ----------------------------------------------------------------- apply
+
+    def apply(self, action: Action) -> None:
+        match action:
+            case CreateApi():
+                self._create_api(action)
+            case UpdateApi():
+                self._update_api(action)
+            case CreateDeployment():
+                self._create_deployment(action)
+            case CreateStage() | UpdateStage():
+                self._put_stage(action)
+            case CreateAlias() | UpdateAlias():
+                self._put_alias(action)
+            case DeleteStage():
+                self._delete_stage(action)
+            case DeleteAlias():
+                self._delete_alias(action)
+            case _:
+                assert_never(action)
+
+    # ------------------------------------------------------------- REST APIs
+
+    def _api(self, name: str) -> LiveApi:
+        """The managed API ``name`` as last seen; looked up again if this backend has not seen it."""
+        api = self._live.apis.get(name)
+        if api is None:
+            for item in self._list_apis():
+                found = _live_api(item)
+                if found.name == name and (api is None or (found.managed and not api.managed)):
+                    api = found
+            if api is not None:
+                self._live.apis[name] = api
+                if api.managed:
+                    self._read_api(self._live, api)
+        if api is None:
+            raise BackendError(f"RestApi/{name}: no REST API of that name exists; re-plan", code="NotFoundException")
+        if not api.managed:
+            raise BackendError(f"RestApi/{name}: exists and is not managed by reconciler; not touching it")
+        return api
+
+    def _create_api(self, action: CreateApi) -> None:
+        resource = action.resource
+        try:
+            api = self._api(action.api)
+        except BackendError as exc:
+            if exc.code != "NotFoundException":
+                raise
+            sha = action.definition.sha256
+            created = self.calls.call(
+                resource,
+                "CreateRestApi",
+                lambda: self.calls.apigateway.create_rest_api(
+                    name=action.api,
+                    description=api_description(action.description, sha),
+                    tags={MANAGED_TAG: "true"},
+                ),
+            )
+            api = LiveApi(action.api, str(created["id"]), action.description, sha, True)
+            self._live.apis[action.api] = api
+            self._live.deployments[action.api] = {}
+        self._import(api, action.definition, api_description(action.description, action.definition.sha256))
+        self._live.apis[action.api] = replace(
+            api, description=action.description, definition_sha256=action.definition.sha256
+        )
+
+    def _update_api(self, action: UpdateApi) -> None:
+        api = self._api(action.api)
+        wanted = api_description(action.description, action.definition.sha256)
+        if api.definition_sha256 != action.definition.sha256:
+            self._import(api, action.definition, wanted)
+        elif api_description(api.description, api.definition_sha256) != wanted:
+            self._patch_api(api, [_replace("/description", wanted)])
+        self._live.apis[action.api] = replace(
+            api, description=action.description, definition_sha256=action.definition.sha256
+        )
+
+    def _import(self, api: LiveApi, definition: Definition, description: str) -> None:
+        """``PutRestApi`` (overwrite) ``definition``, then keep the API's name and (marked) description."""
+        imported = self.calls.call(
+            f"RestApi/{api.name}",
+            "PutRestApi",
+            lambda: self.calls.apigateway.put_rest_api(
+                restApiId=api.id, mode="overwrite", failOnWarnings=False, body=definition.body.encode("utf-8")
+            ),
+        )
+        self._imported[api.id] = definition.sha256
+        ops: list[PatchOp] = []
+        if imported.get("name", api.name) != api.name:
+            ops.append(_replace("/name", api.name))  # an import may rename the API after info.title
+        if (imported.get("description") or "") != description:
+            ops.append(_replace("/description", description))
+        if ops:
+            self._patch_api(api, ops)
+
+    def _patch_api(self, api: LiveApi, ops: list[PatchOp]) -> None:
+        self.calls.call(
+            f"RestApi/{api.name}",
+            "UpdateRestApi",
+            lambda: self.calls.apigateway.update_rest_api(restApiId=api.id, patchOperations=ops),  # type: ignore[arg-type]
+        )
+
+    # ----------------------------------------------------------- deployments
+
+    def _create_deployment(self, action: CreateDeployment) -> None:
+        """Snapshot ``action.definition`` (imported just before, never trusted from a marker), then restore."""
+        api = self._api(action.api)
+        sha = action.definition.sha256
+        existing = self._live.deployments.setdefault(api.name, {})
+        if sha in existing:
+            return
+        keep = api_description(api.description, api.definition_sha256)
+        if self._imported.get(api.id) != sha:
+            self._import(api, action.definition, keep)
+        created = self.calls.call(
+            action.resource,
+            "CreateDeployment",
+            lambda: self.calls.apigateway.create_deployment(
+                restApiId=api.id, description=deployment_description(sha, action.revision)
+            ),
+        )
+        existing[sha] = LiveDeployment(str(created["id"]), sha, action.revision)
+        if action.api_definition.sha256 != sha:
+            self._import(api, action.api_definition, keep)
+
+    def _deployment_id(self, api: LiveApi, sha: str) -> str:
+        found = self._live.deployments.get(api.name, {}).get(sha)
+        if found is None:
+            self._read_api(self._live, api)
+            found = self._live.deployments.get(api.name, {}).get(sha)
+        if found is None:
+            raise BackendError(
+                f"RestApi/{api.name}: no deployment of definition {sha[:12]} exists; re-plan", code="NotFoundException"
+            )
+        return found.id
+
+    # ---------------------------------------------------------------- stages
+
+    def _put_stage(self, action: CreateStage | UpdateStage) -> None:
+        api = self._api(action.api)
+        key = (api.name, action.stage)
+        deployment_id = self._deployment_id(api, action.definition.sha256)
+        canary = None
+        if action.canary is not None:
+            canary = CanaryTarget(
+                action.canary.percent_traffic,
+                self._deployment_id(api, action.canary.definition.sha256),
+                dict(action.canary.variables),
+            )
+        current = self._live.stages.get(key)
+        if current is None:
+            current = self._create_stage(api, action, deployment_id, canary)
+            if current is None:
+                self._grant_stage(api, action, None)
+                return
+        if not current.managed:
+            raise BackendError(f"{action.resource}: exists and is not managed by reconciler; not touching it")
+        ops = stage_patch(current, deployment_id, action.description, action.variables, canary)
+        if ops:
+            updated = self.calls.call(
+                action.resource,
+                "UpdateStage",
+                lambda: self.calls.apigateway.update_stage(
+                    restApiId=api.id,
+                    stageName=action.stage,
+                    patchOperations=ops,  # type: ignore[arg-type]
+                ),
+            )
+            hashes = _hashes(self._live.deployments.get(api.name, {}))
+            self._live.stages[key] = replace(_live_stage(api, updated, hashes, self.region), managed=True)
+        self._grant_stage(api, action, current)
+
+    def _create_stage(
+        self, api: LiveApi, action: CreateStage | UpdateStage, deployment_id: str, canary: CanaryTarget | None
+    ) -> LiveStage | None:
+        """Create the stage; if it exists after all, return it (the caller updates it)."""
+        params: dict[str, Any] = {
+            "restApiId": api.id,
+            "stageName": action.stage,
+            "deploymentId": deployment_id,
+            "variables": dict(action.variables),
+            "tags": {MANAGED_TAG: "true"},
+        }
+        if action.description:
+            params["description"] = action.description
+        if canary is not None:
+            params["canarySettings"] = {
+                "percentTraffic": canary.percent_traffic,
+                "deploymentId": canary.deployment_id,
+                "stageVariableOverrides": dict(canary.variables),
+            }
+        hashes = _hashes(self._live.deployments.get(api.name, {}))
+        try:
+            created = self.calls.call(
+                action.resource, "CreateStage", lambda: self.calls.apigateway.create_stage(**params)
+            )
+        except BackendError as exc:
+            if exc.code != "ConflictException":
+                raise
+            found = self.calls.call(
+                action.resource,
+                "GetStage",
+                lambda: self.calls.apigateway.get_stage(restApiId=api.id, stageName=action.stage),
+            )
+            existing = _live_stage(api, found, hashes, self.region)
+            self._live.stages[(api.name, action.stage)] = existing
+            return existing
+        self._live.stages[(api.name, action.stage)] = replace(
+            _live_stage(api, created, hashes, self.region), managed=True
+        )
+        return None
+
+    def _delete_stage(self, action: DeleteStage) -> None:
+        api = self._live.apis.get(action.api)
+        current = self._live.stages.get((action.api, action.stage))
+        if api is None or current is None or not current.managed:
+            return  # gone already, or not ours
+        try:
+            self.calls.call(
+                action.resource,
+                "DeleteStage",
+                lambda: self.calls.apigateway.delete_stage(restApiId=api.id, stageName=action.stage),
+            )
+        except BackendError as exc:
+            if exc.code != "NotFoundException":
+                raise
+        del self._live.stages[(action.api, action.stage)]
+
+    # --------------------------------------------------------------- aliases
+
+    def _put_alias(self, action: CreateAlias | UpdateAlias) -> None:
+        version, weights = routing_to_lambda(action.routing)
+        description = alias_description(action.description)
+        if len(description) > ALIAS_DESCRIPTION_MAX:
+            raise BackendError(
+                f"{action.resource}: description is {len(description)} characters with the {ALIAS_MARKER!r} marker; "
+                f"Lambda allows {ALIAS_DESCRIPTION_MAX}: shorten it to {ALIAS_DESCRIPTION_MAX - len(ALIAS_MARKER) - 1}",
+                code="ValidationException",
+            )
+        key = (action.function, action.alias)
+        current = self._live.aliases.get(key)
+        revision_id = action.revision_id if isinstance(action, UpdateAlias) else None
+        if current is None:
+            try:
+                created = self.calls.call(
+                    action.resource,
+                    "CreateAlias",
+                    lambda: self.calls.lambda_.create_alias(
+                        FunctionName=action.function,
+                        Name=action.alias,
+                        FunctionVersion=version,
+                        Description=description,
+                        **({"RoutingConfig": {"AdditionalVersionWeights": weights}} if weights else {}),  # type: ignore[arg-type]
+                    ),
+                )
+            except BackendError as exc:
+                if exc.code not in ("ResourceConflictException", "ConflictException"):
+                    raise
+                found = self.calls.call(
+                    action.resource,
+                    "GetAlias",
+                    lambda: self.calls.lambda_.get_alias(FunctionName=action.function, Name=action.alias),
+                )
+                current = _live_alias(action.function, found)
+                revision_id = current.revision_id
+            else:
+                self._live.aliases[key] = _live_alias(action.function, created)
+                self._grant_alias(action.function, action.alias)
+                return
+        if not current.managed:
+            raise BackendError(f"{action.resource}: exists and is not managed by reconciler; not touching it")
+        params: dict[str, Any] = {
+            "FunctionName": action.function,
+            "Name": action.alias,
+            "FunctionVersion": version,
+            "Description": description,
+            "RoutingConfig": {"AdditionalVersionWeights": weights},
+        }
+        if revision_id:
+            params["RevisionId"] = revision_id
+        try:
+            updated = self.calls.call(action.resource, "UpdateAlias", lambda: self.calls.lambda_.update_alias(**params))
+        except BackendError as exc:
+            if exc.code == "ResourceNotFoundException" and "Alias not found" in str(exc):
+                raise ConflictError(f"{exc}; re-plan from live state", code=exc.code) from None
+            raise
+        self._live.aliases[key] = _live_alias(action.function, updated)
+
+    def _delete_alias(self, action: DeleteAlias) -> None:
+        current = self._live.aliases.get((action.function, action.alias))
+        if current is None or not current.managed:
+            return  # gone already, or not ours
+        try:
+            self.calls.call(
+                action.resource,
+                "DeleteAlias",
+                lambda: self.calls.lambda_.delete_alias(FunctionName=action.function, Name=action.alias),
+            )
+        except BackendError as exc:
+            if exc.code != "ResourceNotFoundException":
+                raise
+        del self._live.aliases[(action.function, action.alias)]
+
+    # ----------------------------------------------------------- permissions
+
+    def _old_refs(self, stage: LiveStage | None) -> set[AliasRef]:
+        if stage is None:
+            return set()
+        refs: set[AliasRef] = set()
+        definition = self._definitions.get(stage.definition_sha256 or "")
+        if definition is not None:
+            refs |= alias_refs(definition, stage.variables)
+        if stage.canary is not None:
+            canary_definition = self._definitions.get(stage.canary.definition_sha256 or "")
+            if canary_definition is not None:
+                refs |= alias_refs(canary_definition, {**stage.variables, **stage.canary.variables})
+        return refs
+
+    def _grant_stage(self, api: LiveApi, action: CreateStage | UpdateStage, before: LiveStage | None) -> None:
+        """Let API Gateway invoke every alias the stage names now and did not name before."""
+        for ref in sorted(
+            desired_refs(action.definition, action.variables, action.canary) - self._old_refs(before),
+            key=lambda r: (r.function, r.alias),
+        ):
+            self._grant(ref, api)
+
+    def _grant_alias(self, function: str, alias: str) -> None:
+        """Let API Gateway invoke a new alias from every desired stage that names it."""
+        for stage in self._desired.stages.values():
+            api = self._live.apis.get(stage.api)
+            if api is None:
+                continue
+            for ref in desired_refs(stage.definition, stage.variables, stage.canary):
+                if (ref.function, ref.alias) == (function, alias):
+                    self._grant(ref, api)
+
+    def _grant(self, ref: AliasRef, api: LiveApi) -> None:
+        key = (ref.function, ref.alias, api.id)
+        if key in self._granted:
+            return
+        exists = (ref.function, ref.alias) in self._live.aliases
+        if not exists and ref.function in self._functions_read:
+            return  # no such alias yet: creating it grants the permission
+        try:
+            self.calls.call(
+                f"Alias/{ref.function}/{ref.alias}",
+                "AddPermission",
+                lambda: self.calls.lambda_.add_permission(
+                    FunctionName=ref.function,
+                    Qualifier=ref.alias,
+                    StatementId=f"{STATEMENT_PREFIX}{api.id}",
+                    Action="lambda:InvokeFunction",
+                    Principal=INVOKE_PRINCIPAL,
+                    SourceArn=f"arn:{ref.partition}:execute-api:{self.region}:{ref.account}:{api.id}/*",
+                ),
+            )
+        except BackendError as exc:
+            if exc.code == "ResourceConflictException" and "already exists" in str(exc):
+                pass  # granted before
+            elif exc.code == "ResourceNotFoundException" and not exists:
+                log.warning("permission_skipped", alias=f"{ref.function}:{ref.alias}", reason="alias does not exist")
+                return
+            else:
+                raise
+        self._granted.add(key)
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _copy(live: LiveState) -> LiveState:
+    return LiveState(
+        apis=dict(live.apis),
+        deployments={api: dict(by_sha) for api, by_sha in live.deployments.items()},
+        stages=dict(live.stages),
+        aliases=dict(live.aliases),
+        versions={function: set(versions) for function, versions in live.versions.items()},
+    )
+
+
+def _hashes(by_sha: Mapping[str, LiveDeployment]) -> dict[str, str]:
+    return {d.id: sha for sha, d in by_sha.items()}
+
+
+def _live_api(item: Mapping[str, Any]) -> LiveApi:
+    description, sha = parse_api_description(item.get("description"))
+    tags = item.get("tags") or {}
+    return LiveApi(str(item["name"]), str(item["id"]), description, sha, tags.get(MANAGED_TAG) == "true")
+
+
+def _live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str], region: str) -> LiveStage:
+    canary = None
+    settings = item.get("canarySettings")
+    if settings:
+        canary_id = str(settings.get("deploymentId") or "")
+        canary = LiveCanary(
+            percent_traffic=normalize_percent(float(settings.get("percentTraffic") or 0.0)),
+            definition_sha256=hashes.get(canary_id),
+            deployment_id=canary_id,
+            variables=dict(settings.get("stageVariableOverrides") or {}),
+        )
+    deployment_id = str(item.get("deploymentId") or "")
+    tags = item.get("tags") or {}
+    return LiveStage(
+        api=api.name,
+        name=str(item["stageName"]),
+        deployment_id=deployment_id,
+        definition_sha256=hashes.get(deployment_id),
+        description=item.get("description") or None,
+        variables=dict(item.get("variables") or {}),
+        canary=canary,
+        url=stage_url(api.id, region, str(item["stageName"])),
+        managed=tags.get(MANAGED_TAG) == "true",
+    )
+
+
+def _live_alias(function: str, item: Mapping[str, Any]) -> LiveAlias:
+    managed, description = parse_alias_description(item.get("Description"))
+    weights = (item.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+    return LiveAlias(
+        function=function,
+        name=str(item["Name"]),
+        description=description,
+        routing=routing_from_lambda(str(item["FunctionVersion"]), {str(v): float(w) for v, w in weights.items()}),
+        managed=managed,
+        revision_id=item.get("RevisionId"),
+    )
