@@ -19,7 +19,7 @@ import structlog
 
 from reconciler.backends.base import Backend, LiveState
 from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, StateError
-from reconciler.gitsource import AppliedTag, GitRepo
+from reconciler.gitsource import AppliedTag, GitRepo, clone_or_open, is_remote
 from reconciler.plan import Action, Plan, canary_json, make_plan, routing_json
 from reconciler.specs import DesiredState, load_desired
 from reconciler.state import InstanceRecord, Pin, StateDir
@@ -81,14 +81,32 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+DEFAULT_STATE_DIR = ".reconciler"
+
+
+def default_state_path(config: Config, repo: GitRepo) -> Path:
+    """``--state-dir``, else ``.reconciler/`` in the checkout (for a URL: in the current directory)."""
+    if config.state_dir:
+        return Path(config.state_dir)
+    return Path(DEFAULT_STATE_DIR).resolve() if is_remote(config.repo) else repo.root / DEFAULT_STATE_DIR
+
+
+def open_repo(config: Config) -> GitRepo:
+    """The repository ``--repo`` names; a URL is cloned into (or fetched in) ``--workdir``."""
+    if not is_remote(config.repo):
+        return GitRepo(config.repo)
+    state = Path(config.state_dir or DEFAULT_STATE_DIR)
+    workdir = Path(config.extra.get("workdir") or state / "repo")
+    return clone_or_open(config.repo, workdir, config.branch or "main")
+
+
 class Engine:
     """Reconciles one instance of one repository/branch/specs root against one backend."""
 
     def __init__(self, config: Config, repo: GitRepo | None = None, backend: Backend | None = None) -> None:
         self.config = config
-        self.repo = repo or GitRepo(config.repo)
-        state_path = Path(config.state_dir) if config.state_dir else self.repo.root / ".reconciler"
-        self.state = StateDir(state_path)
+        self.repo = repo or open_repo(config)
+        self.state = StateDir(default_state_path(config, self.repo))
         self._backend = backend
         self._branch = config.branch
 

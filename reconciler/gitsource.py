@@ -32,6 +32,73 @@ def _quiet_git_env() -> None:
     os.environ.setdefault("GIT_TERMINAL_PROMPT", "0")
 
 
+# ------------------------------------------------------- remote repositories
+
+_REMOTE_RE = re.compile(r"^(?:(?:https?|ssh|git|file)://|[\w.-]+@[\w.-]+:)")
+_CREDENTIALS_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+FETCH_TIMEOUT = 120.0
+# Reads the token from the environment when git asks, so it is never in a URL, argv or config file.
+_TOKEN_HELPER = (
+    '!f() { test "$1" = get || return 0; '
+    'echo "username=${RECONCILER_GIT_USERNAME:-x-access-token}"; echo "password=$RECONCILER_GIT_TOKEN"; }; f'
+)
+
+
+def is_remote(repo: str) -> bool:
+    """Whether ``--repo`` names a URL (``https://``, ``ssh://``, ``file://``, ``git@host:``) rather than a path."""
+    return bool(_REMOTE_RE.match(repo))
+
+
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it masked; safe to log."""
+    return _CREDENTIALS_RE.sub(r"\g<scheme>***@", text)
+
+
+def _remote_env() -> dict[str, str]:
+    """Environment for git commands that talk to the remote: no prompts, token via a helper."""
+    env = {"GIT_TERMINAL_PROMPT": "0"}
+    if "GIT_SSH_COMMAND" not in os.environ:
+        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
+    if os.environ.get("RECONCILER_GIT_TOKEN"):
+        env.update(
+            GIT_CONFIG_COUNT="2",
+            GIT_CONFIG_KEY_0="credential.helper",
+            GIT_CONFIG_VALUE_0="",
+            GIT_CONFIG_KEY_1="credential.helper",
+            GIT_CONFIG_VALUE_1=_TOKEN_HELPER,
+        )
+    return env
+
+
+def clone_or_open(url: str, workdir: Path, branch: str) -> GitRepo:
+    """A bare clone of ``url`` in ``workdir`` (created on first use), with ``branch`` fetched now.
+
+    The clone keeps ``refs/heads/<branch>`` equal to the remote's (forced), fetches
+    no tags (so applied tags of this instance never clash with the remote's), and
+    points HEAD at the branch.
+    """
+    _quiet_git_env()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not (workdir / "HEAD").exists():
+            if any(workdir.iterdir()):
+                raise GitError(f"the work dir {workdir} is not empty and not a git repository; expected --workdir")
+            git.Repo.init(workdir, bare=True)
+    except OSError as exc:
+        raise GitError(f"cannot create the work dir {workdir}: {exc.strerror}") from None
+    repo = GitRepo(workdir)
+    try:
+        if "origin" in [r.name for r in repo.repo.remotes]:
+            repo.repo.git.remote("set-url", "origin", url)
+        else:
+            repo.repo.git.remote("add", "origin", url)
+        repo.repo.git.symbolic_ref("HEAD", f"refs/heads/{branch}")
+    except GitCommandError as exc:
+        raise GitError(f"cannot configure the work dir {workdir}: {redact(exc.stderr.strip())}") from None
+    repo.fetch(branch)
+    return repo
+
+
 @dataclass(frozen=True)
 class AppliedTag:
     name: str
@@ -105,6 +172,40 @@ class GitRepo:
 
     def commit_time(self, revision: str) -> float:
         return float(self.repo.commit(revision).committed_date)
+
+    # ---------------------------------------------------------------- remote
+
+    def remote_url(self) -> str:
+        """The ``origin`` URL with credentials masked (for logs and messages)."""
+        try:
+            return redact(self.repo.remotes.origin.url)
+        except (AttributeError, IndexError, ValueError):
+            return "(no origin)"
+
+    def fetch(self, branch: str) -> str:
+        """Force ``refs/heads/<branch>`` to the remote's; return its sha.  Failures are temporary."""
+        try:
+            with self.repo.git.custom_environment(**_remote_env()):
+                self.repo.git.fetch(
+                    "--no-tags",
+                    "--quiet",
+                    "origin",
+                    f"+refs/heads/{branch}:refs/heads/{branch}",
+                    kill_after_timeout=FETCH_TIMEOUT,
+                )
+        except GitCommandError as exc:
+            detail = redact(str(exc.stderr or "").strip().replace("\n", " ")) or f"exit status {exc.status}"
+            raise GitError(f"cannot fetch {branch} from {self.remote_url()}: {detail}", temporary=True) from None
+        return self.branch_head(branch)
+
+    def push_tag(self, name: str) -> None:
+        """Push one tag to ``origin``; failures are temporary (the caller retries later)."""
+        try:
+            with self.repo.git.custom_environment(**_remote_env()):
+                self.repo.git.push("--quiet", "origin", f"refs/tags/{name}", kill_after_timeout=FETCH_TIMEOUT)
+        except GitCommandError as exc:
+            detail = redact(str(exc.stderr or "").strip().replace("\n", " ")) or f"exit status {exc.status}"
+            raise GitError(f"cannot push tag {name} to {self.remote_url()}: {detail}", temporary=True) from None
 
     # ----------------------------------------------------------------- specs
 

@@ -1,0 +1,464 @@
+"""The daemon (``reconciler run``): triggers, one coalescing worker, drift checks, backoff, signals.
+
+Called by ``cli.py``.  Triggers (watchfiles on the git refs of a local
+repository, APScheduler jobs for fetches and resyncs, retries and webhooks
+from ``httpapi``) only *name a reason*; a single worker thread takes every
+pending reason at once and runs one pass, so reconciles never overlap and any
+number of triggers during a pass coalesce into one more.  All git and engine
+work happens on that worker; ``/status`` reads through a second engine of
+its own.  Logging is set up by ``logs``, metrics live in ``metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+import watchfiles
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
+from reconciler.errors import GitError, ReconcilerError
+from reconciler.gitsource import GitRepo, is_remote, redact
+from reconciler.httpapi import HttpApi, WebhookAuth
+from reconciler.logs import configure_logging
+from reconciler.metrics import Metrics
+from reconciler.plan import Action
+from reconciler.state import StateDir
+
+log = structlog.get_logger("reconciler.daemon")
+
+STARTUP, GIT, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "fetch", "webhook", "resync", "retry"
+NEWS = frozenset({GIT, FETCH, WEBHOOK})  # reasons that only matter if the target revision moved
+FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY})  # reasons that fetch a remote repository first
+BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
+STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
+
+
+def backoff_delay(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait after ``failures`` consecutive temporary failures: 1, 2, 4 … capped."""
+    return float(min(cap, base * 2 ** max(0, failures - 1)))
+
+
+class Triggers:
+    """Pending reasons for a pass; firing while one is pending or running only adds to the set."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()
+        self._closed = False
+
+    def fire(self, reason: str) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            self._pending.add(reason)
+            self._cond.notify()
+            return True
+
+    def take(self) -> set[str] | None:
+        """Every pending reason at once (blocks until there is one); ``None`` once closed."""
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            taken, self._pending = self._pending, set()
+            return taken
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class RefFilter:
+    """watchfiles filter: only the refs that can move the followed branch (HEAD, the branch, packed-refs)."""
+
+    def __init__(self, git_dir: Path, common_dir: Path, branch: str) -> None:
+        git_dir, common_dir = Path(os.path.realpath(git_dir)), Path(os.path.realpath(common_dir))
+        self.paths = frozenset(
+            str(p)
+            for p in (
+                git_dir / "HEAD",
+                common_dir / "packed-refs",
+                common_dir / "refs" / "heads" / branch,
+                common_dir / "refs" / "remotes" / "origin" / branch,
+            )
+        )
+        self.roots = sorted({str(git_dir), str(common_dir)})
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        return path in self.paths
+
+
+class Daemon:
+    """One instance following one branch; ``run`` blocks until SIGTERM/SIGINT."""
+
+    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        self.args = args
+        self.remote = is_remote(config.repo)
+        self.engine: Engine | None = None
+        if self.remote:
+            state_dir = Path(config.state_dir or DEFAULT_STATE_DIR).resolve()
+            config = replace(config, state_dir=str(state_dir), branch=config.branch or "main")
+            self.state = StateDir(state_dir)
+        else:
+            self.engine = Engine(config)
+            config = replace(config, branch=self.engine.branch)  # followed even if the checkout switches
+            self.state = self.engine.state
+        self.config = config
+        self.metrics = Metrics()
+        self.triggers = Triggers()
+        self.stopping = threading.Event()
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
+        self._watcher: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._status_engine: Engine | None = None
+        self._status_lock = threading.Lock()
+        self._failures = 0
+        self._last_target: str | None = None  # what the last pass settled on or is retrying
+        self._drift: list[str] = []
+        self._pending_tags: list[str] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        try:
+            with self.state.writer_lock(f"reconciler run, instance {self.config.instance}"):
+                self._install_signals()
+                return self._run_once() if self.args.once else self._serve()
+        except ReconcilerError as exc:
+            log.error("cannot_start", error=str(exc))
+            return exc.exit_code
+        finally:
+            self._close()
+
+    def _serve(self) -> int:
+        secret = os.environ.get("RECONCILER_WEBHOOK_SECRET", "")
+        http = HttpApi(self.args.listen, self, WebhookAuth(secret.encode() or None))
+        http.start()
+        self.worker.start()
+        if not self.remote:
+            self._watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
+            self._watcher.start()
+        else:
+            self.scheduler.add_job(self.fire, "interval", seconds=self.args.interval, args=[FETCH], id="fetch")
+        self.scheduler.add_job(self.fire, "interval", seconds=self.args.resync_interval, args=[RESYNC], id="resync")
+        self.scheduler.start()
+        self.fire(STARTUP)
+        log.info(
+            "started",
+            repo=redact(self.config.repo),
+            branch=self.config.branch,
+            instance=self.config.instance,
+            backend=self.config.backend,
+            state_dir=str(self.state.path),
+            listen=http.address,
+            self_heal=not self.args.no_self_heal,
+            resync_interval_s=self.args.resync_interval,
+            fetch_interval_s=self.args.interval if self.remote else None,
+            webhook=bool(secret),
+            pid=os.getpid(),
+        )
+        while not self.stopping.wait(1.0):
+            pass
+        log.info("stopping")
+        self.triggers.close()
+        self.scheduler.shutdown(wait=False)
+        http.stop()
+        self.worker.join(STOP_GRACE)
+        if self._watcher is not None:
+            self._watcher.join(1.0)
+        log.info("stopped", clean=not self.worker.is_alive())
+        return 0
+
+    def _run_once(self) -> int:
+        engine = self._prepare({STARTUP})
+        if engine is None:
+            return 1
+        previous = engine.record().applied_revision
+        result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self.stopping.is_set)
+        self._observe(engine, result, previous, {STARTUP})
+        self._push_pending_tags()
+        return 0 if result.error is None else result.error.exit_code
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping.set()  # only this: the main thread does the rest outside the handler
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.triggers.close()
+
+    def _close(self) -> None:
+        if self.worker.is_alive():
+            return  # still in an action: the process exit ends it; closing under it would be worse
+        for engine in (self.engine, self._status_engine):
+            if engine is not None:
+                try:
+                    engine.close()
+                except Exception as exc:
+                    log.debug("close_failed", error=str(exc))
+
+    # -------------------------------------------------------------- triggers
+
+    def fire(self, reason: str) -> bool:
+        if self.stopping.is_set():
+            return False
+        self.metrics.triggers.labels(reason).inc()
+        return self.triggers.fire(reason)
+
+    def _watch(self) -> None:
+        assert self.engine is not None and self.config.branch is not None
+        refs = RefFilter(self.engine.repo.git_dir, self.engine.repo.common_dir, self.config.branch)
+        debounce_ms = max(1, round(self.args.debounce * 1000))
+        step_ms = max(1, min(10, debounce_ms // 4))  # watchfiles reports a change within 1-2 steps
+        while not self.stopping.is_set():
+            try:
+                for _ in watchfiles.watch(
+                    *refs.roots,
+                    watch_filter=refs,
+                    debounce=debounce_ms,
+                    step=step_ms,
+                    stop_event=self.stopping,
+                    raise_interrupt=False,
+                ):
+                    self.fire(GIT)
+            except Exception as exc:  # e.g. .git replaced under us: watch again shortly
+                log.warning("watch_failed", error=str(exc))
+                self.stopping.wait(1.0)
+
+    def _retry_later(self, error: BaseException) -> None:
+        self._failures += 1
+        delay = backoff_delay(self._failures)
+        self.metrics.consecutive_failures.set(self._failures)
+        log.warning("retry_scheduled", error=str(error), failures=self._failures, retry_in_s=delay)
+        if self.scheduler.running and not self.stopping.is_set():
+            self.scheduler.add_job(
+                self.fire,
+                "date",
+                run_date=datetime.now(UTC) + timedelta(seconds=delay),
+                args=[RETRY],
+                id="retry",
+                replace_existing=True,
+                misfire_grace_time=None,
+            )
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        self.metrics.consecutive_failures.set(0)
+        if self.scheduler.running:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job("retry")
+
+    # ---------------------------------------------------------------- worker
+
+    def _work(self) -> None:
+        while (reasons := self.triggers.take()) is not None:
+            structlog.contextvars.bind_contextvars(trigger=",".join(sorted(reasons)))
+            try:
+                self._pass(reasons)
+            except Exception as exc:  # the daemon outlives any bug in a pass; retry it later
+                log.exception("pass_crashed", error=str(exc))
+                self._last_target = None
+                self._retry_later(exc)
+            finally:
+                structlog.contextvars.clear_contextvars()
+
+    def _pass(self, reasons: set[str]) -> None:
+        engine = self._prepare(reasons)
+        if engine is None:
+            return
+        try:
+            target: str | None = engine.resolve_target(None)
+        except ReconcilerError:
+            target = None  # the reconcile below records and reports why
+        record = engine.record()
+        self.metrics.pinned.set(1 if record.pinned else 0)
+        previous = record.applied_revision
+        if reasons <= NEWS and target is not None and target == self._last_target:
+            log.debug("no_new_revision", revision=target)  # a retry, if one is due, is already scheduled
+            return
+        if target is not None and target == previous and not self._drifted(engine, target):
+            return
+        result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self.stopping.is_set)
+        self._observe(engine, result, previous, reasons)
+        self._push_pending_tags()
+
+    def _drifted(self, engine: Engine, revision: str) -> bool:
+        """At the applied revision, any planned action is drift: report it; True if it should be corrected."""
+        started = time.monotonic()
+        try:
+            plan, _, _ = engine.make_plan(revision, prune=self.args.prune)
+        except ReconcilerError:
+            return True  # let the reconcile report it
+        duration = time.monotonic() - started
+        self.metrics.drifted_resources.set(len(plan.actions))
+        self._drift = [a.resource for a in plan.actions]
+        if not plan.actions:
+            self.metrics.reconciles.labels("noop").inc()
+            self.metrics.reconcile_duration.labels("noop").observe(duration)
+            log.info("in_sync", revision=revision, actions=0, duration_ms=round(duration * 1000, 1), result="noop")
+            self._settle(revision)
+            return False
+        self.metrics.drift.inc(len(plan.actions))
+        heal = not self.args.no_self_heal
+        log.warning(
+            "drift",
+            revision=revision,
+            resources=self._drift,
+            actions=[a.action for a in plan.actions],
+            self_heal=heal,
+        )
+        if not heal:
+            self._settle(revision)
+        return heal
+
+    def _settle(self, revision: str) -> None:
+        self._last_target = revision
+        self._succeeded()
+        self._ready.set()
+        self.metrics.ready.set(1)
+
+    def _prepare(self, reasons: set[str]) -> Engine | None:
+        """The engine, after a fetch when the repository is remote; None (retry scheduled) if git failed."""
+        if not self.remote:
+            return self.engine
+        if self.engine is not None and not reasons & FETCHING:
+            return self.engine
+        try:
+            if self.engine is None:
+                self.engine = Engine(self.config)  # clones (or opens) the work dir and fetches
+                head = self.engine.head()
+            else:
+                head = self.engine.repo.fetch(self.engine.branch)
+        except ReconcilerError as exc:
+            self.metrics.fetches.labels("failed").inc()
+            log.warning("fetch_failed", repo=redact(self.config.repo), error=str(exc))
+            self._last_target = None
+            self._retry_later(exc)
+            return None
+        self.metrics.fetches.labels("success").inc()
+        log.debug("fetched", branch=self.config.branch, head=head)
+        self._push_pending_tags()
+        return self.engine
+
+    def _count_action(self, action: Action, error: BaseException | None) -> None:
+        self.metrics.actions.labels(action.action, "failed" if error else "success").inc()
+
+    def _observe(self, engine: Engine, result: ReconcileResult, previous: str | None, reasons: set[str]) -> None:
+        m = self.metrics
+        m.reconciles.labels(result.result).inc()
+        m.reconcile_duration.labels(result.result).observe(result.duration)
+        error = result.error
+        if error is None:
+            m.last_success.set(time.time())
+            m.drifted_resources.set(0)
+            self._drift = []
+            m.applied_revision.info(
+                {"revision": result.revision, "instance": self.config.instance, "branch": self.config.branch or ""}
+            )
+            if result.revision != previous and STARTUP not in reasons:
+                try:
+                    lag = max(0.0, time.time() - engine.repo.commit_time(result.revision))
+                except (ValueError, GitError):
+                    lag = None
+                if lag is not None:
+                    m.commit_to_applied.observe(lag)
+                log.info("applied", revision=result.revision, tag=result.tag, commit_to_applied_s=lag)
+            if result.tag and self.args.push_tags and self.remote:
+                self._pending_tags.append(result.tag)
+            self._settle(result.revision)
+        elif error.temporary:
+            self._last_target = result.revision
+            self._retry_later(error)
+        else:
+            log.warning(
+                "not_applied",
+                revision=result.revision,
+                result=result.result,
+                error=str(error),
+                keeps=previous,
+                waits_for="the next commit",
+            )
+            self._settle(result.revision)
+
+    def _push_pending_tags(self) -> None:
+        if not (self.args.push_tags and self.remote and self.engine is not None):
+            return
+        while self._pending_tags:
+            tag = self._pending_tags[0]
+            try:
+                self.engine.repo.push_tag(tag)
+            except GitError as exc:
+                self.metrics.tag_push_failures.inc()
+                log.warning("tag_push_failed", tag=tag, error=str(exc), retried="at the next fetch")
+                return
+            self._pending_tags.pop(0)
+            log.info("tag_pushed", tag=tag)
+
+    # ------------------------------------------------------ what HTTP reads
+
+    def healthy(self) -> bool:
+        return self.worker.is_alive()
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+    def webhook(self) -> bool:
+        self.metrics.webhooks.labels("accepted").inc()
+        return self.fire(WEBHOOK)
+
+    def webhook_rejected(self) -> None:
+        self.metrics.webhooks.labels("rejected").inc()
+
+    def status(self) -> dict[str, Any]:
+        with self._status_lock:
+            if self._status_engine is None:
+                if self.engine is None:
+                    raise GitError("the repository has not been cloned yet")
+                repo = GitRepo(self.engine.repo.git_dir if self.remote else self.config.repo)
+                self._status_engine = Engine(self.config, repo=repo)
+            data = self._status_engine.status()
+        data["role"] = "leader"
+        data["daemon"] = {
+            "ready": self.ready(),
+            "self_heal": not self.args.no_self_heal,
+            "drift": list(self._drift),
+            "consecutive_failures": self._failures,
+            "pid": os.getpid(),
+        }
+        return data
+
+
+def run_daemon(config: Config, args: argparse.Namespace) -> int:
+    """``reconciler run``: returns the exit code (0 after SIGTERM/SIGINT)."""
+    configure_logging(args.log_format, verbose=args.verbose)
+    if args.workdir:
+        config = replace(config, extra={**config.extra, "workdir": args.workdir})
+    try:
+        daemon = Daemon(config, args)
+    except ReconcilerError as exc:
+        log.error("cannot_start", error=str(exc))
+        return exc.exit_code
+    return daemon.run()
