@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -210,3 +211,10 @@ def live_state(
     for api, definitions in (deployments or {}).items():
         state.deployments[api] = {d.sha256: LiveDeployment(deployment_id(d), d.sha256, "0ld") for d in definitions}
     return state
+
+
+def with_state_dir(repo: SpecRepo, state_dir: Path) -> SpecRepo:
+    """The same repository as seen by a reconciler with another state dir (its own backend and records)."""
+    other = copy.copy(repo)
+    other.state_dir = state_dir
+    return other
