@@ -1,0 +1,1 @@
+"""Tests of the aws backend against a real moto_server (and botocore Stubber where moto falls short)."""
