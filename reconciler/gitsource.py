@@ -70,6 +70,14 @@ def _remote_env() -> dict[str, str]:
     return env
 
 
+def _stderr_line(exc: GitCommandError) -> str:
+    """git's own message from a failed command, on one line, credentials masked."""
+    text = str(exc.stderr or "").strip()
+    if text.startswith("stderr:"):
+        text = text.removeprefix("stderr:").strip().strip("'")
+    return redact(" ".join(text.split())) or f"exit status {exc.status}"
+
+
 def clone_or_open(url: str, workdir: Path, branch: str) -> GitRepo:
     """A bare clone of ``url`` in ``workdir`` (created on first use), with ``branch`` fetched now.
 
@@ -155,10 +163,11 @@ class GitRepo:
 
     def resolve(self, rev: str) -> str:
         """The full commit sha that ``rev`` (branch, tag, sha) names."""
-        try:
-            return self.repo.commit(rev).hexsha
-        except (BadName, ValueError, GitCommandError):
+        try:  # rev-parse --verify checks that the commit exists (GitPython takes a full sha on trust)
+            sha: str = self.repo.git.rev_parse("--verify", "--end-of-options", f"{rev}^{{commit}}")
+        except GitCommandError:
             raise GitError(f"unknown revision {rev!r}; expected a branch, tag or commit of {self.root}") from None
+        return sha.strip()
 
     def branch_head(self, branch: str) -> str:
         try:
@@ -194,7 +203,7 @@ class GitRepo:
                     kill_after_timeout=FETCH_TIMEOUT,
                 )
         except GitCommandError as exc:
-            detail = redact(str(exc.stderr or "").strip().replace("\n", " ")) or f"exit status {exc.status}"
+            detail = _stderr_line(exc)
             raise GitError(f"cannot fetch {branch} from {self.remote_url()}: {detail}", temporary=True) from None
         return self.branch_head(branch)
 
@@ -204,7 +213,7 @@ class GitRepo:
             with self.repo.git.custom_environment(**_remote_env()):
                 self.repo.git.push("--quiet", "origin", f"refs/tags/{name}", kill_after_timeout=FETCH_TIMEOUT)
         except GitCommandError as exc:
-            detail = redact(str(exc.stderr or "").strip().replace("\n", " ")) or f"exit status {exc.status}"
+            detail = _stderr_line(exc)
             raise GitError(f"cannot push tag {name} to {self.remote_url()}: {detail}", temporary=True) from None
 
     # ----------------------------------------------------------------- specs
