@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -161,7 +162,15 @@ def add_daemon_flags(run: argparse.ArgumentParser) -> None:
     )
 
 
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
 def config_from(args: argparse.Namespace) -> Config:
+    if not INSTANCE_NAME.fullmatch(args.instance):
+        raise UsageError(
+            f"--instance {args.instance!r}: expected 1-63 characters of [A-Za-z0-9_-] starting with a letter or digit"
+            " (it names git tags and record files)"
+        )
     return Config(
         repo=args.repo,
         branch=args.branch,
