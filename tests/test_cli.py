@@ -427,6 +427,11 @@ ERRORS = [
     pytest.param(("rollback", "applied/default/99"), "applied/default/99", id="rollback-unknown-tag"),
     pytest.param(("rollback",), "no applied tag", id="rollback-without-history"),
     pytest.param(("plan", "--path", "nowhere"), "nowhere", id="missing-specs-root"),
+    pytest.param(("rollback", "0" * 40), "unknown revision", id="rollback-unknown-sha"),
+    pytest.param(("apply", "--rev", "f" * 40), "unknown revision", id="apply-unknown-sha"),
+    pytest.param(("apply", "--instance", "a/b"), "--instance", id="instance-with-slash"),
+    pytest.param(("apply", "--instance", "../up"), "--instance", id="instance-escaping-the-state-dir"),
+    pytest.param(("local", "publish-version", "fn", "--backend", "aws"), "local backend only", id="publish-on-aws"),
 ]
 
 
