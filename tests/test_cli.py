@@ -520,3 +520,30 @@ def test_deleting_an_alias_spec_prunes_the_alias(live_repo: SpecRepo) -> None:
     assert "orders-handler/prod" in live_repo.cli_json("status")["aliases"]
     live_repo.cli("apply", "--prune")
     assert "orders-handler/prod" not in live_repo.cli_json("status")["aliases"]
+
+
+def test_drift_on_a_managed_alias_is_planned_and_corrected(live_repo: SpecRepo) -> None:
+    """A console edit of a managed alias shows as a change (old → new) and the next apply restores git's routing."""
+    cloud = LocalCloud(live_repo.state_dir)
+    cloud.update_alias("orders-handler", "prod", "2", {}, "production")
+    cloud.close()
+    plan = live_repo.cli("plan", output="json")
+    assert plan.code == 2
+    assert plan.json["actions"][0]["changes"]["routing"] == [{"2": 100}, {"1": 95, "2": 5}]
+    applied(live_repo)
+    assert routing(live_repo) == {"1": 95, "2": 5}
+
+
+def test_spec_naming_an_unmanaged_api_is_refused(example_repo: SpecRepo) -> None:
+    """An API of the same name made by hand is never taken over: exit 1, its definition untouched."""
+    cloud = LocalCloud(example_repo.state_dir)
+    api_id = cloud.create_rest_api("orders", "by hand", managed=False)
+    cloud.put_rest_api(api_id, "{}", "handmade", "by hand")
+    cloud.close()
+    result = example_repo.cli("apply")
+    assert result.code == 1 and "RestApi 'orders'" in result.stderr and "not managed" in result.stderr
+    cloud = LocalCloud(example_repo.state_dir)
+    row = cloud.db.execute("SELECT definition_sha256, managed FROM rest_apis").fetchone()
+    cloud.close()
+    assert (row["definition_sha256"], row["managed"]) == ("handmade", 0)
+    assert tags(example_repo) == []
