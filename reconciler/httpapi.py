@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from reconciler.errors import UsageError
+from reconciler.errors import ReconcilerError, UsageError
 
 log = structlog.get_logger("reconciler.http")
 
@@ -82,6 +82,9 @@ class _Server(ThreadingHTTPServer):
     view: DaemonView
     auth: WebhookAuth
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("http_handler_failed", client=client_address[0])
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -120,6 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/status":
             try:
                 self._json(200, view.status())
+            except ReconcilerError as exc:  # e.g. not cloned yet, backend unreachable
+                self._json(503, {"error": str(exc)})
             except Exception as exc:  # a status read must never take the server down
                 log.warning("status_failed", error=str(exc))
                 self._json(500, {"error": str(exc)})
@@ -152,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.view.webhook():
             self._json(503, {"error": "shutting down"})
             return
-        log.info("webhook_accepted", client=self.client_address[0], event=event)
+        log.info("webhook_accepted", client=self.client_address[0], forge_event=event)
         self._json(202, {"accepted": True})
 
 
