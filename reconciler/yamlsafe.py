@@ -2,9 +2,10 @@
 
 Documents are composed by libyaml (no Python tags are ever constructed), then
 converted here with a node budget, so alias/anchor expansion ("billion
-laughs") fails fast instead of eating memory.  Every mapping key's line is
-recorded under its dotted path so that errors can name the line of a field.
-No I/O: callers pass text.
+laughs") fails fast instead of eating memory.  Spec documents may hold only
+values JSON can (no dates, no binary), so that the parse cache round-trips
+them exactly.  Every mapping key's line is recorded under its dotted path so
+that errors can name the line of a field.  No I/O: callers pass text.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on the wheel
 Lines = dict[str, int]
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+JSON_SCALARS = frozenset(f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null"))
 _CONSTRUCTOR = SafeConstructor()
 _SCALARS = {
     tag: ctor
@@ -57,9 +59,10 @@ def _unsupported_tag(node: Node, path: str) -> YamlProblem:
 
 
 class _Converter:
-    def __init__(self, budget: int, record_lines: bool) -> None:
+    def __init__(self, budget: int, record_lines: bool, json_only: bool = False) -> None:
         self.budget = budget
         self.record = record_lines
+        self.json_only = json_only  # spec documents: values JSON can hold, so the parse cache round-trips them
         self.lines: Lines = {}
 
     def convert(self, node: Node, path: str) -> Any:
@@ -74,6 +77,14 @@ class _Converter:
             ctor = _SCALARS.get(node.tag)
             if ctor is None:
                 raise _unsupported_tag(node, path)
+            if self.json_only and node.tag not in JSON_SCALARS:
+                kind = node.tag.rpartition(":")[2]
+                raise YamlProblem(
+                    f"a YAML {kind} value ({node.value!r}); expected a string, number, true/false or null"
+                    " (quote it to make it a string)",
+                    node.start_mark.line + 1,
+                    path,
+                )
             return ctor(_CONSTRUCTOR, node)
         if isinstance(node, SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
@@ -127,7 +138,7 @@ def load_documents(text: str, max_nodes: int = 200_000) -> list[tuple[Any, Lines
             node = loader.get_node()
             if node is None:  # pragma: no cover - check_node guards it
                 continue
-            converter = _Converter(max_nodes, record_lines=True)
+            converter = _Converter(max_nodes, record_lines=True, json_only=True)
             data = converter.convert(node, "")
             if data is None:
                 continue
