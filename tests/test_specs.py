@@ -311,6 +311,12 @@ BAD_INPUTS = [
         id="python-tag",
     ),
     pytest.param(
+        stage("  api: orders\n  description: 2024-01-01  # <-\n  variables: {lambdaAlias: prod}\n"),
+        "spec.description",
+        "expected a string",
+        id="yaml-date-where-a-string-belongs",
+    ),
+    pytest.param(
         "- just\n- a list  # <-\n".replace("- just\n", "- just  # <-\n").replace("- a list  # <-", "- a list"),
         "",
         "expected a mapping",
@@ -472,3 +478,11 @@ def test_openapi_documents_need_no_envelope(spec_repo: SpecRepo, tmp_path: Path)
     spec_repo.write("deploy_specs/nested/openapi-v3.yml", OPENAPI)
     spec_repo.commit("another definition")
     assert validate(spec_repo)[0] == 0
+
+
+def test_second_validate_from_the_parse_cache_agrees(spec_repo: SpecRepo) -> None:
+    """Validating again (parsed specs now come from the cache) gives the same errors as the first time."""
+    spec_repo.write(BAD, stage("  api: orders\n  description: 2024-01-01\n  variables: {lambdaAlias: prod}\n"))
+    spec_repo.commit("a date")
+    first = validate(spec_repo)
+    assert first == validate(spec_repo) and first[0] == 1
