@@ -547,3 +547,14 @@ def test_spec_naming_an_unmanaged_api_is_refused(example_repo: SpecRepo) -> None
     cloud.close()
     assert (row["definition_sha256"], row["managed"]) == ("handmade", 0)
     assert tags(example_repo) == []
+
+
+def test_plan_time_error_applies_nothing_of_the_commit(live_repo: SpecRepo) -> None:
+    """An unpublished alias version refuses the whole commit, including its valid canary change."""
+    edit(live_repo, STAGES, "percentTraffic: 10", "percentTraffic: 30")
+    edit(live_repo, ALIASES, '{"2": 100}', '{"3": 100}')
+    live_repo.commit("canary 30 %, test alias to unpublished version 3")
+    result = live_repo.cli("apply")
+    assert result.code == 1 and "version 3" in result.stderr
+    assert stage(live_repo)["canary"]["percentTraffic"] == 10.0
+    assert tags(live_repo) == ["applied/default/1"]
