@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
-from reconciler.errors import GitError, ReconcilerError
+from reconciler.errors import GitError, ReconcilerError, StateError
 from reconciler.gitsource import GitRepo, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
 from reconciler.logs import configure_logging
@@ -39,8 +40,8 @@ from reconciler.state import StateDir
 
 log = structlog.get_logger("reconciler.daemon")
 
-STARTUP, GIT, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "fetch", "webhook", "resync", "retry"
-NEWS = frozenset({GIT, FETCH, WEBHOOK})  # reasons that only matter if the target revision moved
+STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "state", "fetch", "webhook", "resync", "retry"
+NEWS = frozenset({GIT, STATE, FETCH, WEBHOOK})  # reasons that only matter if the target revision moved
 FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY})  # reasons that fetch a remote repository first
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
@@ -84,10 +85,15 @@ class Triggers:
 
 
 class RefFilter:
-    """watchfiles filter: only the refs that can move the followed branch (HEAD, the branch, packed-refs)."""
+    """watchfiles filter: only the refs that can move the followed branch (HEAD, the branch, packed-refs).
 
-    def __init__(self, git_dir: Path, common_dir: Path, branch: str) -> None:
+    With ``record`` (the instance record in the state dir) it also wakes when a
+    ``rollback`` or ``resume`` run beside the daemon pins or unpins the instance.
+    """
+
+    def __init__(self, git_dir: Path, common_dir: Path, branch: str, record: Path | None = None) -> None:
         git_dir, common_dir = Path(os.path.realpath(git_dir)), Path(os.path.realpath(common_dir))
+        self.record = str(Path(os.path.realpath(record.parent)) / record.name) if record else None
         self.paths = frozenset(
             str(p)
             for p in (
@@ -97,10 +103,12 @@ class RefFilter:
                 common_dir / "refs" / "remotes" / "origin" / branch,
             )
         )
-        self.roots = sorted({str(git_dir), str(common_dir)})
+        self.roots = sorted(
+            {str(git_dir), str(common_dir)} | ({str(Path(self.record).parent)} if self.record else set())
+        )
 
     def __call__(self, change: watchfiles.Change, path: str) -> bool:
-        return path in self.paths
+        return path in self.paths or path == self.record
 
 
 class Daemon:
@@ -137,7 +145,7 @@ class Daemon:
 
     def run(self) -> int:
         try:
-            with self.state.writer_lock(f"reconciler run, instance {self.config.instance}"):
+            with self._daemon_lock():
                 self._install_signals()
                 return self._run_once() if self.args.once else self._serve()
         except ReconcilerError as exc:
@@ -189,11 +197,23 @@ class Daemon:
         engine = self._prepare({STARTUP})
         if engine is None:
             return 1
-        previous = engine.record().applied_revision
-        result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self.stopping.is_set)
+        with self.state.writer_lock(f"reconciler run --once, instance {self.config.instance}"):
+            previous = engine.record().applied_revision
+            result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self.stopping.is_set)
         self._observe(engine, result, previous, {STARTUP})
         self._push_pending_tags()
         return 0 if result.error is None else result.error.exit_code
+
+    def _daemon_lock(self) -> contextlib.AbstractContextManager[None]:
+        """One daemon per state directory, held for its whole life.
+
+        A lock of its own (``<state-dir>/daemon/writer.lock``), apart from the
+        per-pass writer lock, so that ``rollback``, ``resume`` and ``apply`` can
+        still run beside the daemon, between its passes.
+        """
+        what = f"reconciler run, instance {self.config.instance}"
+        lock = StateDir(self.state.path / "daemon").writer_lock(what)
+        return _reworded(lock, f"another daemon already runs on the state directory {self.state.path}")
 
     def _install_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -227,12 +247,14 @@ class Daemon:
 
     def _watch(self) -> None:
         assert self.engine is not None and self.config.branch is not None
-        refs = RefFilter(self.engine.repo.git_dir, self.engine.repo.common_dir, self.config.branch)
+        record = self.state.path / "instances" / f"{self.config.instance}.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        refs = RefFilter(self.engine.repo.git_dir, self.engine.repo.common_dir, self.config.branch, record)
         debounce_ms = max(1, round(self.args.debounce * 1000))
         step_ms = max(1, min(10, debounce_ms // 4))  # watchfiles reports a change within 1-2 steps
         while not self.stopping.is_set():
             try:
-                for _ in watchfiles.watch(
+                for changes in watchfiles.watch(
                     *refs.roots,
                     watch_filter=refs,
                     debounce=debounce_ms,
@@ -240,7 +262,7 @@ class Daemon:
                     stop_event=self.stopping,
                     raise_interrupt=False,
                 ):
-                    self.fire(GIT)
+                    self.fire(STATE if all(path == refs.record for _, path in changes) else GIT)
             except Exception as exc:  # e.g. .git replaced under us: watch again shortly
                 log.warning("watch_failed", error=str(exc))
                 self.stopping.wait(1.0)
@@ -286,6 +308,17 @@ class Daemon:
         engine = self._prepare(reasons)
         if engine is None:
             return
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.state.writer_lock(f"reconciler run, instance {self.config.instance}"))
+            except StateError as exc:  # a rollback/resume/apply is writing right now: after it
+                log.info("state_busy", error=str(exc))
+                self._last_target = None
+                self._retry_later(exc)
+                return
+            self._locked_pass(engine, reasons)
+
+    def _locked_pass(self, engine: Engine, reasons: set[str]) -> None:
         try:
             target: str | None = engine.resolve_target(None)
         except ReconcilerError:
@@ -449,6 +482,17 @@ class Daemon:
             "pid": os.getpid(),
         }
         return data
+
+
+@contextlib.contextmanager
+def _reworded(lock: contextlib.AbstractContextManager[None], context: str) -> Iterator[None]:
+    """``lock``, with ``context`` put before the message of a StateError it raises when taken."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock)
+        except StateError as exc:
+            raise StateError(f"{context}: {exc}") from None
+        yield
 
 
 def run_daemon(config: Config, args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ ACTION_KINDS = (
     "delete_stage",
     "delete_alias",
 )
-TRIGGER_SOURCES = ("startup", "git", "fetch", "webhook", "resync", "retry")
+TRIGGER_SOURCES = ("startup", "git", "state", "fetch", "webhook", "resync", "retry")
 
 
 class Metrics:

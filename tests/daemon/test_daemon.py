@@ -31,13 +31,14 @@ def reconciled_revisions(daemon: Daemon) -> set[str]:
     return {e["revision"] for e in daemon.events("reconcile")}
 
 
-def test_merge_to_the_branch_deploys(example_repo: SpecRepo, running: Daemon) -> None:
-    """A pull request merged into main is applied without any command."""
+@pytest.mark.parametrize("how", ["--no-ff", "--ff-only"], ids=["merge-commit", "fast-forward"])
+def test_merge_to_the_branch_deploys(example_repo: SpecRepo, running: Daemon, how: str) -> None:
+    """A pull request merged into main (merge commit or fast-forward) is applied without any command."""
     example_repo.git("checkout", "-q", "-b", "feature")
     set_prod_routing(example_repo, 'routing: {"1": 50, "2": 50}')
     example_repo.commit("prod: half on version 2")
     example_repo.git("checkout", "-q", "main")
-    example_repo.git("merge", "-q", "--no-ff", "-m", "Merge pull request #1", "feature")
+    example_repo.git("merge", "-q", how, "-m", "Merge pull request #1", "feature")
     status = running.wait_applied(example_repo.head())
     assert status["aliases"][PROD]["routing"] == {"1": 50, "2": 50}
 
@@ -186,7 +187,7 @@ def test_second_daemon_on_the_same_state_is_refused(
     """A second daemon on a state directory in use exits at once, saying who holds it."""
     second = start_daemon(str(example_repo.path), example_repo.state_dir, ready=False)
     assert second.proc.wait(10) == 1
-    assert "only one reconciler may write" in second.log_text()
+    assert "another daemon already runs on the state directory" in second.log_text()
     assert running.request("/healthz")[0] == 200
 
 
@@ -238,3 +239,30 @@ def test_push_tags_pushes_each_applied_tag_to_the_remote(
     tags = wait_for(lambda: example_repo.git("tag", "--list", "applied/*"), what="the tag on the remote")
     assert tags == "applied/default/1"
     assert example_repo.git("rev-parse", "applied/default/1^{commit}") == example_repo.head()
+
+
+def cli_beside_daemon(repo: SpecRepo, *args: str) -> None:
+    """Run a writing CLI command; if it met the daemon mid-pass (the state is locked), run it again."""
+    wait_for(lambda: repo.cli(*args).code == 0, what=f"reconciler {' '.join(args)}")
+
+
+def test_rollback_and_resume_work_beside_the_running_daemon(
+    example_repo: SpecRepo, start_daemon: Callable[..., Daemon]
+) -> None:
+    """``rollback`` pins the running daemon to the older commit; ``resume`` makes it follow the branch again."""
+    daemon = start_daemon(str(example_repo.path), example_repo.state_dir, "-v")
+    first = example_repo.head()
+    daemon.wait_applied(first)
+    set_prod_routing(example_repo, 'routing: {"2": 100}')
+    daemon.wait_applied(example_repo.commit("prod: all on version 2"))
+    cli_beside_daemon(example_repo, "rollback")
+    assert daemon.wait_applied(first)["pinned"]["revision"] == first
+    set_prod_routing(example_repo, 'routing: {"1": 10, "2": 90}')
+    newer = example_repo.commit("prod: 90 % on version 2")
+    wait_for(
+        lambda: any("git" in e["trigger"] for e in daemon.events("no_new_revision") if e["revision"] == first),
+        what="the pinned daemon to see the commit and stay",
+    )
+    assert prod_routing(daemon) == {"1": 95, "2": 5}
+    cli_beside_daemon(example_repo, "resume")
+    assert daemon.wait_applied(newer)["aliases"][PROD]["routing"] == {"1": 10, "2": 90}

@@ -84,6 +84,14 @@ def test_ref_filter_watches_only_refs_that_move_the_branch(tmp_path: Path, relpa
     assert refs(watchfiles.Change.modified, str(tmp_path.resolve() / relpath)) is watched
 
 
+def test_ref_filter_also_wakes_for_the_instance_record(tmp_path: Path) -> None:
+    """A pin or unpin written by ``rollback``/``resume`` beside the daemon wakes it too."""
+    record = tmp_path / "state" / "instances" / "default.json"
+    refs = RefFilter(tmp_path / ".git", tmp_path / ".git", "main", record)
+    assert refs(watchfiles.Change.added, str(record.resolve())) is True
+    assert refs(watchfiles.Change.added, str(record.parent.resolve() / "other.json")) is False
+
+
 def test_urls_with_credentials_are_redacted() -> None:
     """user:password@ in any URL is masked before it can reach a log line or message."""
     text = "cannot fetch https://bot:ghp_abc123@github.com/o/r.git and ssh://git@host/r"
