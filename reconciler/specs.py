@@ -309,7 +309,7 @@ def _read_spec_file(
     source: SpecSource, entry: SourceFile, cache: MutableMapping[str, Any], issues: _Issues
 ) -> list[_Doc]:
     if entry.mode == MODE_SYMLINK:
-        issues.add(entry.path, None, "", "is a symbolic link; symlinks are never followed, commit the file itself")
+        issues.add(entry.path, None, "", "is a symbolic link; expected a regular file (symlinks are never followed)")
         return []
     if entry.mode == MODE_SUBMODULE:
         return []

@@ -412,6 +412,7 @@ def test_committed_symlink_is_refused_and_never_followed(spec_repo: SpecRepo) ->
     assert result.code == 1
     (error,) = result.json["errors"]
     assert error["file"] == "deploy_specs/passwd.yaml" and "symbolic link" in error["message"]
+    assert "expected a regular file" in error["message"]
     assert "root:" not in result.stdout + result.stderr
 
 
