@@ -289,7 +289,8 @@ def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = No
             continue
         docs.extend(_read_spec_file(source, entry, cache, issues))
     typed = _validate_schema(docs, issues)
-    state = _resolve(typed, source, files, cache, issues)
+    declared_apis = {doc.name for doc in docs if doc.kind == "RestApi"}
+    state = _resolve(typed, declared_apis, source, files, cache, issues)
     if issues.items:
         raise SpecError(issues.items, source.revision)
     state.revision = source.revision
@@ -439,6 +440,7 @@ def _validate_schema(docs: list[_Doc], issues: _Issues) -> list[tuple[_Doc, Any]
 
 def _resolve(
     typed: list[tuple[_Doc, Any]],
+    declared_apis: set[str],
     source: SpecSource,
     files: dict[str, SourceFile],
     cache: MutableMapping[str, Any],
@@ -467,7 +469,7 @@ def _resolve(
         if doc.kind == "Stage" and unique(
             doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"
         ):
-            stage = _stage(doc, spec, state, definitions, issues)
+            stage = _stage(doc, spec, state, declared_apis, definitions, issues)
             if stage is not None:
                 state.stages[(stage.api, stage.name)] = stage
         elif doc.kind == "Alias" and unique(
@@ -481,10 +483,17 @@ def _resolve(
 
 
 def _stage(
-    doc: _Doc, spec: StageSpec, state: DesiredState, definitions: _Definitions, issues: _Issues
+    doc: _Doc,
+    spec: StageSpec,
+    state: DesiredState,
+    declared_apis: set[str],
+    definitions: _Definitions,
+    issues: _Issues,
 ) -> DesiredStage | None:
     api = state.apis.get(spec.api)
     if api is None:
+        if spec.api in declared_apis:
+            return None  # the RestApi is in the specs but invalid: its own error says why, once
         known = ", ".join(sorted(state.apis)) or "none"
         issues.doc(doc, "spec.api", f"expected the name of a RestApi in the specs, got {spec.api!r} (known: {known})")
         return None
