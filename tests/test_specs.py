@@ -487,3 +487,12 @@ def test_second_validate_from_the_parse_cache_agrees(spec_repo: SpecRepo) -> Non
     spec_repo.commit("a date")
     first = validate(spec_repo)
     assert first == validate(spec_repo) and first[0] == 1
+
+
+def test_invalid_api_is_reported_once_not_again_for_its_stages(spec_repo: SpecRepo) -> None:
+    """A RestApi whose definition is missing is one error; its stages do not each claim the API is unknown."""
+    spec_repo.write("deploy_specs/api.yaml", BASE["deploy_specs/api.yaml"].replace("openapi.yaml", "gone.yaml"))
+    spec_repo.commit("the API's definition is gone")
+    code, report = validate(spec_repo)
+    assert code == 1
+    assert [(e["file"], e["field"]) for e in report["errors"]] == [("deploy_specs/api.yaml", "spec.definition")]
