@@ -253,6 +253,20 @@ BAD_INPUTS = [
         id="duplicate-alias",
     ),
     pytest.param(
+        "apiVersion: reconciler/v1\nkind: RestApi\nmetadata: {name: orders}  # <-\nspec: {definition: openapi.yaml}\n",
+        "metadata.name",
+        "duplicate RestApi 'orders'",
+        id="duplicate-api",
+    ),
+    pytest.param(
+        stage("  api: orders\n  variables: {lambdaAlias: prod}\n", name="ok")
+        + "---\n"
+        + stage("  api: orders\n  variables: {lambdaAlias: prod}\n  weight: 3  # <-\n", name="second"),
+        "spec.weight",
+        "unknown field",
+        id="error-in-second-document-has-its-absolute-line",
+    ),
+    pytest.param(
         stage("  api: orders\n  definition: missing.yaml  # <-\n  variables: {lambdaAlias: prod}\n"),
         "spec.definition",
         "does not exist",
