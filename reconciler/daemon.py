@@ -169,7 +169,7 @@ class Daemon:
         self.fire(STARTUP)
         log.info(
             "started",
-            repo=redact(self.config.repo),
+            repo=redact(self.config.repo) if self.remote or self.engine is None else str(self.engine.repo.root),
             branch=self.config.branch,
             instance=self.config.instance,
             backend=self.config.backend,
