@@ -59,6 +59,13 @@ def applied(repo: SpecRepo) -> SpecRepo:
     return repo
 
 
+def applied_commit(repo: SpecRepo, message: str) -> str:
+    """Commit the working tree and apply it; return the commit."""
+    revision = repo.commit(message)
+    applied(repo)
+    return revision
+
+
 @pytest.fixture
 def live_repo(example_repo: SpecRepo) -> SpecRepo:
     """The example specs, applied once."""
@@ -197,23 +204,11 @@ def test_history_json_is_newest_first(live_repo: SpecRepo) -> None:
     assert re.match(r"\d{4}-\d\d-\d\dT", history[0]["applied_at"])
 
 
-def applied_commit(repo: SpecRepo, message: str) -> str:
-    """Commit the working tree and apply it; return the commit."""
-    revision = repo.commit(message)
-    applied(repo)
-    return revision
-
-
 def test_tags_are_numbered_one_two_three_and_annotated(live_repo: SpecRepo) -> None:
     """Each apply that changed something adds the next applied/default/<n>, an annotated tag."""
-    for percent in ("20", "30"):
-        edit(
-            live_repo,
-            STAGES,
-            "percentTraffic: 10" if percent == "20" else "percentTraffic: 20",
-            f"percentTraffic: {percent}",
-        )
-        applied_commit(live_repo, f"canary {percent}")
+    for old, new in (("10", "20"), ("20", "30")):
+        edit(live_repo, STAGES, f"percentTraffic: {old}", f"percentTraffic: {new}")
+        applied_commit(live_repo, f"canary {new}")
     assert tags(live_repo) == ["applied/default/1", "applied/default/2", "applied/default/3"]
     assert {live_repo.git("cat-file", "-t", t) for t in tags(live_repo)} == {"tag"}
 
