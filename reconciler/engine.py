@@ -22,7 +22,7 @@ from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError
 from reconciler.gitsource import AppliedTag, GitRepo, clone_or_open, is_remote
 from reconciler.plan import Action, Plan, canary_json, make_plan, routing_json
 from reconciler.specs import DesiredState, load_desired
-from reconciler.state import InstanceRecord, Pin, StateDir
+from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
@@ -109,6 +109,7 @@ class Engine:
         self.state = StateDir(default_state_path(config, self.repo))
         self._backend = backend
         self._branch = config.branch
+        self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
 
     # ----------------------------------------------------------------- parts
 
@@ -148,7 +149,9 @@ class Engine:
         return pinned.revision if pinned else self.head()
 
     def desired(self, revision: str) -> DesiredState:
-        cache = self.state.load_cache()
+        if self._cache is None:
+            self._cache = self.state.load_cache()
+        cache = self._cache
         try:
             return load_desired(self.repo.spec_source(revision, self.config.path), cache)
         finally:
