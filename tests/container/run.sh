@@ -35,18 +35,6 @@ if [[ $(id -u) != 0 ]]; then
     fail "needs root (rootful podman with its state in a temporary directory)"
 fi
 
-# ------------------------------------------------------------------ tools
-missing=()
-for tool in podman runc debootstrap slirp4netns; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
-done
-if ((${#missing[@]})); then
-    say "installing ${missing[*]} with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        podman runc debootstrap slirp4netns uidmap fuse-overlayfs >/dev/null
-fi
-
 # ------------------------------------------------- podman state, all in $tmp
 # Short paths: slirp4netns's API socket lives below tmp_dir and a socket path must stay under 108 bytes.
 tmp=$(mktemp -d /tmp/rcc.XXXXXX)
@@ -83,6 +71,14 @@ base="localhost/pybase:bookworm"
 volume="$name-state"
 secret="ci-webhook-secret-$RANDOM$RANDOM"
 
+# Rootful Podman makes these host paths whatever its configuration says (network namespaces are
+# always in /run/netns); those that did not exist before this run are removed after it.
+host_paths=(/run/netns /run/containers /run/libpod /etc/containers/networks /var/lib/cni)
+new_paths=()
+for path in "${host_paths[@]}"; do
+    [[ -e $path ]] || new_paths+=("$path")
+done
+
 cleanup() {
     local code=$?
     set +e
@@ -96,10 +92,29 @@ cleanup() {
     # Whatever podman left mounted below $tmp must go before the files do.
     findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | xargs -r -n1 umount -l 2>/dev/null
     rm -rf "$tmp"
+    for path in "${new_paths[@]}"; do
+        if [[ $path == /run/netns ]] && mountpoint -q /run/netns; then
+            rmdir /run/netns/* 2>/dev/null
+            umount /run/netns 2>/dev/null
+        fi
+        [[ -e $path ]] && rm -rf "$path"
+    done
     exit "$code"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------ tools
+missing=()
+for tool in podman runc debootstrap slirp4netns; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    say "installing ${missing[*]} with apt-get"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        podman runc debootstrap slirp4netns uidmap fuse-overlayfs; } >"$tmp/apt.log" 2>&1 ||
+        { tail -n 20 "$tmp/apt.log" >&2; fail "apt-get install failed"; }
+fi
 
 # -------------------------------------------------------------- base image
 debian_mirror() {
@@ -134,12 +149,15 @@ make_base() {
 }
 
 # --------------------------------------------------------------- the image
-pip_setting() { # $1: env var, $2: pip config key
-    local value="${!1:-}"
+pip_setting() { # $1: env var, $2: pip config key; URLs only: the host's file:// indexes are not in the build
+    local value="${!1:-}" word kept=()
     if [[ -z $value ]] && python3 -m pip --version >/dev/null 2>&1; then
         value=$(python3 -m pip config get "global.$2" 2>/dev/null || true)
     fi
-    echo "$value"
+    for word in $value; do
+        [[ $1 == PIP_TRUSTED_HOST || $word == http://* || $word == https://* ]] && kept+=("$word")
+    done
+    echo "${kept[*]}"
 }
 
 build_image() {
@@ -222,7 +240,7 @@ mounts=(--volume "$volume:/var/lib/reconciler" --volume "$tmp/remote.git:/remote
 
 say "publishing the example's Lambda versions into the state volume"
 podman volume create "$volume" >/dev/null
-versions=$(podman run --rm --no-healthcheck "${mounts[@]}" "$image" sh -c \
+versions=$(podman run --rm --no-healthcheck --network none "${mounts[@]}" "$image" sh -c \
     'for n in 1 2; do reconciler local publish-version orders-handler --repo /remote.git; done')
 [[ ${versions//$'\n'/ } == "1 2" ]] || fail "publish-version printed '$versions', expected 1 and 2"
 
