@@ -349,7 +349,7 @@ class Daemon:
             self.metrics.reconciles.labels("noop").inc()
             self.metrics.reconcile_duration.labels("noop").observe(duration)
             log.info("in_sync", revision=revision, actions=0, duration_ms=round(duration * 1000, 1), result="noop")
-            self._settle(revision)
+            self._in_sync(revision)
             return False
         self.metrics.drift.inc(len(plan.actions))
         heal = not self.args.no_self_heal
@@ -363,6 +363,16 @@ class Daemon:
         if not heal:
             self._settle(revision)
         return heal
+
+    def _in_sync(self, revision: str) -> None:
+        """Live state matches ``revision``: a success, whether this pass changed anything or not."""
+        self.metrics.last_success.set(time.time())
+        self.metrics.drifted_resources.set(0)
+        self._drift = []
+        self.metrics.applied_revision.info(
+            {"revision": revision, "instance": self.config.instance, "branch": self.config.branch or ""}
+        )
+        self._settle(revision)
 
     def _settle(self, revision: str) -> None:
         self._last_target = revision
@@ -402,12 +412,7 @@ class Daemon:
         m.reconcile_duration.labels(result.result).observe(result.duration)
         error = result.error
         if error is None:
-            m.last_success.set(time.time())
-            m.drifted_resources.set(0)
-            self._drift = []
-            m.applied_revision.info(
-                {"revision": result.revision, "instance": self.config.instance, "branch": self.config.branch or ""}
-            )
+            self._in_sync(result.revision)
             if result.revision != previous and STARTUP not in reasons:
                 try:
                     lag = max(0.0, time.time() - engine.repo.commit_time(result.revision))
@@ -418,7 +423,6 @@ class Daemon:
                 log.info("applied", revision=result.revision, tag=result.tag, commit_to_applied_s=lag)
             if result.tag and self.args.push_tags and self.remote:
                 self._pending_tags.append(result.tag)
-            self._settle(result.revision)
         elif error.temporary:
             self._last_target = result.revision
             self._retry_later(error)
