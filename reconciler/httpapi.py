@@ -90,6 +90,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "reconciler"
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may stall a request (a slow or idle client never holds a thread for long)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http_request", client=self.client_address[0], line=format % args)

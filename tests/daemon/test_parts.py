@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import watchfiles
 
 from reconciler.daemon import RefFilter, Triggers, backoff_delay
 from reconciler.errors import UsageError
-from reconciler.gitsource import redact
+from reconciler.gitsource import _remote_env, redact
 from reconciler.httpapi import WebhookAuth, parse_listen
-from reconciler.logs import MASK, redact_secrets
+from reconciler.logs import MASK, configure_logging, redact_secrets
 
 SECRET = b"It's a Secret to Everybody"
 BODY = b'{"ref": "refs/heads/main"}'
@@ -124,3 +131,52 @@ def test_listen_without_port_is_a_usage_error() -> None:
     """--listen without a port is refused with a message naming the expected form."""
     with pytest.raises(UsageError, match="HOST:PORT"):
         parse_listen("localhost")
+
+
+def test_git_token_reaches_git_only_through_the_credential_helper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """git gets RECONCILER_GIT_TOKEN from the helper when it asks; the token is in no URL, argument or config value."""
+    monkeypatch.setenv("RECONCILER_GIT_TOKEN", "ghp_s3cret_token")
+    env = _remote_env()
+    assert all("ghp_s3cret_token" not in value for value in env.values())
+    done = subprocess.run(
+        ["git", "credential", "fill"],
+        input="protocol=https\nhost=git.example.com\npath=acme/deploy.git\n\n",
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    assert "username=x-access-token" in done.stdout.splitlines()
+    assert "password=ghp_s3cret_token" in done.stdout.splitlines()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "as_json"), [(io.StringIO, True), (_Terminal, False)], ids=["pipe", "terminal"])
+def test_auto_log_format_is_json_off_a_terminal_and_console_on_one(
+    restore_logging: None, stream: type[io.StringIO], as_json: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--log-format auto writes JSON lines to a pipe or file and readable lines to a terminal."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    out = stream()
+    configure_logging("auto", stream=out)
+    structlog.get_logger("test").info("reconcile", revision="abc", result="noop")
+    line = out.getvalue().strip()
+    if as_json:
+        assert json.loads(line)["event"] == "reconcile"
+    else:
+        assert line.startswith("20") and "reconcile" in line and "revision=abc" in line
