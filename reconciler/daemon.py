@@ -268,6 +268,8 @@ class Daemon:
                 self.stopping.wait(1.0)
 
     def _retry_later(self, error: BaseException) -> None:
+        if self.stopping.is_set():
+            return  # e.g. stopped mid-plan: the next start re-plans from live state
         self._failures += 1
         delay = backoff_delay(self._failures)
         self.metrics.consecutive_failures.set(self._failures)

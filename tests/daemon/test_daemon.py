@@ -20,6 +20,7 @@ from tests.support import SpecRepo
 pytestmark = pytest.mark.daemon
 
 PROD = "orders-handler/prod"
+STAGES = 3000  # enough for the apply to take about a second
 
 
 def prod_routing(daemon: Daemon) -> dict[str, float]:
@@ -279,3 +280,21 @@ def test_restart_applies_nothing_and_reports_the_applied_revision(
     assert again.metric("reconciler_reconciles_total", result="success") == 0
     assert again.metric("reconciler_applied_revision_info", revision=example_repo.head()) == 1
     assert example_repo.git("tag", "--list", "applied/*").split() == ["applied/default/1"]
+
+
+def test_sigterm_mid_plan_finishes_the_action_in_flight_and_the_next_start_converges(
+    example_repo: SpecRepo, start_daemon: Callable[..., Daemon]
+) -> None:
+    """SIGTERM during a long apply stops after the action in flight with exit 0; a restart applies the rest."""
+    stage = "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {{name: s{}}}\n"
+    stage += "spec: {{api: orders, variables: {{lambdaAlias: prod}}}}\n"
+    example_repo.write("deploy_specs/many.yaml", "---\n".join(stage.format(i) for i in range(STAGES)))
+    head = example_repo.commit("many stages")
+    daemon = start_daemon(str(example_repo.path), example_repo.state_dir, ready=False)
+    wait_for(lambda: daemon.metric("reconciler_actions_total", kind="create_stage", result="success") >= 10)
+    assert daemon.stop(timeout=10) == 0
+    status = example_repo.cli_json("status")
+    assert status["applied_revision"] is None and "stopped before all actions" in status["last_error"]
+    assert 10 <= len(status["stages"]) < STAGES
+    again = start_daemon(str(example_repo.path), example_repo.state_dir)
+    assert len(again.wait_applied(head, timeout=30)["stages"]) == STAGES + 5
