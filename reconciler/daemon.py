@@ -41,6 +41,7 @@ from reconciler.state import StateDir
 log = structlog.get_logger("reconciler.daemon")
 
 STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "state", "fetch", "webhook", "resync", "retry"
+REASONS = (STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY)
 NEWS = frozenset({GIT, STATE, FETCH, WEBHOOK})  # reasons that only matter if the target revision moved
 FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY})  # reasons that fetch a remote repository first
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
@@ -127,7 +128,7 @@ class Daemon:
             config = replace(config, branch=self.engine.branch)  # followed even if the checkout switches
             self.state = self.engine.state
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(REASONS)
         self.triggers = Triggers()
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone=UTC)

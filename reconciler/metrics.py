@@ -6,6 +6,8 @@ are created at start, so a dashboard sees zeros instead of missing series.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,25 +19,15 @@ from prometheus_client import (
     generate_latest,
 )
 
+from reconciler.plan import ACTION_ORDER
+
 RESULTS = ("success", "noop", "invalid", "failed")
-ACTION_KINDS = (
-    "create_api",
-    "update_api",
-    "create_deployment",
-    "create_stage",
-    "update_stage",
-    "create_alias",
-    "update_alias",
-    "delete_stage",
-    "delete_alias",
-)
-TRIGGER_SOURCES = ("startup", "git", "state", "fetch", "webhook", "resync", "retry")
 
 
 class Metrics:
     """The daemon's counters, gauges and histograms."""
 
-    def __init__(self) -> None:
+    def __init__(self, trigger_sources: Iterable[str] = ()) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only add noise
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -80,10 +72,10 @@ class Metrics:
         for result in RESULTS:
             self.reconciles.labels(result)
             self.reconcile_duration.labels(result)
-        for kind in ACTION_KINDS:
+        for kind in ACTION_ORDER:
             for result in ("success", "failed"):
                 self.actions.labels(kind, result)
-        for source in TRIGGER_SOURCES:
+        for source in trigger_sources:
             self.triggers.labels(source)
         for result in ("success", "failed"):
             self.fetches.labels(result)
