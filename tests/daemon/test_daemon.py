@@ -298,3 +298,12 @@ def test_sigterm_mid_plan_finishes_the_action_in_flight_and_the_next_start_conve
     assert 10 <= len(status["stages"]) < STAGES
     again = start_daemon(str(example_repo.path), example_repo.state_dir)
     assert len(again.wait_applied(head, timeout=30)["stages"]) == STAGES + 5
+
+
+def test_run_outside_a_git_repository_exits_1_saying_why(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    """Started on a folder that is no git repository, the daemon exits 1 with one log line naming the problem."""
+    (tmp_path / "plain").mkdir()
+    daemon = start_daemon(str(tmp_path / "plain"), tmp_path / "state", ready=False)
+    assert daemon.proc.wait(10) == 1
+    [event] = daemon.events()
+    assert event["event"] == "cannot_start" and "is not inside a git repository" in event["error"]
