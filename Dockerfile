@@ -53,10 +53,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 RUN python3 -m venv /opt/reconciler
 # Dependencies first, from pyproject.toml alone, so that a change to the code reuses this layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > /tmp/requirements.txt \
     && /opt/reconciler/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
 COPY reconciler/ reconciler/
 RUN /opt/reconciler/bin/pip install --no-cache-dir --no-deps . \
     && /opt/reconciler/bin/reconciler --version
