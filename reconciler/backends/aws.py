@@ -230,6 +230,7 @@ class AwsBackend:
         self._functions_read: set[str] = set()
         self._imported: dict[str, str] = {}  # api id -> sha256 this process imported last
         self._granted: set[tuple[str, str, str]] = set()
+        self._listed = False  # read() has listed every REST API: a name it did not see does not exist
 
     def close(self) -> None:
         self.calls.close()
@@ -253,6 +254,7 @@ class AwsBackend:
         for function in sorted(desired.functions):
             self._read_function(live, function)
         self._remember(desired, live)
+        self._listed = True
         return _copy(live)
 
     def _remember(self, desired: DesiredState, live: LiveState) -> None:
@@ -356,9 +358,9 @@ class AwsBackend:
     # ------------------------------------------------------------- REST APIs
 
     def _api(self, name: str) -> LiveApi:
-        """The managed API ``name`` as last seen; looked up again if this backend has not seen it."""
+        """The managed API ``name`` as ``read`` saw it (or as listed now, if ``read`` was not called)."""
         api = self._live.apis.get(name)
-        if api is None:
+        if api is None and not self._listed:
             for item in self._list_apis():
                 found = _live_api(item)
                 if found.name == name and (api is None or (found.managed and not api.managed)):

@@ -117,7 +117,8 @@ class _Bucket:
         self.stamp = now
 
     def wait(self) -> float:
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        # a hair of tolerance: float rounding must not leave a deficit too small to sleep off
+        return 0.0 if self.tokens >= 1 - 1e-9 else (1 - self.tokens) / self.rate
 
 
 class RateLimiter:
