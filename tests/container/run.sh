@@ -267,7 +267,10 @@ routing=$(http_get /status | python3 -c 'import json, sys; print(json.load(sys.s
 say "the second commit was fetched and applied"
 
 metrics=$(http_get /metrics)
-grep -qE '^reconciler_[a-z_]+' <<<"$metrics" || fail "/metrics has no reconciler_ series"
+successes=$(sed -nE 's/^reconciler_reconciles_total\{result="success"\} ([0-9.e+]+)$/\1/p' <<<"$metrics")
+python3 -c 'import sys; sys.exit(float(sys.argv[1] or 0) < 2)' "$successes" ||
+    fail "/metrics counts '${successes:-no}' successful reconciles, expected at least 2"
+grep -qF "revision=\"$second\"" <<<"$metrics" || fail "/metrics has no reconciler_applied_revision_info for $second"
 
 [[ $(podman exec "$name" id -u) == "$uid" ]] || fail "the daemon does not run as uid $uid"
 [[ $(podman exec "$name" cat /proc/1/comm) == tini ]] || fail "PID 1 is not tini"
