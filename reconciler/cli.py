@@ -25,6 +25,7 @@ from reconciler.errors import ReconcilerError, SpecError, UsageError
 from reconciler.plan import Action, Plan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+LOCK_WAIT = 30.0  # seconds a CLI writer waits for a daemon's reconcile in flight
 
 
 # ------------------------------------------------------------------ parsing
@@ -369,7 +370,7 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
 def cmd_apply(args: argparse.Namespace, out: Out) -> int:
     engine = Engine(config_from(args))
     try:
-        with engine.state.writer_lock(f"reconciler apply, instance {engine.instance}"):
+        with engine.state.writer_lock(f"reconciler apply, instance {engine.instance}", wait=LOCK_WAIT):
             result = engine.reconcile(args.rev, prune=args.prune)
         return report_result(out, result, engine)
     finally:
@@ -379,7 +380,7 @@ def cmd_apply(args: argparse.Namespace, out: Out) -> int:
 def cmd_rollback(args: argparse.Namespace, out: Out) -> int:
     engine = Engine(config_from(args))
     try:
-        with engine.state.writer_lock(f"reconciler rollback, instance {engine.instance}"):
+        with engine.state.writer_lock(f"reconciler rollback, instance {engine.instance}", wait=LOCK_WAIT):
             result = engine.rollback(args.target, prune=args.prune)
         code = report_result(out, result, engine)
         if code == EXIT_OK and not out.json:
@@ -395,7 +396,7 @@ def cmd_rollback(args: argparse.Namespace, out: Out) -> int:
 def cmd_resume(args: argparse.Namespace, out: Out) -> int:
     engine = Engine(config_from(args))
     try:
-        with engine.state.writer_lock(f"reconciler resume, instance {engine.instance}"):
+        with engine.state.writer_lock(f"reconciler resume, instance {engine.instance}", wait=LOCK_WAIT):
             record = engine.resume()
         if out.json:
             out.document({"instance": record.instance, "pinned": None})

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -103,14 +104,24 @@ class StateDir:
     # ------------------------------------------------------------------ lock
 
     @contextmanager
-    def writer_lock(self, what: str) -> Iterator[None]:
-        """Exclusive, non-blocking: a second writer on this state dir is refused."""
+    def writer_lock(self, what: str, wait: float = 0.0) -> Iterator[None]:
+        """Exclusive: a second writer on this state dir is refused, after ``wait`` seconds of trying.
+
+        ``flock`` has no timeout, so a wait is a short poll; the daemon holds this
+        lock only for the length of one reconcile, which a CLI writer waits out.
+        """
         path = self.path / LOCK_FILE
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the with-block
         try:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.02)
+                        continue
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 raise StateError(
