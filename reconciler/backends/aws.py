@@ -14,24 +14,45 @@ What marks a resource as the tool's own (docs/aws.md has the details):
 * Deployment: description ``{"revision": ..., "sha256": ...}``;
 * Stage: tag ``reconciler:managed=true``;
 * Alias: description ``[reconciler] <the spec's description>``.
-Unmarked resources are never changed or deleted.  Calls, pacing and errors:
-``aws_calls.py``.
+Unmarked resources are never changed or deleted.  Markers, patches and
+parsing: ``aws_model.py``; calls, pacing and errors: ``aws_calls.py``.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, assert_never
 
 import structlog
 
 from reconciler.backends.aws_calls import AwsCalls, Rates
-from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
-from reconciler.backends.local import routing_from_lambda, routing_to_lambda
+from reconciler.backends.aws_model import (
+    ALIAS_DESCRIPTION_MAX,
+    ALIAS_MARKER,
+    INVOKE_PRINCIPAL,
+    MANAGED_TAG,
+    STATEMENT_PREFIX,
+    AliasRef,
+    CanaryTarget,
+    PatchOp,
+    alias_description,
+    alias_refs,
+    api_description,
+    copy_live,
+    deployment_description,
+    deployment_hashes,
+    desired_refs,
+    live_alias,
+    live_api,
+    live_stage,
+    parse_deployment_description,
+    patch_replace,
+    stage_patch,
+)
+from reconciler.backends.base import LiveApi, LiveDeployment, LiveStage, LiveState
+from reconciler.backends.local import routing_to_lambda
 from reconciler.errors import BackendError, ConflictError
 from reconciler.plan import (
     Action,
@@ -44,163 +65,10 @@ from reconciler.plan import (
     UpdateAlias,
     UpdateApi,
     UpdateStage,
-    percent_json,
 )
-from reconciler.specs import Definition, DesiredCanary, DesiredState, normalize_percent
+from reconciler.specs import Definition, DesiredState
 
 log = structlog.get_logger("reconciler.backends.aws")
-
-MANAGED_TAG = "reconciler:managed"
-ALIAS_MARKER = "[reconciler]"
-ALIAS_DESCRIPTION_MAX = 256
-API_SHA_MARKER = re.compile(r"\s*\[reconciler:definition-sha256=([0-9a-f]{64})\]\Z")
-STATEMENT_PREFIX = "reconciler-"
-INVOKE_PRINCIPAL = "apigateway.amazonaws.com"
-_VAR = r"\$\{stageVariables\.([A-Za-z0-9_]+)\}"
-LAMBDA_REF = re.compile(
-    r"arn:(aws[a-z-]*):lambda:[a-z0-9-]+:([0-9]{12}):function:(?:([A-Za-z0-9_-]+)|" + _VAR + r"):" + _VAR
-)
-PatchOp = dict[str, str]
-
-
-# ------------------------------------------------------------------ markers
-
-
-def api_description(description: str | None, sha256: str | None) -> str:
-    """The RestApi description as stored: the spec's text, then the definition hash marker."""
-    text = description or ""
-    if sha256 is None:
-        return text
-    marker = f"[reconciler:definition-sha256={sha256}]"
-    return f"{text} {marker}" if text else marker
-
-
-def parse_api_description(stored: str | None) -> tuple[str | None, str | None]:
-    """(the spec's description, the definition hash) from a stored RestApi description."""
-    text = stored or ""
-    found = API_SHA_MARKER.search(text)
-    if found is None:
-        return text or None, None
-    return text[: found.start()] or None, found.group(1)
-
-
-def alias_description(description: str | None) -> str:
-    return f"{ALIAS_MARKER} {description}" if description else ALIAS_MARKER
-
-
-def parse_alias_description(stored: str | None) -> tuple[bool, str | None]:
-    """(managed, the spec's description) from a stored alias description."""
-    text = stored or ""
-    if text == ALIAS_MARKER:
-        return True, None
-    if text.startswith(ALIAS_MARKER + " "):
-        return True, text[len(ALIAS_MARKER) + 1 :] or None
-    return False, text or None
-
-
-def deployment_description(sha256: str, revision: str | None) -> str:
-    return json.dumps({"revision": revision, "sha256": sha256}, sort_keys=True)
-
-
-def parse_deployment_description(stored: str | None) -> tuple[str | None, str | None]:
-    """(definition hash, git revision) of a deployment this tool created, else (None, None)."""
-    try:
-        data = json.loads(stored or "")
-    except ValueError:
-        return None, None
-    if not isinstance(data, dict) or not isinstance(data.get("sha256"), str):
-        return None, None
-    revision = data.get("revision")
-    return data["sha256"], revision if isinstance(revision, str) else None
-
-
-def stage_url(api_id: str, region: str, stage: str) -> str:
-    return f"https://{api_id}.execute-api.{region}.amazonaws.com/{stage}"
-
-
-# --------------------------------------------------------------- permissions
-
-
-@dataclass(frozen=True)
-class AliasRef:
-    """A Lambda alias that a stage's integration names through a stage variable."""
-
-    function: str
-    alias: str
-    partition: str
-    account: str
-
-
-def alias_refs(definition: Definition, variables: Mapping[str, str]) -> set[AliasRef]:
-    """Every alias that ``definition``'s Lambda integrations reach with these stage variables."""
-    refs: set[AliasRef] = set()
-    for partition, account, literal, function_var, alias_var in LAMBDA_REF.findall(definition.body):
-        function = literal or variables.get(function_var)
-        alias = variables.get(alias_var)
-        if function and alias:
-            refs.add(AliasRef(function, alias, partition, account))
-    return refs
-
-
-def desired_refs(definition: Definition, variables: Mapping[str, str], canary: DesiredCanary | None) -> set[AliasRef]:
-    refs = alias_refs(definition, variables)
-    if canary is not None:
-        refs |= alias_refs(canary.definition, {**variables, **canary.variables})
-    return refs
-
-
-# -------------------------------------------------------------- stage patches
-
-
-@dataclass(frozen=True)
-class CanaryTarget:
-    percent_traffic: float
-    deployment_id: str
-    variables: dict[str, str] = field(default_factory=dict)
-
-
-def _replace(path: str, value: str) -> PatchOp:
-    return {"op": "replace", "path": path, "value": value}
-
-
-def _remove(path: str) -> PatchOp:
-    return {"op": "remove", "path": path}
-
-
-def _variable_ops(prefix: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[PatchOp]:
-    ops = [_replace(f"{prefix}/{name}", value) for name, value in sorted(new.items()) if old.get(name) != value]
-    return ops + [_remove(f"{prefix}/{name}") for name in sorted(set(old) - set(new))]
-
-
-def stage_patch(
-    current: LiveStage,
-    deployment_id: str,
-    description: str | None,
-    variables: Mapping[str, str],
-    canary: CanaryTarget | None,
-) -> list[PatchOp]:
-    """The ``UpdateStage`` patch operations that turn ``current`` into the target (empty: nothing to do).
-
-    Variables are set with ``replace`` (AWS creates missing ones that way; moto rejects ``add``).
-    """
-    ops: list[PatchOp] = []
-    if current.deployment_id != deployment_id:
-        ops.append(_replace("/deploymentId", deployment_id))
-    if (current.description or "") != (description or ""):
-        ops.append(_replace("/description", description or ""))
-    ops += _variable_ops("/variables", current.variables, variables)
-    old = current.canary
-    if canary is None:
-        if old is not None:
-            ops.append(_remove("/canarySettings"))
-        return ops
-    if old is None or normalize_percent(old.percent_traffic) != normalize_percent(canary.percent_traffic):
-        ops.append(_replace("/canarySettings/percentTraffic", str(percent_json(canary.percent_traffic))))
-    if old is None or old.deployment_id != canary.deployment_id:
-        ops.append(_replace("/canarySettings/deploymentId", canary.deployment_id))
-    ops += _variable_ops("/canarySettings/stageVariableOverrides", old.variables if old else {}, canary.variables)
-    return ops
-
 
 # ------------------------------------------------------------------- backend
 
@@ -241,7 +109,7 @@ class AwsBackend:
         """APIs named in ``desired`` or managed, their deployments and stages; the functions ``desired`` names."""
         live = LiveState()
         for item in self._list_apis():
-            api = _live_api(item)
+            api = live_api(item)
             if api.name not in desired.apis and not api.managed:
                 continue
             known = live.apis.get(api.name)
@@ -255,12 +123,13 @@ class AwsBackend:
             self._read_function(live, function)
         self._remember(desired, live)
         self._listed = True
-        return _copy(live)
+        return copy_live(live)
 
     def _remember(self, desired: DesiredState, live: LiveState) -> None:
-        self._live = _copy(live)
+        self._live = copy_live(live)
         self._desired = desired
         self._functions_read = set(desired.functions)
+        self._imported = {}  # someone may have imported since the last pass: import again before snapshotting
         self._definitions = {}
         for api in desired.apis.values():
             self._definitions[api.definition.sha256] = api.definition
@@ -297,9 +166,9 @@ class AwsBackend:
             if sha is not None:
                 by_sha.setdefault(sha, LiveDeployment(str(item["id"]), sha, revision))
         stages = self.calls.call(resource, "GetStages", lambda: self.calls.apigateway.get_stages(restApiId=api.id))
-        hashes = _hashes(by_sha)
+        hashes = deployment_hashes(by_sha)
         for item in stages.get("item", []):
-            stage = _live_stage(api, item, hashes, self.region)
+            stage = live_stage(api, item, hashes, self.region)
             live.stages[(api.name, stage.name)] = stage
 
     def _read_function(self, live: LiveState, function: str) -> None:
@@ -331,7 +200,7 @@ class AwsBackend:
         )
         live.versions[function] = set(versions)
         for item in aliases:
-            alias = _live_alias(function, item)
+            alias = live_alias(function, item)
             live.aliases[(function, alias.name)] = alias
 
     # ----------------------------------------------------------------- apply
@@ -362,7 +231,7 @@ class AwsBackend:
         api = self._live.apis.get(name)
         if api is None and not self._listed:
             for item in self._list_apis():
-                found = _live_api(item)
+                found = live_api(item)
                 if found.name == name and (api is None or (found.managed and not api.managed)):
                     api = found
             if api is not None:
@@ -406,7 +275,7 @@ class AwsBackend:
         if api.definition_sha256 != action.definition.sha256:
             self._import(api, action.definition, wanted)
         elif api_description(api.description, api.definition_sha256) != wanted:
-            self._patch_api(api, [_replace("/description", wanted)])
+            self._patch_api(api, [patch_replace("/description", wanted)])
         self._live.apis[action.api] = replace(
             api, description=action.description, definition_sha256=action.definition.sha256
         )
@@ -423,9 +292,9 @@ class AwsBackend:
         self._imported[api.id] = definition.sha256
         ops: list[PatchOp] = []
         if imported.get("name", api.name) != api.name:
-            ops.append(_replace("/name", api.name))  # an import may rename the API after info.title
+            ops.append(patch_replace("/name", api.name))  # an import may rename the API after info.title
         if (imported.get("description") or "") != description:
-            ops.append(_replace("/description", description))
+            ops.append(patch_replace("/description", description))
         if ops:
             self._patch_api(api, ops)
 
@@ -502,8 +371,8 @@ class AwsBackend:
                     patchOperations=ops,  # type: ignore[arg-type]
                 ),
             )
-            hashes = _hashes(self._live.deployments.get(api.name, {}))
-            self._live.stages[key] = replace(_live_stage(api, updated, hashes, self.region), managed=True)
+            hashes = deployment_hashes(self._live.deployments.get(api.name, {}))
+            self._live.stages[key] = replace(live_stage(api, updated, hashes, self.region), managed=True)
         self._grant_stage(api, action, current)
 
     def _create_stage(
@@ -525,7 +394,7 @@ class AwsBackend:
                 "deploymentId": canary.deployment_id,
                 "stageVariableOverrides": dict(canary.variables),
             }
-        hashes = _hashes(self._live.deployments.get(api.name, {}))
+        hashes = deployment_hashes(self._live.deployments.get(api.name, {}))
         try:
             created = self.calls.call(
                 action.resource, "CreateStage", lambda: self.calls.apigateway.create_stage(**params)
@@ -538,11 +407,11 @@ class AwsBackend:
                 "GetStage",
                 lambda: self.calls.apigateway.get_stage(restApiId=api.id, stageName=action.stage),
             )
-            existing = _live_stage(api, found, hashes, self.region)
+            existing = live_stage(api, found, hashes, self.region)
             self._live.stages[(api.name, action.stage)] = existing
             return existing
         self._live.stages[(api.name, action.stage)] = replace(
-            _live_stage(api, created, hashes, self.region), managed=True
+            live_stage(api, created, hashes, self.region), managed=True
         )
         return None
 
@@ -551,16 +420,21 @@ class AwsBackend:
         current = self._live.stages.get((action.api, action.stage))
         if api is None or current is None or not current.managed:
             return  # gone already, or not ours
-        try:
-            self.calls.call(
-                action.resource,
-                "DeleteStage",
-                lambda: self.calls.apigateway.delete_stage(restApiId=api.id, stageName=action.stage),
-            )
-        except BackendError as exc:
-            if exc.code != "NotFoundException":
-                raise
+        self._delete(
+            action.resource,
+            "DeleteStage",
+            "NotFoundException",
+            lambda: self.calls.apigateway.delete_stage(restApiId=api.id, stageName=action.stage),
+        )
         del self._live.stages[(action.api, action.stage)]
+
+    def _delete(self, resource: str, operation: str, gone: str, request: Callable[[], object]) -> None:
+        """Run a delete; the error code ``gone`` (already deleted) counts as done."""
+        try:
+            self.calls.call(resource, operation, request)
+        except BackendError as exc:
+            if exc.code != gone:
+                raise
 
     # --------------------------------------------------------------- aliases
 
@@ -597,10 +471,10 @@ class AwsBackend:
                     "GetAlias",
                     lambda: self.calls.lambda_.get_alias(FunctionName=action.function, Name=action.alias),
                 )
-                current = _live_alias(action.function, found)
+                current = live_alias(action.function, found)
                 revision_id = current.revision_id
             else:
-                self._live.aliases[key] = _live_alias(action.function, created)
+                self._live.aliases[key] = live_alias(action.function, created)
                 self._grant_alias(action.function, action.alias)
                 return
         if not current.managed:
@@ -620,21 +494,18 @@ class AwsBackend:
             if exc.code == "ResourceNotFoundException" and "Alias not found" in str(exc):
                 raise ConflictError(f"{exc}; re-plan from live state", code=exc.code) from None
             raise
-        self._live.aliases[key] = _live_alias(action.function, updated)
+        self._live.aliases[key] = live_alias(action.function, updated)
 
     def _delete_alias(self, action: DeleteAlias) -> None:
         current = self._live.aliases.get((action.function, action.alias))
         if current is None or not current.managed:
             return  # gone already, or not ours
-        try:
-            self.calls.call(
-                action.resource,
-                "DeleteAlias",
-                lambda: self.calls.lambda_.delete_alias(FunctionName=action.function, Name=action.alias),
-            )
-        except BackendError as exc:
-            if exc.code != "ResourceNotFoundException":
-                raise
+        self._delete(
+            action.resource,
+            "DeleteAlias",
+            "ResourceNotFoundException",
+            lambda: self.calls.lambda_.delete_alias(FunctionName=action.function, Name=action.alias),
+        )
         del self._live.aliases[(action.function, action.alias)]
 
     # ----------------------------------------------------------- permissions
@@ -699,65 +570,3 @@ class AwsBackend:
             else:
                 raise
         self._granted.add(key)
-
-
-# ------------------------------------------------------------------ parsing
-
-
-def _copy(live: LiveState) -> LiveState:
-    return LiveState(
-        apis=dict(live.apis),
-        deployments={api: dict(by_sha) for api, by_sha in live.deployments.items()},
-        stages=dict(live.stages),
-        aliases=dict(live.aliases),
-        versions={function: set(versions) for function, versions in live.versions.items()},
-    )
-
-
-def _hashes(by_sha: Mapping[str, LiveDeployment]) -> dict[str, str]:
-    return {d.id: sha for sha, d in by_sha.items()}
-
-
-def _live_api(item: Mapping[str, Any]) -> LiveApi:
-    description, sha = parse_api_description(item.get("description"))
-    tags = item.get("tags") or {}
-    return LiveApi(str(item["name"]), str(item["id"]), description, sha, tags.get(MANAGED_TAG) == "true")
-
-
-def _live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str], region: str) -> LiveStage:
-    canary = None
-    settings = item.get("canarySettings")
-    if settings:
-        canary_id = str(settings.get("deploymentId") or "")
-        canary = LiveCanary(
-            percent_traffic=normalize_percent(float(settings.get("percentTraffic") or 0.0)),
-            definition_sha256=hashes.get(canary_id),
-            deployment_id=canary_id,
-            variables=dict(settings.get("stageVariableOverrides") or {}),
-        )
-    deployment_id = str(item.get("deploymentId") or "")
-    tags = item.get("tags") or {}
-    return LiveStage(
-        api=api.name,
-        name=str(item["stageName"]),
-        deployment_id=deployment_id,
-        definition_sha256=hashes.get(deployment_id),
-        description=item.get("description") or None,
-        variables=dict(item.get("variables") or {}),
-        canary=canary,
-        url=stage_url(api.id, region, str(item["stageName"])),
-        managed=tags.get(MANAGED_TAG) == "true",
-    )
-
-
-def _live_alias(function: str, item: Mapping[str, Any]) -> LiveAlias:
-    managed, description = parse_alias_description(item.get("Description"))
-    weights = (item.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
-    return LiveAlias(
-        function=function,
-        name=str(item["Name"]),
-        description=description,
-        routing=routing_from_lambda(str(item["FunctionVersion"]), {str(v): float(w) for v, w in weights.items()}),
-        managed=managed,
-        revision_id=item.get("RevisionId"),
-    )

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from reconciler.backends.aws import AwsBackend, api_description, deployment_description
+from reconciler.backends.aws import AwsBackend
 from reconciler.backends.aws_calls import Rates
+from reconciler.backends.aws_model import api_description, deployment_description
 from reconciler.backends.base import LiveCanary, LiveState
 from reconciler.errors import BackendError, ConflictError
 from reconciler.plan import CreateDeployment, CreateStage, UpdateAlias, UpdateStage

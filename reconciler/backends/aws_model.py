@@ -1,0 +1,234 @@
+"""What AWS objects mean to the ``aws`` backend: markers, stage patches, alias grants, parsing.
+
+Pure functions and data, no boto3 and no I/O: how the tool marks what it owns
+(tags, description markers, deployment descriptions) and reads those marks
+back into ``LiveState`` objects, which ``UpdateStage`` patch operations turn a
+live stage into the desired one, and which Lambda aliases a stage's
+integrations reach through stage variables.  Used by ``aws.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
+from reconciler.backends.local import routing_from_lambda
+from reconciler.plan import percent_json
+from reconciler.specs import Definition, DesiredCanary, normalize_percent
+
+MANAGED_TAG = "reconciler:managed"
+ALIAS_MARKER = "[reconciler]"
+ALIAS_DESCRIPTION_MAX = 256
+API_SHA_MARKER = re.compile(r"\s*\[reconciler:definition-sha256=([0-9a-f]{64})\]\Z")
+STATEMENT_PREFIX = "reconciler-"
+INVOKE_PRINCIPAL = "apigateway.amazonaws.com"
+_VAR = r"\$\{stageVariables\.([A-Za-z0-9_]+)\}"
+LAMBDA_REF = re.compile(
+    r"arn:(aws[a-z-]*):lambda:[a-z0-9-]+:([0-9]{12}):function:(?:([A-Za-z0-9_-]+)|" + _VAR + r"):" + _VAR
+)
+PatchOp = dict[str, str]
+
+
+# ------------------------------------------------------------------ markers
+
+
+def api_description(description: str | None, sha256: str | None) -> str:
+    """The RestApi description as stored: the spec's text, then the definition hash marker."""
+    text = description or ""
+    if sha256 is None:
+        return text
+    marker = f"[reconciler:definition-sha256={sha256}]"
+    return f"{text} {marker}" if text else marker
+
+
+def parse_api_description(stored: str | None) -> tuple[str | None, str | None]:
+    """(the spec's description, the definition hash) from a stored RestApi description."""
+    text = stored or ""
+    found = API_SHA_MARKER.search(text)
+    if found is None:
+        return text or None, None
+    return text[: found.start()] or None, found.group(1)
+
+
+def alias_description(description: str | None) -> str:
+    return f"{ALIAS_MARKER} {description}" if description else ALIAS_MARKER
+
+
+def parse_alias_description(stored: str | None) -> tuple[bool, str | None]:
+    """(managed, the spec's description) from a stored alias description."""
+    text = stored or ""
+    if text == ALIAS_MARKER:
+        return True, None
+    if text.startswith(ALIAS_MARKER + " "):
+        return True, text[len(ALIAS_MARKER) + 1 :] or None
+    return False, text or None
+
+
+def deployment_description(sha256: str, revision: str | None) -> str:
+    return json.dumps({"revision": revision, "sha256": sha256}, sort_keys=True)
+
+
+def parse_deployment_description(stored: str | None) -> tuple[str | None, str | None]:
+    """(definition hash, git revision) of a deployment this tool created, else (None, None)."""
+    try:
+        data = json.loads(stored or "")
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict) or not isinstance(data.get("sha256"), str):
+        return None, None
+    revision = data.get("revision")
+    return data["sha256"], revision if isinstance(revision, str) else None
+
+
+def stage_url(api_id: str, region: str, stage: str) -> str:
+    return f"https://{api_id}.execute-api.{region}.amazonaws.com/{stage}"
+
+
+# --------------------------------------------------------------- permissions
+
+
+@dataclass(frozen=True)
+class AliasRef:
+    """A Lambda alias that a stage's integration names through a stage variable."""
+
+    function: str
+    alias: str
+    partition: str
+    account: str
+
+
+def alias_refs(definition: Definition, variables: Mapping[str, str]) -> set[AliasRef]:
+    """Every alias that ``definition``'s Lambda integrations reach with these stage variables."""
+    refs: set[AliasRef] = set()
+    for partition, account, literal, function_var, alias_var in LAMBDA_REF.findall(definition.body):
+        function = literal or variables.get(function_var)
+        alias = variables.get(alias_var)
+        if function and alias:
+            refs.add(AliasRef(function, alias, partition, account))
+    return refs
+
+
+def desired_refs(definition: Definition, variables: Mapping[str, str], canary: DesiredCanary | None) -> set[AliasRef]:
+    refs = alias_refs(definition, variables)
+    if canary is not None:
+        refs |= alias_refs(canary.definition, {**variables, **canary.variables})
+    return refs
+
+
+# -------------------------------------------------------------- stage patches
+
+
+@dataclass(frozen=True)
+class CanaryTarget:
+    percent_traffic: float
+    deployment_id: str
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+def patch_replace(path: str, value: str) -> PatchOp:
+    return {"op": "replace", "path": path, "value": value}
+
+
+def patch_remove(path: str) -> PatchOp:
+    return {"op": "remove", "path": path}
+
+
+def _variable_ops(prefix: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[PatchOp]:
+    ops = [patch_replace(f"{prefix}/{name}", value) for name, value in sorted(new.items()) if old.get(name) != value]
+    return ops + [patch_remove(f"{prefix}/{name}") for name in sorted(set(old) - set(new))]
+
+
+def stage_patch(
+    current: LiveStage,
+    deployment_id: str,
+    description: str | None,
+    variables: Mapping[str, str],
+    canary: CanaryTarget | None,
+) -> list[PatchOp]:
+    """The ``UpdateStage`` patch operations that turn ``current`` into the target (empty: nothing to do).
+
+    Variables are set with ``replace`` (AWS creates missing ones that way; moto rejects ``add``).
+    """
+    ops: list[PatchOp] = []
+    if current.deployment_id != deployment_id:
+        ops.append(patch_replace("/deploymentId", deployment_id))
+    if (current.description or "") != (description or ""):
+        ops.append(patch_replace("/description", description or ""))
+    ops += _variable_ops("/variables", current.variables, variables)
+    old = current.canary
+    if canary is None:
+        if old is not None:
+            ops.append(patch_remove("/canarySettings"))
+        return ops
+    if old is None or normalize_percent(old.percent_traffic) != normalize_percent(canary.percent_traffic):
+        ops.append(patch_replace("/canarySettings/percentTraffic", str(percent_json(canary.percent_traffic))))
+    if old is None or old.deployment_id != canary.deployment_id:
+        ops.append(patch_replace("/canarySettings/deploymentId", canary.deployment_id))
+    ops += _variable_ops("/canarySettings/stageVariableOverrides", old.variables if old else {}, canary.variables)
+    return ops
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def copy_live(live: LiveState) -> LiveState:
+    return LiveState(
+        apis=dict(live.apis),
+        deployments={api: dict(by_sha) for api, by_sha in live.deployments.items()},
+        stages=dict(live.stages),
+        aliases=dict(live.aliases),
+        versions={function: set(versions) for function, versions in live.versions.items()},
+    )
+
+
+def deployment_hashes(by_sha: Mapping[str, LiveDeployment]) -> dict[str, str]:
+    return {d.id: sha for sha, d in by_sha.items()}
+
+
+def live_api(item: Mapping[str, Any]) -> LiveApi:
+    description, sha = parse_api_description(item.get("description"))
+    tags = item.get("tags") or {}
+    return LiveApi(str(item["name"]), str(item["id"]), description, sha, tags.get(MANAGED_TAG) == "true")
+
+
+def live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str], region: str) -> LiveStage:
+    canary = None
+    settings = item.get("canarySettings")
+    if settings:
+        canary_id = str(settings.get("deploymentId") or "")
+        canary = LiveCanary(
+            percent_traffic=normalize_percent(float(settings.get("percentTraffic") or 0.0)),
+            definition_sha256=hashes.get(canary_id),
+            deployment_id=canary_id,
+            variables=dict(settings.get("stageVariableOverrides") or {}),
+        )
+    deployment_id = str(item.get("deploymentId") or "")
+    tags = item.get("tags") or {}
+    return LiveStage(
+        api=api.name,
+        name=str(item["stageName"]),
+        deployment_id=deployment_id,
+        definition_sha256=hashes.get(deployment_id),
+        description=item.get("description") or None,
+        variables=dict(item.get("variables") or {}),
+        canary=canary,
+        url=stage_url(api.id, region, str(item["stageName"])),
+        managed=tags.get(MANAGED_TAG) == "true",
+    )
+
+
+def live_alias(function: str, item: Mapping[str, Any]) -> LiveAlias:
+    managed, description = parse_alias_description(item.get("Description"))
+    weights = (item.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+    return LiveAlias(
+        function=function,
+        name=str(item["Name"]),
+        description=description,
+        routing=routing_from_lambda(str(item["FunctionVersion"]), {str(v): float(w) for v, w in weights.items()}),
+        managed=managed,
+        revision_id=item.get("RevisionId"),
+    )

@@ -1,0 +1,94 @@
+"""The aws backend's pure parts: markers read back as written, stage patches, aliases a stage reaches."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.backends.aws_model import (
+    AliasRef,
+    CanaryTarget,
+    alias_description,
+    alias_refs,
+    api_description,
+    deployment_description,
+    parse_alias_description,
+    parse_api_description,
+    parse_deployment_description,
+    stage_patch,
+)
+from reconciler.backends.base import LiveCanary, LiveStage
+from reconciler.specs import Definition
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "description",
+    [pytest.param("Orders service", id="text"), pytest.param(None, id="none"), pytest.param("a [b] c", id="brackets")],
+)
+def test_api_description_marker_round_trips(description: str | None) -> None:
+    """The spec's description and the definition hash come back out of the stored description."""
+    assert parse_api_description(api_description(description, SHA)) == (description, SHA)
+
+
+def test_api_description_without_marker_has_no_hash() -> None:
+    """A description someone wrote by hand yields no definition hash (so the plan imports the definition)."""
+    assert parse_api_description("hand made") == ("hand made", None)
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        pytest.param(alias_description("production"), (True, "production"), id="ours"),
+        pytest.param(alias_description(None), (True, None), id="ours-no-text"),
+        pytest.param("[reconciler]x", (False, "[reconciler]x"), id="marker-glued"),
+        pytest.param("production", (False, "production"), id="not-ours"),
+        pytest.param(None, (False, None), id="empty"),
+    ],
+)
+def test_alias_marker_decides_ownership(stored: str | None, expected: tuple[bool, str | None]) -> None:
+    """Only a description starting with the marker (alone or followed by a space) is the tool's."""
+    assert parse_alias_description(stored) == expected
+
+
+def test_deployment_description_round_trips_and_ignores_hand_made_ones() -> None:
+    """A deployment's JSON description gives its hash and revision; free text gives nothing."""
+    assert parse_deployment_description(deployment_description(SHA, "r1")) == (SHA, "r1")
+    assert parse_deployment_description("deployed from the console") == (None, None)
+
+
+def _stage(variables: dict[str, str], canary: LiveCanary | None = None) -> LiveStage:
+    return LiveStage("orders", "prod", "d1", SHA, "Prod", variables, canary, "https://x", True)
+
+
+def test_stage_patch_replaces_new_and_changed_variables_and_removes_old_ones() -> None:
+    """Variables are replaced (never added) or removed; unchanged ones are not sent."""
+    ops = stage_patch(
+        _stage({"keep": "1", "change": "a", "drop": "x"}), "d1", "Prod", {"keep": "1", "change": "b", "new": "n"}, None
+    )
+    assert ops == [
+        {"op": "replace", "path": "/variables/change", "value": "b"},
+        {"op": "replace", "path": "/variables/new", "value": "n"},
+        {"op": "remove", "path": "/variables/drop"},
+    ]
+
+
+def test_stage_patch_in_sync_is_empty() -> None:
+    """A stage already as wanted needs no UpdateStage at all."""
+    canary = LiveCanary(10.0, SHA, "d2", {"v": "1"})
+    assert stage_patch(_stage({"a": "1"}, canary), "d1", "Prod", {"a": "1"}, CanaryTarget(10.0, "d2", {"v": "1"})) == []
+
+
+def test_alias_refs_resolve_alias_and_function_through_stage_variables() -> None:
+    """Both a literal function and a function named by a stage variable lead to the alias the stage names."""
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:"
+    body = (
+        '{"a":"' + arn + 'orders:${stageVariables.alias}/invocations",'
+        '"b":"' + arn + '${stageVariables.fn}:${stageVariables.alias}/invocations"}'
+    )
+    definition = Definition(SHA, body, "openapi.yaml")
+    assert alias_refs(definition, {"alias": "prod", "fn": "billing"}) == {
+        AliasRef("orders", "prod", "aws", "123456789012"),
+        AliasRef("billing", "prod", "aws", "123456789012"),
+    }
+    assert alias_refs(definition, {"fn": "billing"}) == set()
