@@ -130,6 +130,7 @@ class AwsBackend:
         self._desired = desired
         self._functions_read = set(desired.functions)
         self._imported = {}  # someone may have imported since the last pass: import again before snapshotting
+        self._granted = set()  # or removed a permission: grant again when a stage or alias changes
         self._definitions = {}
         for api in desired.apis.values():
             self._definitions[api.definition.sha256] = api.definition

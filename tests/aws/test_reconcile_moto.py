@@ -9,8 +9,11 @@ RevisionId; those request shapes are covered in ``test_requests_stubbed.py``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from reconciler.backends.aws import AwsBackend
+from reconciler.engine import Config, Engine
 from tests.aws.conftest import Aws, AwsRepo
 
 
@@ -220,3 +223,20 @@ def test_stage_moved_to_an_existing_alias_gets_its_grant(aws_repo: AwsRepo, aws:
     aws_repo.commit("dev stage uses beta")
     assert aws_repo.aws("apply").code == 0
     assert [s["Sid"] for s in _grants(aws, "beta")] == [f"reconciler-{aws.api()['id']}"]
+
+
+def test_every_action_can_be_applied_twice(aws_repo: AwsRepo, aws: Aws, tmp_path: Path) -> None:
+    """Applying each action of a first apply twice changes nothing more: no duplicate API, deployment or error."""
+    backend = AwsBackend(region="us-east-1", endpoint_url=aws.url)
+    engine = Engine(Config(repo=str(aws_repo.path), backend="aws", state_dir=str(tmp_path / "state")), backend=backend)
+    try:
+        plan, _, _ = engine.make_plan(engine.head())
+        for action in plan.actions:
+            backend.apply(action)
+            backend.apply(action)
+        again, _, _ = engine.make_plan(engine.head())
+    finally:
+        engine.close()
+    assert again.in_sync, again.actions
+    assert len(aws.apigateway.get_rest_apis()["items"]) == 1
+    assert len(aws.deployments()) == 2
