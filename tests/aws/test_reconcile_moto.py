@@ -240,3 +240,23 @@ def test_every_action_can_be_applied_twice(aws_repo: AwsRepo, aws: Aws, tmp_path
     assert again.in_sync, again.actions
     assert len(aws.apigateway.get_rest_apis()["items"]) == 1
     assert len(aws.deployments()) == 2
+
+
+def test_stage_variables_are_added_and_removed_in_place(aws_repo: AwsRepo, aws: Aws) -> None:
+    """A new variable is set with `replace` (moto rejects `add`; AWS accepts both) and a dropped one removed."""
+    assert aws_repo.aws("apply").code == 0
+    specs = (aws_repo.path / "deploy_specs/specs.yaml").read_text()
+    aws_repo.write(
+        "deploy_specs/specs.yaml", specs.replace("{lambdaAlias: prod}", "{lambdaAlias: prod, tier: gold}", 1)
+    )
+    aws_repo.commit("prod: tier gold")
+    assert aws_repo.aws("apply").code == 0
+    deployment = aws.stages()["prod"]["deploymentId"]
+    assert aws.stages()["prod"]["variables"] == {"lambdaAlias": "prod", "tier": "gold"}
+    aws_repo.write("deploy_specs/specs.yaml", specs)
+    aws_repo.commit("prod: no tier")
+    plan = aws_repo.aws_json("plan")
+    assert [a["action"] for a in plan["actions"]] == ["update_stage"]
+    assert aws_repo.aws("apply").code == 0
+    assert aws.stages()["prod"]["variables"] == {"lambdaAlias": "prod"}
+    assert aws.stages()["prod"]["deploymentId"] == deployment
