@@ -543,12 +543,22 @@ class AwsBackend:
                     self._grant(ref, api)
 
     def _grant(self, ref: AliasRef, api: LiveApi) -> None:
+        """Add the invoke permission to a managed alias; never touch the policy of an alias that is not ours."""
         key = (ref.function, ref.alias, api.id)
         if key in self._granted:
             return
-        exists = (ref.function, ref.alias) in self._live.aliases
-        if not exists and ref.function in self._functions_read:
+        alias = self._live.aliases.get((ref.function, ref.alias))
+        if alias is None and ref.function in self._functions_read:
             return  # no such alias yet: creating it grants the permission
+        if alias is None or not alias.managed:
+            log.warning(
+                "permission_not_granted",
+                alias=f"{ref.function}:{ref.alias}",
+                api=api.name,
+                reason="alias is not managed by reconciler; grant API Gateway lambda:InvokeFunction on it yourself",
+            )
+            self._granted.add(key)  # warn once per pass
+            return
         try:
             self.calls.call(
                 f"Alias/{ref.function}/{ref.alias}",
@@ -563,11 +573,6 @@ class AwsBackend:
                 ),
             )
         except BackendError as exc:
-            if exc.code == "ResourceConflictException" and "already exists" in str(exc):
-                pass  # granted before
-            elif exc.code == "ResourceNotFoundException" and not exists:
-                log.warning("permission_skipped", alias=f"{ref.function}:{ref.alias}", reason="alias does not exist")
-                return
-            else:
-                raise
+            if exc.code != "ResourceConflictException" or "already exists" not in str(exc):
+                raise  # else: granted before
         self._granted.add(key)

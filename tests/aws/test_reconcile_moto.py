@@ -260,3 +260,17 @@ def test_stage_variables_are_added_and_removed_in_place(aws_repo: AwsRepo, aws: 
     assert aws_repo.aws("apply").code == 0
     assert aws.stages()["prod"]["variables"] == {"lambdaAlias": "prod"}
     assert aws.stages()["prod"]["deploymentId"] == deployment
+
+
+def test_unmanaged_alias_named_by_a_stage_gets_no_grant(aws_repo: AwsRepo, aws: Aws) -> None:
+    """A stage pointed at an alias made by hand applies, but that alias's policy is left alone (with a warning)."""
+    assert aws_repo.aws("apply").code == 0
+    aws.lambda_.create_alias(FunctionName="orders-handler", Name="manual", FunctionVersion="1")
+    specs = (aws_repo.path / "deploy_specs/specs.yaml").read_text()
+    aws_repo.write("deploy_specs/specs.yaml", specs.replace("{lambdaAlias: dev}", "{lambdaAlias: manual}"))
+    aws_repo.commit("dev stage uses a hand-made alias")
+    result = aws_repo.aws("apply")
+    assert result.code == 0, result.stderr
+    assert aws.stages()["dev"]["variables"] == {"lambdaAlias": "manual"}
+    assert _grants(aws, "manual") == []
+    assert "permission_not_granted" in result.stderr and "alias=orders-handler:manual" in result.stderr
