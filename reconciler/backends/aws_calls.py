@@ -213,7 +213,10 @@ class AwsCalls:
         mode = retry_mode or os.environ.get("AWS_RETRY_MODE") or "standard"
         if mode not in ("standard", "adaptive"):
             raise BackendError(f"retry mode {mode!r}: expected standard or adaptive")
-        attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)
+        raw_attempts = os.environ.get("AWS_MAX_ATTEMPTS") or "5"
+        if max_attempts is None and not raw_attempts.isdigit():
+            raise BackendError(f"AWS_MAX_ATTEMPTS={raw_attempts!r}: expected a whole number of attempts")
+        attempts = max_attempts or max(int(raw_attempts), 1)
         config = Config(
             retries={"mode": "adaptive" if mode == "adaptive" else "standard", "total_max_attempts": attempts},
             connect_timeout=5,
