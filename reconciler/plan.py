@@ -327,6 +327,18 @@ def canary_json(canary: DesiredCanary | LiveCanary | None) -> dict[str, Any] | N
     }
 
 
+def _stage_action(cls: type[CreateStage | UpdateStage], stage: DesiredStage, changes: dict[str, Change]) -> Action:
+    return cls(
+        api=stage.api,
+        stage=stage.name,
+        description=stage.description,
+        definition=stage.definition,
+        variables=stage.variables,
+        canary=stage.canary,
+        changes=changes,
+    )
+
+
 def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
     creates: list[Action] = []
     updates: list[Action] = []
@@ -334,22 +346,13 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
         stage = desired.stages[key]
         current: LiveStage | None = live.stages.get(key)
         if current is None:
-            creates.append(
-                CreateStage(
-                    api=stage.api,
-                    stage=stage.name,
-                    description=stage.description,
-                    definition=stage.definition,
-                    variables=stage.variables,
-                    canary=stage.canary,
-                    changes={
-                        "definition_sha256": (None, stage.definition.sha256),
-                        "variables": (None, dict(sorted(stage.variables.items()))),
-                        "canary": (None, canary_json(stage.canary)),
-                        **({"description": (None, stage.description)} if stage.description else {}),
-                    },
-                )
-            )
+            created: dict[str, Change] = {
+                "definition_sha256": (None, stage.definition.sha256),
+                "variables": (None, dict(sorted(stage.variables.items()))),
+                "canary": (None, canary_json(stage.canary)),
+                **({"description": (None, stage.description)} if stage.description else {}),
+            }
+            creates.append(_stage_action(CreateStage, stage, created))
             continue
         if not current.managed:
             _unmanaged(issues, stage.location, f"stage {stage.name!r} of API {stage.api!r}")
@@ -360,17 +363,7 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
         _changed(changes, "variables", dict(sorted(current.variables.items())), dict(sorted(stage.variables.items())))
         _changed(changes, "canary", canary_json(current.canary), canary_json(stage.canary))
         if changes:
-            updates.append(
-                UpdateStage(
-                    api=stage.api,
-                    stage=stage.name,
-                    description=stage.description,
-                    definition=stage.definition,
-                    variables=stage.variables,
-                    canary=stage.canary,
-                    changes=changes,
-                )
-            )
+            updates.append(_stage_action(UpdateStage, stage, changes))
     return creates + updates
 
 
