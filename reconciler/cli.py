@@ -31,57 +31,140 @@ LOCK_WAIT = 30.0  # seconds a CLI writer waits for a daemon's reconcile in fligh
 # ------------------------------------------------------------------ parsing
 
 
+ENV_PREFIX = "RECONCILER_"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def env_name(flag: str) -> str:
+    """``--resync-interval`` -> ``RECONCILER_RESYNC_INTERVAL``."""
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
 def env_default(flag: str, default: Any = None) -> Any:
     """``RECONCILER_<FLAG>`` if set, else ``default`` (flags override both)."""
-    return os.environ.get("RECONCILER_" + flag.upper().replace("-", "_"), default)
+    return os.environ.get(env_name(flag), default)
 
 
 def env_flag(flag: str) -> bool:
-    return str(env_default(flag, "")).lower() in ("1", "true", "yes", "on")
+    return str(env_default(flag, "")).lower() in TRUE
 
 
 class _Parser(argparse.ArgumentParser):
-    """Exits 1 on usage errors (argparse's 2 would read as "changes" for plan)."""
+    """Exits 1 on usage errors (argparse's 2 would read as "changes" for plan); checks values from the environment.
+
+    argparse converts a string default with the option's ``type`` but never
+    checks it against ``choices``; values from ``RECONCILER_<FLAG>`` are checked
+    here, so a bad variable is a usage error naming the variable.
+    """
 
     def error(self, message: str) -> Any:  # exit 1, as exit 2 means "changes" for plan
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            variable: str | None = getattr(action, "env_var", None)
+            raw = os.environ.get(variable) if variable else None
+            if raw is None or action.choices is None or getattr(parsed, action.dest, None) != raw:
+                continue
+            if raw not in action.choices:
+                expected = ", ".join(map(str, action.choices))
+                self.error(f"{variable}={raw!r}: expected one of {expected}")
+        return parsed, extras
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "off" if value is False else "on" if value is True else str(value)
+
+
+def option(
+    group: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *names: str,
+    default: Any = None,
+    help: str = "",
+    unset: str | None = None,
+    **kwargs: Any,
+) -> argparse.Action:
+    """An option that also reads ``RECONCILER_<FLAG>``; its help names the variable and the effective default.
+
+    Precedence: the flag, else the variable, else ``default``.  ``unset``
+    describes a ``None`` default in the help (e.g. "the current branch").  A
+    switch (``action="store_true"``) takes 1/true/yes/on or 0/false/no/off.
+    """
+    flag = next(n for n in names if n.startswith("--"))
+    variable = env_name(flag)
+    raw = os.environ.get(variable)
+    switch = kwargs.get("action") == "store_true"
+    source = ""
+    if raw is not None:
+        if switch:
+            if raw.strip().lower() not in TRUE + FALSE:
+                raise UsageError(f"{variable}={raw!r}: expected 1, true, yes, on or 0, false, no, off")
+            default = raw.strip().lower() in TRUE
+        else:
+            default = raw
+        source = f" from {variable}"
+    elif switch:
+        default = False
+    if default is None:
+        effective = unset or "none"
+    else:
+        converter = kwargs.get("type")
+        try:
+            effective = _shown(converter(default) if converter and isinstance(default, str) else default)
+        except (TypeError, ValueError):
+            effective = repr(default)
+    text = f"{help} " if help else ""
+    action = group.add_argument(
+        *names,
+        default=default,
+        help=f"{text}[env {variable}; default: {effective}{source}]".replace("%", "%%"),
+        **kwargs,
+    )
+    action.env_var = variable  # type: ignore[attr-defined]
+    return action
+
 
 def common_flags() -> _Parser:
     common = _Parser(add_help=False)
-    group = common.add_argument_group("common flags (also RECONCILER_<FLAG> environment variables)")
-    group.add_argument(
-        "--repo",
-        default=env_default("repo", "."),
-        help="git repository (path or URL); default: the one containing the current directory",
+    group = common.add_argument_group("common flags (each also a RECONCILER_<FLAG> environment variable)")
+    option(
+        group, "--repo", default=".", help="git repository (path or URL); '.': the one containing the current directory"
     )
-    group.add_argument("--branch", default=env_default("branch"), help="branch to follow; default: the current branch")
-    group.add_argument("--path", default=env_default("path", "deploy_specs"), help="specs root (default: deploy_specs)")
-    group.add_argument(
-        "--backend",
-        choices=["local", "aws"],
-        default=env_default("backend", "local"),
-        help="where live state is (default: local)",
-    )
-    group.add_argument(
+    option(group, "--branch", help="branch to follow", unset="the current branch; main for a URL")
+    option(group, "--path", default="deploy_specs", help="specs root")
+    option(group, "--backend", choices=["local", "aws"], default="local", help="where live state is")
+    option(
+        group,
         "--state-dir",
-        default=env_default("state_dir"),
-        help="local backend and records (default: .reconciler/ in the repository root)",
+        help="local backend and records",
+        unset=".reconciler/ in the repository root (for a URL: in the current directory)",
     )
-    group.add_argument(
-        "--instance",
-        default=env_default("instance", "default"),
-        help="name of this reconciler instance; tags are applied/<instance>/<n>",
+    option(
+        group, "--instance", default="default", help="name of this reconciler instance; tags are applied/<instance>/<n>"
     )
-    group.add_argument("--output", choices=["text", "json"], default=env_default("output", "text"))
-    group.add_argument("--region", default=env_default("region"), help="AWS region (aws backend)")
-    group.add_argument(
+    option(group, "--output", choices=["text", "json"], default="text", help="text for people, json for programs")
+    option(group, "--region", help="AWS region (aws backend, --lock)", unset="the AWS default chain")
+    option(
+        group,
         "--endpoint-url",
-        default=env_default("endpoint_url"),
-        help="AWS endpoint, e.g. a moto_server or LocalStack (aws backend)",
+        help="AWS endpoint, e.g. a moto_server or LocalStack (aws backend, --lock)",
+        unset="AWS's own",
     )
-    group.add_argument("-v", "--verbose", action="store_true", help="log engine events to stderr")
+    option(group, "--ssh-key", metavar="PATH", help="SSH private key for an ssh:// or git@ remote", unset="ssh's own")
+    option(
+        group,
+        "--known-hosts",
+        metavar="PATH",
+        help="known_hosts file for an SSH remote (host keys are checked strictly)",
+        unset="ssh's own",
+    )
+    option(group, "-v", "--verbose", action="store_true", help="log engine events to stderr")
     return common
 
 
@@ -94,14 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[common], help=help_text, description=help_text)
 
+    def prune(parser: argparse.ArgumentParser, help_text: str) -> None:
+        option(parser, "--prune", action="store_true", help=help_text)
+
     validate = command("validate", "parse and check the specs at a revision (no backend)")
     validate.add_argument("--rev", help="revision (default: the branch head)")
     plan = command("plan", "show what apply would change; exit 0 in sync, 2 changes, 1 error")
     plan.add_argument("--rev", help="revision (default: the pin, else the branch head)")
-    plan.add_argument("--prune", action="store_true", help="also plan deleting orphaned managed resources")
+    prune(plan, "also plan deleting orphaned managed resources")
     apply = command("apply", "one reconcile pass, then exit")
     apply.add_argument("--rev", help="revision (default: the pin, else the branch head)")
-    apply.add_argument("--prune", action="store_true", help="delete managed resources whose spec is gone")
+    prune(apply, "delete managed resources whose spec is gone")
     run = command("run", "the daemon: follow the branch until SIGTERM/SIGINT")
     add_daemon_flags(run)
     command("status", "live state, desired/applied revision, pin, last error")
@@ -110,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument(
         "target", nargs="?", help="applied tag or revision (default: the applied tag before the current one)"
     )
-    rollback.add_argument("--prune", action="store_true", help="also delete managed resources the target does not name")
+    prune(rollback, "also delete managed resources the target does not name")
     command("resume", "unpin: follow the branch head again")
     local = commands.add_parser("local", help="local backend tools")
     local_commands = local.add_subparsers(dest="local_command", required=True, parser_class=_Parser)
@@ -123,44 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_daemon_flags(run: argparse.ArgumentParser) -> None:
     """Flags of ``run``; the daemon module reads them from the namespace."""
-    run.add_argument(
-        "--listen", default=env_default("listen", "127.0.0.1:8080"), help="HTTP address (default: 127.0.0.1:8080)"
-    )
-    run.add_argument(
+    group = run.add_argument_group("daemon flags (each also a RECONCILER_<FLAG> environment variable)")
+    option(group, "--listen", metavar="HOST:PORT", default="127.0.0.1:8080", help="HTTP address")
+    option(
+        group,
         "--interval",
+        metavar="S",
         type=float,
-        default=float(env_default("interval", 30)),
-        help="seconds between fetches of a remote repository (default: 30)",
+        default=30.0,
+        help="seconds between fetches of a remote repository",
     )
-    run.add_argument(
-        "--resync-interval",
-        type=float,
-        default=float(env_default("resync_interval", 300)),
-        help="seconds between drift checks (default: 300)",
+    option(group, "--resync-interval", metavar="S", type=float, default=300.0, help="seconds between drift checks")
+    option(
+        group, "--debounce", metavar="S", type=float, default=0.02, help="seconds to wait for git ref changes to settle"
     )
-    run.add_argument(
-        "--debounce",
-        type=float,
-        default=float(env_default("debounce", 0.02)),
-        help="seconds to wait for git ref changes to settle (default: 0.02)",
+    option(group, "--no-self-heal", action="store_true", help="report drift but do not correct it")
+    option(group, "--prune", action="store_true", help="delete orphaned managed resources")
+    option(group, "--once", action="store_true", help="one reconcile, then exit")
+    option(group, "--log-format", choices=["auto", "json", "console"], default="auto", help="auto: JSON off a terminal")
+    option(group, "--workdir", metavar="DIR", help="clone of a remote --repo", unset="<state-dir>/repo")
+    option(group, "--push-tags", action="store_true", help="push applied tags to the remote")
+    option(
+        group,
+        "--lock",
+        metavar="dynamodb://TABLE",
+        help="leader election among replicas: only the holder of a DynamoDB lease reconciles",
+        unset="none (one daemon per state directory, by a file lock)",
     )
-    run.add_argument(
-        "--no-self-heal",
-        action="store_true",
-        default=env_flag("no_self_heal"),
-        help="report drift but do not correct it",
-    )
-    run.add_argument(
-        "--prune", action="store_true", default=env_flag("prune"), help="delete orphaned managed resources"
-    )
-    run.add_argument("--once", action="store_true", help="one reconcile, then exit")
-    run.add_argument("--log-format", choices=["auto", "json", "console"], default=env_default("log_format", "auto"))
-    run.add_argument(
-        "--workdir", default=env_default("workdir"), help="clone of a remote --repo (default: <state-dir>/repo)"
-    )
-    run.add_argument(
-        "--push-tags", action="store_true", default=env_flag("push_tags"), help="push applied tags to the remote"
-    )
+    option(group, "--lease-duration", metavar="S", type=float, default=15.0, help="seconds a --lock lease lasts")
+    option(group, "--lease-renew-interval", metavar="S", type=float, default=5.0, help="seconds between lease renewals")
 
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -181,6 +258,7 @@ def config_from(args: argparse.Namespace) -> Config:
         instance=args.instance,
         region=args.region,
         endpoint_url=args.endpoint_url,
+        extra={key: value for key in ("ssh_key", "known_hosts") if (value := getattr(args, key, None))},
     )
 
 
@@ -509,7 +587,12 @@ def configure_cli_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except UsageError as exc:  # a RECONCILER_<FLAG> switch with a value that is no yes or no
+        error_line(str(exc))
+        return exc.exit_code
+    args = parser.parse_args(argv)
     name = args.local_command if args.command == "local" else args.command
     if name != "run":
         configure_cli_logging(args.verbose)
