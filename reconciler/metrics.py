@@ -69,6 +69,11 @@ class Metrics:
         self.ready = Gauge("reconciler_ready", "1 once the first reconcile has finished.", registry=r)
         self.pinned = Gauge("reconciler_pinned", "1 while the instance is pinned by a rollback.", registry=r)
         self.tag_push_failures = Counter("reconciler_tag_push_failures", "Failed pushes of applied tags.", registry=r)
+        self.leader = Gauge(
+            "reconciler_leader",
+            "1 while this replica may reconcile (always, without --lock), 0 as a standby.",
+            registry=r,
+        )
         for result in RESULTS:
             self.reconciles.labels(result)
             self.reconcile_duration.labels(result)
