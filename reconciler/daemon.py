@@ -7,6 +7,13 @@ pending reason at once and runs one pass, so reconciles never overlap and any
 number of triggers during a pass coalesce into one more.  All git and engine
 work happens on that worker; ``/status`` reads through a second engine of
 its own.  Logging is set up by ``logs``, metrics live in ``metrics``.
+
+With ``--lock`` an ``Elector`` (``lease``) keeps or waits for a shared lease:
+only its holder reconciles, and it checks the lease before every action; a
+standby fetches and serves HTTP (ready once it follows the branch) and takes
+over when the lease lapses.  With ``--push-tags`` the applied tags of a remote
+repository are numbered after the remote's and pushed, renumbered if another
+replica took the number first.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from uuid import uuid4
 
 import structlog
 import watchfiles
@@ -31,8 +40,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError
-from reconciler.gitsource import GitRepo, is_remote, redact
+from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
+from reconciler.lease import Elector, make_lease
 from reconciler.logs import configure_logging
 from reconciler.metrics import Metrics
 from reconciler.plan import Action
@@ -41,9 +51,11 @@ from reconciler.state import StateDir
 log = structlog.get_logger("reconciler.daemon")
 
 STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "state", "fetch", "webhook", "resync", "retry"
-REASONS = (STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY)
+LEADER = "leader"  # this replica has just taken the --lock lease
+REASONS = (STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY, LEADER)
 NEWS = frozenset({GIT, STATE, FETCH, WEBHOOK})  # reasons that only matter if the target revision moved
-FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY})  # reasons that fetch a remote repository first
+FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY, LEADER})  # reasons that fetch a remote repository first
+RENUMBER_ROUNDS = 3  # times in a row pending tags are renumbered before the push waits for the next fetch
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
 
@@ -141,6 +153,20 @@ class Daemon:
         self._last_target: str | None = None  # what the last pass settled on or is retrying
         self._drift: list[str] = []
         self._pending_tags: list[str] = []
+        self._tags_checked = False  # local applied tags compared with the remote's once (after a restart)
+        self.elector: Elector | None = None
+        if args.lock:
+            lease = make_lease(
+                args.lock, f"reconciler/{config.instance}", region=config.region, endpoint_url=config.endpoint_url
+            )
+            self.elector = Elector(
+                lease,
+                f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:6]}",
+                duration=args.lease_duration,
+                renew_every=args.lease_renew_interval,
+                on_change=self._on_leadership,
+            )
+        self.metrics.leader.set(1 if self.elector is None else 0)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -158,6 +184,8 @@ class Daemon:
     def _serve(self) -> int:
         secret = os.environ.get("RECONCILER_WEBHOOK_SECRET", "")
         http = HttpApi(self.args.listen, self, WebhookAuth(secret.encode() or None))
+        if self.elector is not None:  # the first attempt here: a lease that cannot work at all stops the start
+            self.elector.start(self.elector.step())
         http.start()
         self.worker.start()
         if not self.remote:
@@ -180,6 +208,8 @@ class Daemon:
             resync_interval_s=self.args.resync_interval,
             fetch_interval_s=self.args.interval if self.remote else None,
             webhook=bool(secret),
+            lock=self.args.lock,
+            role=self.role(),
             pid=os.getpid(),
         )
         while not self.stopping.wait(1.0):
@@ -189,6 +219,8 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         http.stop()
         self.worker.join(STOP_GRACE)
+        if self.elector is not None:  # after the action in flight: a standby may take over at once
+            self.elector.stop(release=not self.worker.is_alive())
         if self._watcher is not None:
             self._watcher.join(1.0)
         log.info("stopped", clean=not self.worker.is_alive())
@@ -198,11 +230,21 @@ class Daemon:
         engine = self._prepare({STARTUP})
         if engine is None:
             return 1
-        with self.state.writer_lock(f"reconciler run --once, instance {self.config.instance}"):
-            previous = engine.record().applied_revision
-            result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self.stopping.is_set)
-        self._observe(engine, result, previous, {STARTUP})
-        self._push_pending_tags()
+        if self.elector is not None:
+            self.elector.step()
+            if not self.elector.is_leader():
+                log.info("standby", revision=engine.head(), leader=self.elector.view()["leader"], applies="nothing")
+                self.elector.stop(release=False)
+                return 0
+        try:
+            with self.state.writer_lock(f"reconciler run --once, instance {self.config.instance}"):
+                previous = engine.record().applied_revision
+                result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self._must_stop)
+            self._observe(engine, result, previous, {STARTUP})
+            self._push_pending_tags()
+        finally:
+            if self.elector is not None:
+                self.elector.stop(release=True)
         return 0 if result.error is None else result.error.exit_code
 
     def _daemon_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -220,6 +262,24 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+
+    # ------------------------------------------------------------ leadership
+
+    def leading(self) -> bool:
+        """Whether this replica may write now: always without ``--lock``, else while it holds the lease."""
+        return self.elector is None or self.elector.is_leader()
+
+    def role(self) -> str:
+        return "leader" if self.leading() else "standby"
+
+    def _must_stop(self) -> bool:
+        """Checked before every action: stopping, or the lease is lost or about to end."""
+        return self.stopping.is_set() or not self.leading()
+
+    def _on_leadership(self, leading: bool) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        if leading:
+            self.fire(LEADER)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping.set()  # only this: the main thread does the rest outside the handler
@@ -311,6 +371,9 @@ class Daemon:
         engine = self._prepare(reasons)
         if engine is None:
             return
+        if not self.leading():
+            self._follow(engine)
+            return
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(self.state.writer_lock(f"reconciler run, instance {self.config.instance}"))
@@ -334,9 +397,24 @@ class Daemon:
             return
         if target is not None and target == previous and not self._drifted(engine, target):
             return
-        result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self.stopping.is_set)
+        if not self.leading():  # lost the lease while planning for drift
+            return
+        result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self._must_stop)
         self._observe(engine, result, previous, reasons)
         self._push_pending_tags()
+
+    def _follow(self, engine: Engine) -> None:
+        """A standby's pass: the branch is fetched (for a URL) and nothing is applied; ready to take over."""
+        self._last_target = None  # whatever this replica applied before, the leader may have moved on since
+        if not self._ready.is_set():
+            self._ready.set()
+            self.metrics.ready.set(1)
+        try:
+            head: str | None = engine.head()
+        except ReconcilerError:
+            head = None
+        leader = self.elector.view()["leader"] if self.elector is not None else None
+        log.debug("standby", revision=head, leader=leader)
 
     def _drifted(self, engine: Engine, revision: str) -> bool:
         """At the applied revision, any planned action is drift: report it; True if it should be corrected."""
@@ -403,6 +481,7 @@ class Daemon:
             return None
         self.metrics.fetches.labels("success").inc()
         log.debug("fetched", branch=self.config.branch, head=head)
+        self._follow_remote_tags(self.engine)
         self._push_pending_tags()
         return self.engine
 
@@ -440,13 +519,51 @@ class Daemon:
             )
             self._settle(result.revision)
 
-    def _push_pending_tags(self) -> None:
-        if not (self.args.push_tags and self.remote and self.engine is not None):
+    def _pushing(self) -> bool:
+        return bool(self.args.push_tags and self.remote and self.engine is not None)
+
+    def _follow_remote_tags(self, engine: Engine) -> None:
+        """With --push-tags: fetch the remote's applied tags, so the next number follows them.
+
+        The first time, also queue this clone's applied tags that the remote lacks
+        (pushes that failed before a restart).
+        """
+        if not (self._pushing() and self.leading()):
             return
+        instance = self.config.instance
+        try:
+            engine.repo.fetch_applied_tags(instance)
+            if not self._tags_checked:
+                unpushed = engine.repo.unpushed_applied_tags(instance)
+                self._pending_tags += [name for name in unpushed if name not in self._pending_tags]
+                self._tags_checked = True
+        except GitError as exc:
+            log.warning("tag_fetch_failed", error=str(exc), retried="at the next fetch")
+
+    def _push_pending_tags(self) -> None:
+        """Push queued applied tags in order; a number the remote already has is renumbered; never raises."""
+        if not self._pushing() or self.engine is None:
+            return
+        repo, rounds = self.engine.repo, 0
         while self._pending_tags:
             tag = self._pending_tags[0]
             try:
-                self.engine.repo.push_tag(tag)
+                repo.push_tag(tag)
+            except TagTakenError as exc:
+                rounds += 1
+                if rounds > RENUMBER_ROUNDS:
+                    self.metrics.tag_push_failures.inc()
+                    log.warning("tag_push_failed", tag=tag, error=str(exc), retried="at the next fetch")
+                    return
+                try:
+                    renumbered = repo.renumber_applied_tags(self.config.instance, self._pending_tags)
+                except GitError as renumber_error:
+                    self.metrics.tag_push_failures.inc()
+                    log.warning("tag_push_failed", tag=tag, error=str(renumber_error), retried="at the next fetch")
+                    return
+                log.warning("tags_renumbered", old=list(self._pending_tags), new=renumbered, reason=str(exc))
+                self._pending_tags = renumbered
+                continue
             except GitError as exc:
                 self.metrics.tag_push_failures.inc()
                 log.warning("tag_push_failed", tag=tag, error=str(exc), retried="at the next fetch")
@@ -480,14 +597,17 @@ class Daemon:
                 repo = GitRepo(self.engine.repo.git_dir if self.remote else self.config.repo)
                 self._status_engine = Engine(self.config, repo=repo)
             data = self._status_engine.status()
-        data["role"] = "leader"
+        data["role"] = self.role()
         data["daemon"] = {
             "ready": self.ready(),
             "self_heal": not self.args.no_self_heal,
             "drift": list(self._drift),
             "consecutive_failures": self._failures,
+            "unpushed_tags": list(self._pending_tags),
             "pid": os.getpid(),
         }
+        if self.elector is not None:
+            data["lease"] = self.elector.view()
         return data
 
 

@@ -19,7 +19,7 @@ import structlog
 
 from reconciler.backends.base import Backend, LiveState
 from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, StateError
-from reconciler.gitsource import AppliedTag, GitRepo, clone_or_open, is_remote
+from reconciler.gitsource import AppliedTag, GitRepo, SshIdentity, clone_or_open, is_remote
 from reconciler.plan import Action, Plan, canary_json, make_plan, routing_json
 from reconciler.specs import DesiredState, load_desired
 from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
@@ -97,7 +97,8 @@ def open_repo(config: Config) -> GitRepo:
         return GitRepo(config.repo)
     state = Path(config.state_dir or DEFAULT_STATE_DIR)
     workdir = Path(config.extra.get("workdir") or state / "repo")
-    return clone_or_open(config.repo, workdir, config.branch or "main")
+    ssh = SshIdentity(config.extra.get("ssh_key"), config.extra.get("known_hosts"))
+    return clone_or_open(config.repo, workdir, config.branch or "main", ssh=ssh)
 
 
 class Engine:

@@ -3,7 +3,10 @@
 The only module that runs git.  Specs are always read from commit objects
 (``git ls-tree`` + blob streams), never from the working tree, so an
 uncommitted edit or a symlink in the checkout can never leak into a plan.
-Used by the engine.
+Used by the engine.  Remote access (clone, fetch, tag push) runs git with
+an environment of its own: no prompts, the HTTPS token through a credential
+helper, the SSH key and known_hosts through ``GIT_SSH_COMMAND`` (only for the
+git processes started here).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +58,35 @@ def redact(text: str) -> str:
     return _CREDENTIALS_RE.sub(r"\g<scheme>***@", text)
 
 
-def _remote_env() -> dict[str, str]:
-    """Environment for git commands that talk to the remote: no prompts, token via a helper."""
+@dataclass(frozen=True)
+class SshIdentity:
+    """A mounted SSH key and known_hosts file (``--ssh-key``, ``--known-hosts``) for SSH remotes."""
+
+    key: str | None = None
+    known_hosts: str | None = None
+
+    def check(self) -> None:
+        """Both files, when named, must be readable: a clear error at start instead of ssh's later."""
+        for flag, path in (("--ssh-key", self.key), ("--known-hosts", self.known_hosts)):
+            if path is not None and not os.access(path, os.R_OK):
+                raise GitError(f"{flag} {path}: no readable file there; expected a mounted {flag[2:]} file")
+
+    def command(self) -> str:
+        """``GIT_SSH_COMMAND``: never prompts, only this key, only hosts in this known_hosts."""
+        argv = ["ssh", "-o", "BatchMode=yes"]
+        if self.key:
+            argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            argv += ["-o", f'UserKnownHostsFile="{self.known_hosts}"', "-o", "StrictHostKeyChecking=yes"]
+        return shlex.join(argv)
+
+
+def _remote_env(ssh: SshIdentity | None = None) -> dict[str, str]:
+    """Environment for git commands that talk to the remote: no prompts, token via a helper, the SSH identity."""
     env = {"GIT_TERMINAL_PROMPT": "0"}
-    if "GIT_SSH_COMMAND" not in os.environ:
+    if ssh is not None and (ssh.key or ssh.known_hosts):
+        env["GIT_SSH_COMMAND"] = ssh.command()
+    elif "GIT_SSH_COMMAND" not in os.environ:
         env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
     if os.environ.get("RECONCILER_GIT_TOKEN"):
         env.update(
@@ -78,14 +107,16 @@ def _stderr_line(exc: GitCommandError) -> str:
     return redact(" ".join(text.split())) or f"exit status {exc.status}"
 
 
-def clone_or_open(url: str, workdir: Path, branch: str) -> GitRepo:
+def clone_or_open(url: str, workdir: Path, branch: str, ssh: SshIdentity | None = None) -> GitRepo:
     """A bare clone of ``url`` in ``workdir`` (created on first use), with ``branch`` fetched now.
 
     The clone keeps ``refs/heads/<branch>`` equal to the remote's (forced), fetches
-    no tags (so applied tags of this instance never clash with the remote's), and
-    points HEAD at the branch.
+    no tags with the branch (applied tags are fetched apart, by ``fetch_applied_tags``,
+    when they are pushed), and points HEAD at the branch.
     """
     _quiet_git_env()
+    if ssh is not None:
+        ssh.check()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if not (workdir / "HEAD").exists():
@@ -94,7 +125,7 @@ def clone_or_open(url: str, workdir: Path, branch: str) -> GitRepo:
             git.Repo.init(workdir, bare=True)
     except OSError as exc:
         raise GitError(f"cannot create the work dir {workdir}: {exc.strerror}") from None
-    repo = GitRepo(workdir)
+    repo = GitRepo(workdir, ssh=ssh)
     try:
         if "origin" in [r.name for r in repo.repo.remotes]:
             repo.repo.git.remote("set-url", "origin", url)
@@ -128,11 +159,16 @@ class AppliedTag:
         }
 
 
+class TagTakenError(GitError):
+    """The remote already has a different tag of the name being pushed (another replica took the number)."""
+
+
 class GitRepo:
     """One local repository (a checkout or a clone in the work dir)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, ssh: SshIdentity | None = None) -> None:
         _quiet_git_env()
+        self.ssh = ssh
         try:
             self.repo = git.Repo(path, search_parent_directories=True)
         except (InvalidGitRepositoryError, NoSuchPathError):
@@ -194,7 +230,7 @@ class GitRepo:
     def fetch(self, branch: str) -> str:
         """Force ``refs/heads/<branch>`` to the remote's; return its sha.  Failures are temporary."""
         try:
-            with self.repo.git.custom_environment(**_remote_env()):
+            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
                 self.repo.git.fetch(
                     "--no-tags",
                     "--quiet",
@@ -208,13 +244,74 @@ class GitRepo:
         return self.branch_head(branch)
 
     def push_tag(self, name: str) -> None:
-        """Push one tag to ``origin``; failures are temporary (the caller retries later)."""
+        """Push one tag to ``origin`` (never forced); failures are temporary (the caller retries later).
+
+        Raises ``TagTakenError`` when the remote already has a different tag of that name.
+        """
         try:
-            with self.repo.git.custom_environment(**_remote_env()):
+            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
                 self.repo.git.push("--quiet", "origin", f"refs/tags/{name}", kill_after_timeout=FETCH_TIMEOUT)
         except GitCommandError as exc:
             detail = _stderr_line(exc)
-            raise GitError(f"cannot push tag {name} to {self.remote_url()}: {detail}", temporary=True) from None
+            error = TagTakenError if "(already exists)" in str(exc.stderr or "") else GitError
+            raise error(f"cannot push tag {name} to {self.remote_url()}: {detail}", temporary=True) from None
+
+    def fetch_applied_tags(self, instance: str) -> None:
+        """Fetch ``origin``'s ``applied/<instance>/*`` tags, so the next number follows the remote's.
+
+        Never forced: a local tag the remote has under the same name with other
+        content (ours, not pushed yet) is kept, and renumbered when its push is
+        refused.  Failures are temporary.
+        """
+        pattern = f"refs/tags/{TAG_PREFIX}/{instance}/*"
+        try:
+            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
+                self.repo.git.fetch("--no-tags", "origin", f"{pattern}:{pattern}", kill_after_timeout=FETCH_TIMEOUT)
+        except GitCommandError as exc:
+            lines = [line for line in str(exc.stderr or "").splitlines() if line.strip().startswith("!")]
+            if lines and all("would clobber existing tag" in line for line in lines):
+                return  # every other tag was fetched
+            detail = _stderr_line(exc)
+            raise GitError(f"cannot fetch applied tags from {self.remote_url()}: {detail}", temporary=True) from None
+
+    def unpushed_applied_tags(self, instance: str) -> list[str]:
+        """This instance's local applied tags that ``origin`` lacks or has with other content, oldest first."""
+        try:
+            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
+                out = str(
+                    self.repo.git.ls_remote(
+                        "origin", f"refs/tags/{TAG_PREFIX}/{instance}/*", kill_after_timeout=FETCH_TIMEOUT
+                    )
+                )
+        except GitCommandError as exc:
+            detail = _stderr_line(exc)
+            raise GitError(f"cannot list tags of {self.remote_url()}: {detail}", temporary=True) from None
+        remote = {ref: sha for sha, _, ref in (line.partition("\t") for line in out.splitlines()) if ref}
+        local = self.repo.git.for_each_ref("--format=%(refname) %(objectname)", f"refs/tags/{TAG_PREFIX}/{instance}/")
+        objects = {ref: sha for ref, _, sha in (line.partition(" ") for line in local.splitlines()) if sha}
+        return [
+            tag.name
+            for tag in reversed(self.applied_tags(instance))
+            if remote.get(f"refs/tags/{tag.name}") != objects.get(f"refs/tags/{tag.name}")
+        ]
+
+    def renumber_applied_tags(self, instance: str, names: Sequence[str]) -> list[str]:
+        """Give local tags whose numbers the remote took the next free numbers, in order; returns the new names.
+
+        Each is deleted here, the remote's tags are fetched (taking the freed
+        names), and the same revision and message are tagged again after them.
+        """
+        tags = [tag for name in names if (tag := self.find_tag(name)) is not None]
+        for tag in tags:
+            try:
+                self.repo.git.tag("-d", tag.name)
+            except GitCommandError as exc:
+                raise GitError(f"cannot delete tag {tag.name}: {exc.stderr.strip()}") from None
+        self.fetch_applied_tags(instance)
+        return [
+            self.create_applied_tag(instance, tag.revision, {**tag.message, "renumbered_from": tag.name})
+            for tag in tags
+        ]
 
     # ----------------------------------------------------------------- specs
 

@@ -1,7 +1,8 @@
 """The daemon's HTTP endpoints (stdlib ``ThreadingHTTPServer``); started and stopped by ``daemon.py``.
 
-``GET /healthz`` (alive), ``GET /readyz`` (first reconcile done), ``GET /metrics``
-(Prometheus), ``GET /status`` (the ``status`` JSON plus ``role``) and
+``GET /healthz`` (alive), ``GET /readyz`` (first reconcile done; for a ``--lock``
+standby: following the branch, ready to take over), ``GET /metrics``
+(Prometheus), ``GET /status`` (the ``status`` JSON plus ``role``: leader or standby) and
 ``POST /hooks/git`` (a verified webhook triggers a fetch; the payload is never
 read for content).  Webhooks are verified with GitHub's ``X-Hub-Signature-256``
 HMAC or a shared token header, both compared in constant time.
@@ -117,7 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._text(200 if ok else 503, "ok" if ok else "unhealthy")
         elif path == "/readyz":
             ok = view.ready()
-            self._text(200 if ok else 503, "ready" if ok else "not ready: the first reconcile has not finished")
+            self._text(
+                200 if ok else 503,
+                "ready" if ok else "not ready: no first reconcile (or, as a standby, first fetch) yet",
+            )
         elif path == "/metrics":
             body, content_type = view.metrics_text()
             self._send(200, body, content_type)

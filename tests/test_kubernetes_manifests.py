@@ -101,8 +101,7 @@ def test_deployment_args_are_flags_of_run() -> None:
     """Every flag in the container's args is a flag that `reconciler run` accepts."""
     options = run_options()
     flags = [arg for arg in container()["args"] if arg.startswith("--")]
-    if "--lock" not in options:
-        pytest.skip("reconciler run has no --lock flag yet (leader election)")
+    assert "--lock" in flags
     assert set(flags) <= options
 
 
