@@ -185,6 +185,10 @@ class Elector:
         while not self._stop.wait(delay):
             try:
                 delay = self.step()
+            except LeaseError as exc:  # a permanent one (e.g. the table was deleted): keep trying, loudly
+                log.error("lease_write_failed", error=str(exc), remaining_s=round(self.remaining(), 1))
+                self._notify()
+                delay = self.renew_every
             except Exception as exc:  # never let the renewals die silently: the leader must notice
                 log.exception("lease_step_crashed", error=str(exc))
                 self._notify()

@@ -6,6 +6,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import boto3
 import pytest
@@ -50,6 +51,14 @@ def role(daemon: Daemon) -> str:
 
 def reconciled(daemon: Daemon) -> list[str]:
     return [e["revision"] for e in daemon.events("reconcile")]
+
+
+def take_lease(aws: Aws, table: str) -> Any:
+    """Overwrite the lease item as another holder would (for ten minutes); returns the DynamoDB client."""
+    client = boto3.client("dynamodb", endpoint_url=aws.url, region_name=REGION)
+    item = {"id": {"S": "reconciler/default"}, "holder": {"S": "intruder"}, "expires": {"N": str(time.time() + 600)}}
+    client.put_item(TableName=table, Item=item)
+    return client
 
 
 def commit_prod_routing(repo: AwsRepo, routing: str) -> str:
@@ -98,13 +107,7 @@ def test_leader_that_loses_the_lease_stops_applying_until_it_holds_it_again(
     daemon = replica(start_daemon, aws_repo, lock_table, "a", "--lease-duration", "3", "--lease-renew-interval", "1")
     first = aws_repo.head()
     daemon.wait_applied(first, timeout=20)
-    table = boto3.client("dynamodb", endpoint_url=aws.url, region_name=REGION)
-    intruder = {
-        "id": {"S": "reconciler/default"},
-        "holder": {"S": "intruder"},
-        "expires": {"N": str(time.time() + 600)},
-    }
-    table.put_item(TableName=lock_table, Item=intruder)
+    table = take_lease(aws, lock_table)
     wait_for(lambda: role(daemon) == "standby", timeout=5, what="the leader to notice")
     head = commit_prod_routing(aws_repo, 'routing: {"2": 100}')
     wait_for(lambda: daemon.status()["desired_revision"] == head, what="the standby to fetch the commit")
@@ -147,13 +150,7 @@ def test_leader_losing_the_lease_mid_apply_stops_before_the_next_action(
     lease = ("--lease-duration", "1", "--lease-renew-interval", "0.25")
     daemon = start_daemon(str(example_repo.path), example_repo.state_dir, *flags, *lease, ready=False)
     wait_for(lambda: daemon.metric("reconciler_actions_total", kind="create_stage", result="success") >= 10)
-    table = boto3.client("dynamodb", endpoint_url=aws.url, region_name=REGION)
-    intruder = {
-        "id": {"S": "reconciler/default"},
-        "holder": {"S": "intruder"},
-        "expires": {"N": str(time.time() + 600)},
-    }
-    table.put_item(TableName=lock_table, Item=intruder)
+    take_lease(aws, lock_table)
     [result] = wait_for(lambda: daemon.events("reconcile"), what="the pass to end")
     assert result["result"] == "failed" and "stopped before all actions" in result["error"]
     assert daemon.events("lease_lost") and role(daemon) == "standby"
