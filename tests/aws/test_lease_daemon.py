@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -155,3 +157,18 @@ def test_leader_losing_the_lease_mid_apply_stops_before_the_next_action(
     assert result["result"] == "failed" and "stopped before all actions" in result["error"]
     assert daemon.events("lease_lost") and role(daemon) == "standby"
     assert 10 <= daemon.metric("reconciler_actions_total", kind="create_stage", result="success") < STAGES
+
+
+def test_once_applies_only_with_the_lease(aws: Aws, aws_repo: AwsRepo, lock_table: str) -> None:
+    """``run --once --lock`` applies nothing while another replica holds the lease, and applies once it is free."""
+    argv = [sys.executable, "-m", "reconciler", "run", "--once", "--repo", aws_repo.path.as_uri()]
+    argv += ["--state-dir", str(aws_repo.state_dir), "--backend", "aws", "--endpoint-url", aws.url]
+    argv += ["--region", REGION, "--lock", f"dynamodb://{lock_table}", "--log-format", "json"]
+    table = take_lease(aws, lock_table)
+    held = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert held.returncode == 0 and '"event": "standby"' in held.stderr
+    assert "orders" not in [api["name"] for api in aws.apigateway.get_rest_apis()["items"]]
+    table.delete_item(TableName=lock_table, Key={"id": {"S": "reconciler/default"}})
+    free = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0, free.stderr
+    assert aws.alias("orders-handler", "prod")["FunctionVersion"] == "1"
