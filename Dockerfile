@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The reconciler daemon as a container image (docs/cluster.md).
+# The reconciler daemon as a container image (README.md, "Running in a cluster").
 #
 #   docker build -t reconciler .
 #

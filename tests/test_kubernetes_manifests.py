@@ -1,8 +1,9 @@
 """deploy/kubernetes/: the manifests agree with each other, with the image and with the CLI.
 
-Structural checks with PyYAML (kinds, probes against the container port, the security context, the
-Secret keys that docs/cluster.md tells people to create, kustomization listing every file), plus a
-strict schema check with ``kubernetes-validate`` when it is installed (CI installs it).
+Structural checks with PyYAML (kinds, probes against the container port, the security context,
+the Secret keys that the README's Running-in-a-cluster section tells people to create,
+kustomization listing every file), plus a strict schema check with ``kubernetes-validate``
+(in the test extra).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from reconciler.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
-DOCS = ROOT / "docs" / "cluster.md"
+DOCS = ROOT / "README.md"
 DOCKERFILE = ROOT / "Dockerfile"
 
 EXPECTED_KINDS = {"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
@@ -185,10 +186,10 @@ def test_config_map_keys_are_flags_of_run() -> None:
 
 
 def test_secret_refs_name_keys_the_docs_tell_people_to_create() -> None:
-    """The git token and webhook secret come from Secret keys that docs/cluster.md creates."""
+    """The git token and webhook secret come from Secret keys that the README's Running-in-a-cluster section creates."""
     docs = DOCS.read_text(encoding="utf-8")
     command = re.search(r"kubectl[^\n]*create secret generic (?P<name>[\w-]+)(?P<rest>(?:[^\n]*\\\n)*[^\n]*)", docs)
-    assert command, "docs/cluster.md has no `kubectl create secret generic` command"
+    assert command, 'the README\'s "Running in a cluster" has no `kubectl create secret generic` command'
     documented = set(re.findall(r"--from-(?:literal|file)=([\w.-]+)=", command["rest"]))
     refs = {
         env["name"]: env["valueFrom"]["secretKeyRef"]

@@ -6,7 +6,7 @@ function ``ListAliases`` + ``ListVersionsByFunction``: never one call per
 resource.  ``apply`` runs one plan action, idempotently, from the live state
 that ``read`` saw (kept here and updated after every write).
 
-What marks a resource as the tool's own (docs/aws.md has the details):
+What marks a resource as the tool's own (README.md, "The aws backend", has the details):
 * RestApi: tag ``reconciler:managed=true`` (set by ``CreateRestApi``), and its
   current definition hash at the end of its description
   (``Orders service [reconciler:definition-sha256=<hex>]``), because

@@ -1,6 +1,6 @@
 """The DynamoDB ``Lease`` of ``run --lock dynamodb://TABLE``: one item, conditional writes; used by ``lease.py``.
 
-The table has a string partition key ``id`` (docs/cluster.md creates it).  The
+The table has a string partition key ``id`` (the README, Running in a cluster, creates it).  The
 item ``{"id": KEY, "holder": S, "expires": N (Unix seconds), "renewed_at": N}``
 is written with ``PutItem`` only when ``attribute_not_exists(id) OR expires <
 :now OR holder = :me``, so at most one replica holds an unexpired lease.
@@ -114,7 +114,7 @@ class DynamoDbLease:
             if code == "ResourceNotFoundException":
                 return LeaseError(
                     f"cannot {what} {where}: the table does not exist; create it with a string partition key "
-                    "'id' (docs/cluster.md)",
+                    "'id' (see the README, Running in a cluster)",
                     temporary=False,
                 )
             return LeaseError(f"cannot {what} {where}: {code}: {message}".rstrip(": "))

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.aws
 
 
 def create_lock_table(url: str, name: str) -> None:
-    """The table as docs/cluster.md creates it: string partition key ``id``, on demand."""
+    """The table as the README creates it: string partition key ``id``, on demand."""
     client = boto3.client("dynamodb", endpoint_url=url, region_name=REGION)
     client.create_table(
         TableName=name,
