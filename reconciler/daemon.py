@@ -239,6 +239,9 @@ class Daemon:
         try:
             with self.state.writer_lock(f"reconciler run --once, instance {self.config.instance}"):
                 previous = engine.record().applied_revision
+                target = _target(engine)
+                if target is not None and target == previous and not self._drifted(engine, target):
+                    return 0  # in sync, or drift only reported (--no-self-heal)
                 result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self._must_stop)
             self._observe(engine, result, previous, {STARTUP})
             self._push_pending_tags()
@@ -385,10 +388,7 @@ class Daemon:
             self._locked_pass(engine, reasons)
 
     def _locked_pass(self, engine: Engine, reasons: set[str]) -> None:
-        try:
-            target: str | None = engine.resolve_target(None)
-        except ReconcilerError:
-            target = None  # the reconcile below records and reports why
+        target = _target(engine)
         record = engine.record()
         self.metrics.pinned.set(1 if record.pinned else 0)
         previous = record.applied_revision
@@ -609,6 +609,14 @@ class Daemon:
         if self.elector is not None:
             data["lease"] = self.elector.view()
         return data
+
+
+def _target(engine: Engine) -> str | None:
+    """The revision a pass aims at (branch head or pin); None if it cannot be resolved (the reconcile says why)."""
+    try:
+        return engine.resolve_target(None)
+    except ReconcilerError:
+        return None
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,6 +85,10 @@ class _Server(ThreadingHTTPServer):
     auth: WebhookAuth
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):  # the client hung up or stalled: not our failure
+            log.debug("http_client_gone", client=client_address[0], error=str(error))
+            return
         log.exception("http_handler_failed", client=client_address[0])
 
 

@@ -1,0 +1,45 @@
+"""Audit findings on the daemon: each test pins one behaviour a user of ``reconciler run`` relies on."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from reconciler.backends.local import LocalCloud
+from tests.daemon.conftest import Daemon, wait_for
+from tests.support import SpecRepo
+
+pytestmark = pytest.mark.daemon
+
+
+def run_once(repo: SpecRepo, *flags: str) -> subprocess.CompletedProcess[bytes]:
+    argv = [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo.path)]
+    argv += ["--state-dir", str(repo.state_dir), "--log-format", "json", *flags]
+    return subprocess.run(argv, capture_output=True, timeout=30)
+
+
+def test_once_without_self_heal_reports_drift_and_leaves_it(example_repo: SpecRepo) -> None:
+    """``run --once --no-self-heal`` at the applied revision reports drift and does not correct it."""
+    assert run_once(example_repo).returncode == 0
+    cloud = LocalCloud(example_repo.state_dir)
+    cloud.update_alias("orders-handler", "prod", "1", {}, "clicked in the console")
+    cloud.close()
+    done = run_once(example_repo, "--no-self-heal")
+    assert done.returncode == 0, done.stderr
+    assert b'"event": "drift"' in done.stderr
+    assert example_repo.cli_json("status")["aliases"]["orders-handler/prod"]["routing"] == {"1": 100}
+
+
+def test_client_that_resets_the_connection_logs_no_traceback(running: Daemon) -> None:
+    """A client that hangs up mid-request is no error: no traceback, and the server keeps answering."""
+    host, port = running.base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+    wait_for(lambda: running.request("/healthz")[0] == 200)
+    assert running.stop() == 0
+    assert not [e for e in running.events() if "exception" in e or e.get("level") == "error"]
