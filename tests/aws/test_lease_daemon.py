@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
+from reconciler.backends.local import LocalCloud
 from tests.aws.conftest import REGION, SPECS, Aws, AwsRepo
 from tests.aws.test_lease_dynamodb import create_lock_table
 from tests.daemon.conftest import Daemon, start_daemon, wait_for
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.aws, pytest.mark.daemon]
 __all__ = ["start_daemon"]  # the daemon fixture, shared with tests/daemon
 
 PROD_95_5 = 'routing: {"1": 95, "2": 5}'
-STAGES = 3000  # enough for the local backend's apply to take about a second
+STAGES = 3000  # about a second of local-backend apply: far longer than the test takes to grab its write lock
 Start = Callable[..., Daemon]
 
 
@@ -152,7 +153,13 @@ def test_leader_losing_the_lease_mid_apply_stops_before_the_next_action(
     lease = ("--lease-duration", "1", "--lease-renew-interval", "0.25")
     daemon = start_daemon(str(example_repo.path), example_repo.state_dir, *flags, *lease, ready=False)
     wait_for(lambda: daemon.metric("reconciler_actions_total", kind="create_stage", result="success") >= 10)
-    take_lease(aws, lock_table)
+    # Hold the local backend's write lock, so the apply waits inside one action while the lease is
+    # taken from it: the race between "apply done" and "lease lost" is decided, not timed.
+    cloud = LocalCloud(example_repo.state_dir)
+    with cloud.transaction():
+        take_lease(aws, lock_table)
+        wait_for(lambda: daemon.events("lease_lost"), what="the leader to notice")
+    cloud.close()
     [result] = wait_for(lambda: daemon.events("reconcile"), what="the pass to end")
     assert result["result"] == "failed" and "stopped before all actions" in result["error"]
     assert daemon.events("lease_lost") and role(daemon) == "standby"
