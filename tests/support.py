@@ -6,8 +6,10 @@ import copy
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from reconciler.specs import (
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy_specs"
+RECONCILER = Path(sys.executable).with_name("reconciler")  # the installed console script
 
 
 @dataclass
@@ -95,6 +98,18 @@ class SpecRepo:
 
     def publish(self, function: str, times: int = 1) -> list[str]:
         return [self.cli("local", "publish-version", function).stdout.strip() for _ in range(times)]
+
+
+def run_reconciler(cwd: Path, *args: str, module: bool = False) -> Result:
+    """Run the installed ``reconciler`` (or ``python -m reconciler``) as a subprocess in ``cwd``, as a user would.
+
+    No ``--repo`` or ``--state-dir`` is added: the command finds the repository
+    from ``cwd``.  ``RECONCILER_*`` variables of the caller are not passed on.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    argv = [sys.executable, "-m", "reconciler"] if module else [str(RECONCILER)]
+    done = subprocess.run([*argv, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 # ------------------------------------------- plan inputs, built without git or a backend

@@ -1,0 +1,144 @@
+"""DESIGN §2-§4 as an outside tester drives them: the installed ``reconciler`` run as a subprocess.
+
+Every command runs inside a real temporary git repository with no ``--repo``
+or ``--state-dir``: the repository is the one containing the current
+directory, the branch its current branch, the state ``.reconciler/`` in its
+root.  Each test pins one behaviour of the contract (or of the README where
+DESIGN is silent).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Result, SpecRepo, run_reconciler
+
+ALIASES = "deploy_specs/aliases.yaml"
+
+
+def cli(repo: SpecRepo, *args: str, cwd: Path | None = None) -> Result:
+    return run_reconciler(cwd or repo.path, *args)
+
+
+def cli_json(repo: SpecRepo, *args: str) -> Any:
+    result = cli(repo, *args, "--output", "json")
+    assert result.stdout, result.stderr
+    return result.json
+
+
+def edit(repo: SpecRepo, relpath: str, old: str, new: str) -> None:
+    text = (repo.path / relpath).read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {relpath}"
+    repo.write(relpath, text.replace(old, new))
+
+
+def line_of(repo: SpecRepo, relpath: str, fragment: str, after: str = "") -> int:
+    """1-based line of the first ``fragment`` at or after the first ``after``."""
+    lines = (repo.path / relpath).read_text(encoding="utf-8").splitlines()
+    start = next(i for i, text in enumerate(lines) if after in text)
+    return next(i for i, text in enumerate(lines) if i >= start and fragment in text) + 1
+
+
+@pytest.fixture
+def checkout(repo: SpecRepo) -> SpecRepo:
+    """The example specs committed, orders-handler versions 1 and 2 published (state in .reconciler/)."""
+    repo.copy_example()
+    repo.commit("example specs")
+    for expected in ("1", "2"):
+        assert cli(repo, "local", "publish-version", "orders-handler").stdout.strip() == expected
+    return repo
+
+
+@pytest.fixture
+def live(checkout: SpecRepo) -> SpecRepo:
+    """The example applied once (applied/default/1)."""
+    assert cli(checkout, "apply").code == 0
+    return checkout
+
+
+# ------------------------------------------------------------ §4 defaults
+
+
+def test_commands_in_a_subdirectory_use_the_repository_root(checkout: SpecRepo) -> None:
+    """apply run in deploy_specs/ without --repo applies the repository's branch, state in <root>/.reconciler/."""
+    result = cli(checkout, "apply", "--output", "json", cwd=checkout.path / "deploy_specs")
+    assert result.code == 0, result.stderr
+    assert result.json["revision"] == checkout.head() and result.json["tag"] == "applied/default/1"
+    assert (checkout.path / ".reconciler").is_dir() and not (checkout.path / "deploy_specs" / ".reconciler").exists()
+    assert checkout.git("status", "--porcelain") == ""
+
+
+def test_python_m_reconciler_is_the_same_program(live: SpecRepo) -> None:
+    """python -m reconciler status prints what the reconciler script prints."""
+    module = run_reconciler(live.path, "status", "--output", "json", module=True)
+    assert module.code == 0 and json.loads(module.stdout) == cli_json(live, "status")
+
+
+# ------------------------------------------------------------- §2 validation
+
+
+def test_a_document_with_a_bad_name_still_has_its_spec_checked(checkout: SpecRepo) -> None:
+    """validate lists every error: a bad metadata.name does not hide the errors in that document's spec."""
+    checkout.write(
+        "deploy_specs/bad.yaml",
+        "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {name: bad name}\n"
+        "spec:\n  api: orders\n  variables: {lambdaAlias: prod, bad-var: x}\n",
+    )
+    checkout.commit("bad stage")
+    result = cli(checkout, "validate", "--output", "json")
+    assert result.code == 1
+    fields = {(e["file"], e["line"], e["field"]) for e in result.json["errors"]}
+    assert fields == {
+        ("deploy_specs/bad.yaml", 3, "metadata.name"),
+        ("deploy_specs/bad.yaml", 6, "spec.variables.bad-var"),
+    }
+    assert len(result.stderr.strip().splitlines()) == 2
+
+
+def test_specs_root_may_be_given_as_a_dot_slash_path(checkout: SpecRepo) -> None:
+    """--path ./deploy_specs names the same specs root as --path deploy_specs."""
+    result = cli(checkout, "validate", "--path", "./deploy_specs")
+    assert result.code == 0, result.stderr
+
+
+def test_unpublished_version_error_names_the_routing_line(live: SpecRepo) -> None:
+    """The plan-time check of routed versions names the line of spec.routing, as schema errors do."""
+    edit(live, ALIASES, '{"2": 100}', '{"3": 100}')
+    live.commit("test alias to version 3")
+    result = cli(live, "plan", "--output", "json")
+    assert result.code == 1
+    [error] = result.json["errors"]
+    routing_line = line_of(live, ALIASES, "routing:", after="metadata: {name: test}")
+    assert (error["file"], error["line"], error["field"]) == (ALIASES, routing_line, "spec.routing")
+
+
+# ------------------------------------------------------------ §3 tags, rollback
+
+
+def test_applied_tags_are_made_when_git_is_set_to_sign_tags(checkout: SpecRepo) -> None:
+    """A repository with tag.gpgSign=true (and no usable signing) still gets its applied tag."""
+    checkout.git("config", "tag.gpgSign", "true")
+    checkout.git("config", "gpg.program", "false")
+    result = cli(checkout, "apply")
+    assert result.code == 0 and "tag_failed" not in result.stderr, result.stderr
+    assert checkout.git("tag", "-l", "applied/*") == "applied/default/1"
+    assert checkout.git("cat-file", "-t", "applied/default/1") == "tag"
+
+
+def test_rollback_default_after_a_commit_that_changed_no_spec(live: SpecRepo) -> None:
+    """rollback without a target works when the last apply was an in-sync commit: back to the tag before the newest."""
+    edit(live, ALIASES, '{"1": 95, "2": 5}', '{"1": 50, "2": 50}')
+    live.commit("half and half")
+    assert cli(live, "apply").code == 0
+    live.write("NOTES.md", "not a spec\n")
+    live.commit("notes")
+    assert cli_json(live, "apply")["result"] == "noop"
+    result = cli(live, "rollback")
+    assert result.code == 0, result.stderr
+    status = cli_json(live, "status")
+    assert status["aliases"]["orders-handler/prod"]["routing"] == {"1": 95, "2": 5}
+    assert status["pinned"]["tag"] == "applied/default/1"
