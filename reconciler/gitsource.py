@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shlex
 import tempfile
@@ -393,7 +394,8 @@ class GitRepo:
                 ):
                     handle.write(body)
                     handle.flush()
-                    self.repo.git.tag("-a", name, revision, "-F", handle.name)
+                    # --no-sign: a user's tag.gpgSign must not stop (or prompt for) an applied tag
+                    self.repo.git.tag("-a", "--no-sign", name, revision, "-F", handle.name)
                 return name
             except OSError as exc:
                 raise GitError(f"cannot create tag {name}: {exc}") from None
@@ -419,7 +421,7 @@ class GitSpecSource:
     def __init__(self, repo: GitRepo, revision: str, root: str) -> None:
         self.repo = repo
         self.revision = revision
-        self.root = root.strip("/") or "."
+        self.root = posixpath.normpath(root.strip("/") or ".")  # ./deploy_specs and deploy_specs/ name deploy_specs
         self._files: list[SourceFile] | None = None
 
     def files(self) -> Iterator[SourceFile]:
