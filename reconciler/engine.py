@@ -264,8 +264,13 @@ class Engine:
             if tag is not None:
                 return tag.revision, tag.name
             return self.repo.resolve(target), None
-        tags = [t for t in self.history() if not t.message.get("rollback")]
+        every = self.history()
+        if not every:
+            raise StateError(f"no applied tags of instance {self.instance!r} yet; nothing to roll back to")
+        tags = [t for t in every if not t.message.get("rollback")]
         applied = self.record().applied_revision
+        if applied is not None and all(t.revision != applied for t in every):
+            applied = every[0].revision  # an in-sync apply tags nothing: live state is still the newest tag's
         current = next((t for t in tags if t.revision == applied), None)
         if current is None:
             raise StateError("no applied tag matches the applied revision; name the tag or revision to roll back to")
