@@ -426,15 +426,19 @@ def _pydantic_issues(doc: _Doc, prefix: str, model: type[BaseModel], exc: Valida
 def _validate_schema(docs: list[_Doc], issues: _Issues) -> list[tuple[_Doc, Any]]:
     typed: list[tuple[_Doc, Any]] = []
     for doc in docs:
+        named = True
         try:
             NAME_RULES[doc.kind](doc.name)
         except ValueError as exc:
             issues.doc(doc, "metadata.name", str(exc))
-            continue
-        try:
-            typed.append((doc, SPEC_MODELS[doc.kind].model_validate(doc.spec)))
+            named = False
+        try:  # checked even under a bad name, so that validate lists every error
+            spec = SPEC_MODELS[doc.kind].model_validate(doc.spec)
         except ValidationError as exc:
             _pydantic_issues(doc, "spec", SPEC_MODELS[doc.kind], exc, issues)
+            continue
+        if named:
+            typed.append((doc, spec))
     return typed
 
 
