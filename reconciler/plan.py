@@ -235,7 +235,7 @@ def _unmanaged(issues: list[SpecIssue], location: Location, what: str) -> None:
     issues.append(
         SpecIssue(
             location.file,
-            location.line,
+            location.line_of("metadata.name"),
             "metadata.name",
             f"{what} already exists and is not managed by reconciler; rename it in the spec or delete it by hand",
         )
@@ -373,7 +373,7 @@ def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue
         issues.append(
             SpecIssue(
                 alias.location.file,
-                alias.location.line,
+                alias.location.line_of("spec.function"),
                 "spec.function",
                 f"Alias {alias.name!r}: function {alias.function!r} does not exist in the backend; "
                 "expected an existing Lambda function",
@@ -386,7 +386,7 @@ def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue
         issues.append(
             SpecIssue(
                 alias.location.file,
-                alias.location.line,
+                alias.location.line_of("spec.routing"),
                 "spec.routing",
                 f"Alias {alias.name!r}: version {', '.join(missing)} of {alias.function!r} is not published; "
                 f"expected one of the published versions ({published}) or $LATEST",

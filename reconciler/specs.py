@@ -145,11 +145,23 @@ SPEC_MODELS: dict[str, type[_Model]] = {"RestApi": RestApiSpec, "Stage": StageSp
 
 @dataclass(frozen=True)
 class Location:
+    """Where a resource is specified: its document's first line, and the line of each of its fields."""
+
     file: str
     line: int | None
+    fields: tuple[tuple[str, int], ...] = ()
 
     def __str__(self) -> str:
         return self.file if self.line is None else f"{self.file}:{self.line}"
+
+    def line_of(self, path: str) -> int | None:
+        """The line of the dotted field ``path``, else of its nearest recorded parent, else the document's."""
+        lines = dict(self.fields)
+        while path:
+            if path in lines:
+                return lines[path]
+            path = path.rpartition(".")[0]
+        return self.line
 
 
 @dataclass(frozen=True)
@@ -259,7 +271,7 @@ class _Doc:
         return self.line
 
     def at(self, path: str) -> Location:
-        return Location(self.file, self.line_of(path))
+        return Location(self.file, self.line_of(path), tuple(sorted(self.lines.items())))
 
 
 class _Issues:
