@@ -42,7 +42,7 @@ from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError
 from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
-from reconciler.lease import Elector, make_lease
+from reconciler.lease import STOP_TIMEOUT, Elector, make_lease
 from reconciler.logs import configure_logging
 from reconciler.metrics import Metrics
 from reconciler.plan import Action
@@ -58,6 +58,7 @@ FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY, LEADER})  # reasons that f
 RENUMBER_ROUNDS = 3  # times in a row pending tags are renumbered before the push waits for the next fetch
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
+STOP_BUDGET = 9.0  # seconds from SIGTERM to the return of run(), whatever hangs (worker, lease store, watcher)
 
 
 def backoff_delay(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -215,14 +216,16 @@ class Daemon:
         while not self.stopping.wait(1.0):
             pass
         log.info("stopping")
+        deadline = time.monotonic() + STOP_BUDGET
         self.triggers.close()
         self.scheduler.shutdown(wait=False)
         http.stop()
         self.worker.join(STOP_GRACE)
         if self.elector is not None:  # after the action in flight: a standby may take over at once
-            self.elector.stop(release=not self.worker.is_alive())
+            left = max(0.0, min(STOP_TIMEOUT, deadline - time.monotonic()))
+            self.elector.stop(release=not self.worker.is_alive(), timeout=left)
         if self._watcher is not None:
-            self._watcher.join(1.0)
+            self._watcher.join(max(0.0, min(1.0, deadline - time.monotonic())))
         log.info("stopped", clean=not self.worker.is_alive())
         return 0
 

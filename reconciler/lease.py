@@ -30,6 +30,7 @@ DEFAULT_DURATION = 15.0  # seconds a lease lasts
 DEFAULT_RENEW_EVERY = 5.0  # seconds between renewals (and between a standby's attempts)
 ERROR_RETRY = 1.0  # seconds before the next attempt after a failed write
 LAPSE_SLACK = 0.05  # a standby tries this long after the holder's lease would lapse
+STOP_TIMEOUT = 5.0  # seconds ``stop`` waits at most for a renewal in flight and the release
 
 
 class LeaseError(ReconcilerError):
@@ -194,17 +195,33 @@ class Elector:
                 self._notify()
                 delay = ERROR_RETRY
 
-    def stop(self, release: bool = True) -> None:
-        """Stop renewing; with ``release``, give the lease up so a standby takes over at once."""
+    def stop(self, release: bool = True, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop renewing; with ``release``, give the lease up so a standby takes over at once.
+
+        Waits at most ``timeout`` seconds in all (a store that hangs must not hold
+        up the exit): a renewal in flight or a release still unanswered is left to
+        the process exit, and the lease then lapses on its own.
+        """
+        deadline = time.monotonic() + timeout
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5.0)
+            self._thread.join(timeout)
         held = self.remaining() > 0
         self._valid_until = -math.inf
+        busy = self._thread is not None and self._thread.is_alive()
         if release and held:
-            try:
-                self.lease.release(self.holder)
-                log.info("lease_released", holder=self.holder)
-            except LeaseError as exc:
-                log.warning("lease_release_failed", error=str(exc))
-        self.lease.close()
+            releasing = threading.Thread(target=self._release, name="lease-release", daemon=True)
+            releasing.start()
+            releasing.join(max(0.0, deadline - time.monotonic()))
+            busy = busy or releasing.is_alive()
+        if busy:
+            log.warning("lease_stop_timed_out", holder=self.holder, waited_s=timeout)
+        else:
+            self.lease.close()
+
+    def _release(self) -> None:
+        try:
+            self.lease.release(self.holder)
+            log.info("lease_released", holder=self.holder)
+        except LeaseError as exc:
+            log.warning("lease_release_failed", error=str(exc))

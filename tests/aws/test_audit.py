@@ -1,0 +1,74 @@
+"""Audit findings on the aws side: the daemon's DynamoDB lease and the aws backend on moto_server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.aws.conftest import REGION, _answers, _free_port
+from tests.aws.test_lease_dynamodb import create_lock_table
+from tests.daemon.conftest import Daemon, start_daemon, wait_for
+from tests.support import SpecRepo
+
+pytestmark = [pytest.mark.aws, pytest.mark.daemon]
+__all__ = ["start_daemon"]
+
+
+@pytest.fixture
+def own_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A moto_server of this test's own (it may be frozen with SIGSTOP), with dummy credentials set."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: _answers(url), 30, "moto_server")
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        process.wait(10)
+
+
+def request_in_flight(port: int) -> bool:
+    """Whether a connection to ``port`` on loopback has bytes the (frozen) server has not read."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                rx_queue = int(fields[4].split(":")[1], 16)
+                if local_port == port and rx_queue > 0:
+                    return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc/net/tcp")
+def test_sigterm_exits_within_10_s_while_the_lease_store_hangs(
+    own_moto: tuple[str, subprocess.Popen[bytes]], repo: SpecRepo, start_daemon: Callable[..., Daemon]
+) -> None:
+    """A leader whose DynamoDB stops answering mid-renewal still exits 0 within 10 s of SIGTERM."""
+    url, moto = own_moto
+    create_lock_table(url, "lock")
+    repo.copy_example()
+    repo.commit("example specs")
+    repo.publish("orders-handler", times=2)
+    lock = ("--lock", "dynamodb://lock", "--endpoint-url", url, "--region", REGION)
+    daemon = start_daemon(str(repo.path), repo.state_dir, *lock)
+    daemon.wait_applied(repo.head())
+    moto.send_signal(signal.SIGSTOP)
+    wait_for(lambda: request_in_flight(int(url.rsplit(":", 1)[1])), 10, "a lease renewal to hang")
+    started = time.monotonic()
+    assert daemon.stop(timeout=20) == 0
+    assert time.monotonic() - started < 10
