@@ -295,14 +295,25 @@ def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = No
     if cache is None:
         cache = {}
     docs: list[_Doc] = []
+    unreadable: dict[str, list[SpecIssue]] = {}  # files that are no spec file; fine if they are definitions
     for path in sorted(files):
         entry = files[path]
         if not path.endswith((".yaml", ".yml")):
             continue
-        docs.extend(_read_spec_file(source, entry, cache, issues))
+        own = _Issues()
+        found = _read_spec_file(source, entry, cache, own)
+        docs.extend(found)
+        if own.items and not found:
+            unreadable[path] = own.items
+        else:
+            issues.items.extend(own.items)
     typed = _validate_schema(docs, issues)
     declared_apis = {doc.name for doc in docs if doc.kind == "RestApi"}
-    state = _resolve(typed, declared_apis, source, files, cache, issues)
+    definitions = _Definitions(source, files, cache, issues)
+    state = _resolve(typed, declared_apis, definitions, issues)
+    for path, items in unreadable.items():
+        if path not in definitions.used:  # a definition is checked as one (10 MiB, any YAML), not as a spec file
+            issues.items.extend(items)
     if issues.items:
         raise SpecError(issues.items, source.revision)
     state.revision = source.revision
@@ -457,14 +468,11 @@ def _validate_schema(docs: list[_Doc], issues: _Issues) -> list[tuple[_Doc, Any]
 def _resolve(
     typed: list[tuple[_Doc, Any]],
     declared_apis: set[str],
-    source: SpecSource,
-    files: dict[str, SourceFile],
-    cache: MutableMapping[str, Any],
+    definitions: _Definitions,
     issues: _Issues,
 ) -> DesiredState:
     state = DesiredState()
     seen: dict[tuple[str, ...], _Doc] = {}
-    definitions = _Definitions(source, files, cache, issues)
 
     def unique(doc: _Doc, key: tuple[str, ...], what: str) -> bool:
         first = seen.get(key)
@@ -560,11 +568,13 @@ class _Definitions:
         self.cache = cache
         self.issues = issues
         self.by_sha: dict[str, Definition] = {}
+        self.used: set[str] = set()  # paths that specs name as definitions
 
     def get(self, doc: _Doc, path: str, reference: str) -> Definition | None:
         resolved = self._resolve_path(doc, path, reference)
         if resolved is None:
             return None
+        self.used.add(resolved)
         entry = self.files[resolved]
         if entry.mode == MODE_SYMLINK:
             self.issues.doc(

@@ -142,3 +142,15 @@ def test_rollback_default_after_a_commit_that_changed_no_spec(live: SpecRepo) ->
     status = cli_json(live, "status")
     assert status["aliases"]["orders-handler/prod"]["routing"] == {"1": 95, "2": 5}
     assert status["pinned"]["tag"] == "applied/default/1"
+
+
+def test_a_definition_over_one_mib_is_accepted(checkout: SpecRepo) -> None:
+    """The 1 MiB limit is for spec files: a larger OpenAPI definition (the limit is 10 MiB) validates."""
+    path = "    get:\n      x-amazon-apigateway-integration: {type: mock}\n"
+    paths = "".join(f"  /orders/p{i}:\n{path}" for i in range((1 << 20) // len(path) + 100))
+    checkout.write("deploy_specs/openapi.yaml", f"openapi: 3.0.1\ninfo: {{title: orders, version: '2'}}\npaths:\n{paths}")
+    checkout.commit("a large definition")
+    assert (checkout.path / "deploy_specs/openapi.yaml").stat().st_size > 1 << 20
+    result = cli(checkout, "validate", "--output", "json")
+    assert result.code == 0, result.stderr
+    assert result.json["valid"] is True
