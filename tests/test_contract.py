@@ -154,3 +154,12 @@ def test_a_definition_over_one_mib_is_accepted(checkout: SpecRepo) -> None:
     result = cli(checkout, "validate", "--output", "json")
     assert result.code == 0, result.stderr
     assert result.json["valid"] is True
+
+
+def test_a_corrupt_local_backend_is_an_error_line(checkout: SpecRepo) -> None:
+    """A local backend file that is not SQLite makes plan exit 1 with one error line naming it, no traceback."""
+    (checkout.path / ".reconciler" / "local-backend.sqlite3").write_bytes(b"not a database\n" * 100)
+    result = cli(checkout, "plan")
+    assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error:") and "local-backend.sqlite3" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

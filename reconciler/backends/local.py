@@ -89,10 +89,15 @@ class LocalCloud:
         self.path = state_dir / DB_NAME
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:  # not a database, or a schema of its own: say which file, not a traceback
+            self.db.close()
+            locked = isinstance(exc, sqlite3.OperationalError)  # busy: retrying may help; corrupt: it will not
+            raise BackendError(f"local backend: cannot open {self.path}: {exc}", temporary=locked) from None
 
     def close(self) -> None:
         self.db.close()
