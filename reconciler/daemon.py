@@ -185,18 +185,18 @@ class Daemon:
     def _serve(self) -> int:
         secret = os.environ.get("RECONCILER_WEBHOOK_SECRET", "")
         http = HttpApi(self.args.listen, self, WebhookAuth(secret.encode() or None))
+        self.fire(STARTUP)  # first, so the first pass is the start-up one even when it is also a leader's
         if self.elector is not None:  # the first attempt here: a lease that cannot work at all stops the start
             self.elector.start(self.elector.step())
         http.start()
+        if self.remote:
+            self.scheduler.add_job(self.fire, "interval", seconds=self.args.interval, args=[FETCH], id="fetch")
+        self.scheduler.add_job(self.fire, "interval", seconds=self.args.resync_interval, args=[RESYNC], id="resync")
+        self.scheduler.start()  # before the worker: a pass that fails must find the scheduler to retry with
         self.worker.start()
         if not self.remote:
             self._watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
             self._watcher.start()
-        else:
-            self.scheduler.add_job(self.fire, "interval", seconds=self.args.interval, args=[FETCH], id="fetch")
-        self.scheduler.add_job(self.fire, "interval", seconds=self.args.resync_interval, args=[RESYNC], id="resync")
-        self.scheduler.start()
-        self.fire(STARTUP)
         log.info(
             "started",
             repo=redact(self.config.repo) if self.remote or self.engine is None else str(self.engine.repo.root),
@@ -335,8 +335,8 @@ class Daemon:
                 self.stopping.wait(1.0)
 
     def _retry_later(self, error: BaseException) -> None:
-        if self.stopping.is_set():
-            return  # e.g. stopped mid-plan: the next start re-plans from live state
+        if self.stopping.is_set() or self.args.once:
+            return  # e.g. stopped mid-plan, or --once: the next start re-plans from live state
         self._failures += 1
         delay = backoff_delay(self._failures)
         self.metrics.consecutive_failures.set(self._failures)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.aws.conftest import REGION, _answers, _free_port
+from tests.aws.conftest import REGION, Aws, _answers, _free_port
+from tests.aws.test_lease_daemon import lock_table
 from tests.aws.test_lease_dynamodb import create_lock_table
 from tests.daemon.conftest import Daemon, start_daemon, wait_for
 from tests.support import SpecRepo
 
 pytestmark = [pytest.mark.aws, pytest.mark.daemon]
-__all__ = ["start_daemon"]
+__all__ = ["lock_table", "start_daemon"]
 
 
 @pytest.fixture
@@ -72,3 +73,13 @@ def test_sigterm_exits_within_10_s_while_the_lease_store_hangs(
     started = time.monotonic()
     assert daemon.stop(timeout=20) == 0
     assert time.monotonic() - started < 10
+
+
+def test_catch_up_pass_of_a_lock_leader_is_not_counted_as_commit_to_applied(
+    aws: Aws, example_repo: SpecRepo, lock_table: str, start_daemon: Callable[..., Daemon]
+) -> None:
+    """With --lock, the start-up catch-up pass is left out of reconciler_commit_to_applied_seconds, as without."""
+    lock = ("--lock", f"dynamodb://{lock_table}", "--endpoint-url", aws.url, "--region", REGION)
+    daemon = start_daemon(str(example_repo.path), example_repo.state_dir, *lock)
+    daemon.wait_applied(example_repo.head())
+    assert daemon.metric("reconciler_commit_to_applied_seconds_count") == 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,13 @@ def test_client_that_resets_the_connection_logs_no_traceback(running: Daemon) ->
     wait_for(lambda: running.request("/healthz")[0] == 200)
     assert running.stop() == 0
     assert not [e for e in running.events() if "exception" in e or e.get("level") == "error"]
+
+
+def test_once_with_a_failing_fetch_exits_1_without_promising_a_retry(tmp_path: Path) -> None:
+    """``run --once`` on a remote it cannot fetch exits 1 after one fetch_failed line, no retry_scheduled."""
+    argv = [sys.executable, "-m", "reconciler", "run", "--once", "--repo", (tmp_path / "nowhere").as_uri()]
+    argv += ["--state-dir", str(tmp_path / "state"), "--log-format", "json"]
+    done = subprocess.run(argv, capture_output=True, timeout=30)
+    assert done.returncode == 1
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    assert "fetch_failed" in events and "retry_scheduled" not in events
