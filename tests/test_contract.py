@@ -10,6 +10,7 @@ DESIGN is silent).
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,8 @@ def test_a_definition_over_one_mib_is_accepted(checkout: SpecRepo) -> None:
     """The 1 MiB limit is for spec files: a larger OpenAPI definition (the limit is 10 MiB) validates."""
     path = "    get:\n      x-amazon-apigateway-integration: {type: mock}\n"
     paths = "".join(f"  /orders/p{i}:\n{path}" for i in range((1 << 20) // len(path) + 100))
-    checkout.write("deploy_specs/openapi.yaml", f"openapi: 3.0.1\ninfo: {{title: orders, version: '2'}}\npaths:\n{paths}")
+    head = "openapi: 3.0.1\ninfo: {title: orders, version: '2'}\npaths:\n"
+    checkout.write("deploy_specs/openapi.yaml", head + paths)
     checkout.commit("a large definition")
     assert (checkout.path / "deploy_specs/openapi.yaml").stat().st_size > 1 << 20
     result = cli(checkout, "validate", "--output", "json")
@@ -163,3 +165,29 @@ def test_a_corrupt_local_backend_is_an_error_line(checkout: SpecRepo) -> None:
     assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error:") and "local-backend.sqlite3" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_apply_stops_at_the_first_failing_action_and_the_next_apply_converges(checkout: SpecRepo) -> None:
+    """A failing action ends the apply: nothing after it, no tag, not applied; the next apply finishes the job."""
+    database = checkout.path / ".reconciler" / "local-backend.sqlite3"
+    with sqlite3.connect(database) as db:  # the "cloud" refuses one alias
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON aliases WHEN NEW.name = 'prod'"
+            " BEGIN SELECT RAISE(ABORT, 'injected'); END"
+        )
+    failed = cli(checkout, "apply", "--output", "json")
+    assert failed.code == 1 and failed.json["result"] == "failed" and failed.json["tag"] is None
+    assert [line for line in failed.stderr.splitlines() if "Alias/orders-handler/prod" in line] == [
+        failed.stderr.strip()
+    ]
+    status = cli_json(checkout, "status")
+    assert status["applied_revision"] is None and status["attempted_revision"] == checkout.head()
+    assert "Alias/orders-handler/prod" in status["last_error"]
+    assert sorted(status["aliases"]) == ["orders-handler/dev"] and len(status["stages"]) == 5
+    with sqlite3.connect(database) as db:
+        db.execute("DROP TRIGGER refuse")
+    done = cli_json(checkout, "apply")
+    assert [a["resource"] for a in done["applied"]] == ["Alias/orders-handler/prod", "Alias/orders-handler/test"]
+    assert done["tag"] == "applied/default/1" and cli(checkout, "plan").code == 0
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM deployments").fetchone()[0] == 2
