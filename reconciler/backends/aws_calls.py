@@ -62,6 +62,9 @@ TEMPORARY_CODES = frozenset(
     }
 )
 CONFLICT_CODES = frozenset({"PreconditionFailedException"})
+# 409s that only say another change to the resource is still in flight (AWS: "try again later")
+BUSY_CODES = frozenset({"ConflictException", "ResourceConflictException"})
+BUSY_MESSAGES = ("concurrent modification", "update is in progress", "try again later")
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ def to_backend_error(exc: Exception, resource: str, operation: str) -> BackendEr
         text = f"{resource}: {operation} failed: {code} (HTTP {status}): {message}"
         if code in CONFLICT_CODES or status == 412:
             return ConflictError(f"{text}; re-plan from live state", code=code)
-        temporary = code in TEMPORARY_CODES or status == 429 or status >= 500
+        busy = code in BUSY_CODES and any(words in message.lower() for words in BUSY_MESSAGES)
+        temporary = code in TEMPORARY_CODES or status == 429 or status >= 500 or busy
         return BackendError(text, temporary=temporary, code=code)
     code = type(exc).__name__
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):

@@ -9,9 +9,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
+from reconciler.backends.aws_calls import to_backend_error
 from tests.aws.conftest import REGION, Aws, _answers, _free_port
 from tests.aws.test_lease_daemon import lock_table
 from tests.aws.test_lease_dynamodb import create_lock_table
@@ -83,3 +86,34 @@ def test_catch_up_pass_of_a_lock_leader_is_not_counted_as_commit_to_applied(
     daemon = start_daemon(str(example_repo.path), example_repo.state_dir, *lock)
     daemon.wait_applied(example_repo.head())
     assert daemon.metric("reconciler_commit_to_applied_seconds_count") == 0
+
+
+def client_error(code: str, status: int, message: str) -> ClientError:
+    response: Any = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "UpdateStage")
+
+
+@pytest.mark.parametrize(
+    ("error", "temporary"),
+    [
+        pytest.param(
+            client_error("ConflictException", 409, "Unable to complete operation due to concurrent modification."),
+            True,
+            id="apigateway-concurrent-modification",
+        ),
+        pytest.param(
+            client_error("ResourceConflictException", 409, "An update is in progress for resource: arn:aws:lambda:x"),
+            True,
+            id="lambda-update-in-progress",
+        ),
+        pytest.param(client_error("ConflictException", 409, "Stage already exists"), False, id="stage-exists"),
+        pytest.param(
+            client_error("ResourceConflictException", 409, "The statement id (x) provided already exists."),
+            False,
+            id="statement-exists",
+        ),
+    ],
+)
+def test_aws_conflicts_that_say_try_again_are_temporary(error: ClientError, temporary: bool) -> None:
+    """A 409 that only says another change is in flight is retried with backoff; a real conflict is not."""
+    assert to_backend_error(error, "Stage/orders/prod", "UpdateStage").temporary is temporary
