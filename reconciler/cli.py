@@ -284,8 +284,10 @@ class Out:
 
 
 def error_line(message: str) -> None:
+    """One line on stderr, whatever the message holds (line breaks in it are escaped)."""
     colour = sys.stderr.isatty() and "NO_COLOR" not in os.environ
     prefix = "\033[31merror:\033[0m" if colour else "error:"
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     print(f"{prefix} {message}", file=sys.stderr)
 
 

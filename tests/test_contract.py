@@ -191,3 +191,10 @@ def test_apply_stops_at_the_first_failing_action_and_the_next_apply_converges(ch
     assert done["tag"] == "applied/default/1" and cli(checkout, "plan").code == 0
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT COUNT(*) FROM deployments").fetchone()[0] == 2
+
+
+def test_an_error_message_holding_a_newline_is_still_one_line(checkout: SpecRepo) -> None:
+    """Errors are one line each on stderr, even when a value in them (here --path) holds a newline."""
+    result = cli(checkout, "validate", "--path", "no\nsuch")
+    assert result.code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:"), result.stderr
