@@ -26,7 +26,7 @@ import git
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from reconciler.errors import GitError
-from reconciler.specs import SourceFile
+from reconciler.specs import MODE_SYMLINK, SourceFile
 
 TAG_PREFIX = "applied"
 _TAG_RE = re.compile(r"applied/(?P<instance>[^/]+)/(?P<n>[0-9]+)")
@@ -340,6 +340,10 @@ class GitRepo:
             raise GitError(
                 f"the specs root {root}/ does not exist at {revision[:12]}; expected --path to name a folder"
             )
+        itself = next((f for f in files if f.path == root), None)  # not a folder: never "valid, no specs"
+        if itself is not None:
+            what = "a symbolic link (never followed)" if itself.mode == MODE_SYMLINK else "a file"
+            raise GitError(f"the specs root {root} is {what} at {revision[:12]}; expected --path to name a folder")
         return files
 
     def read_blob(self, sha: str) -> bytes:

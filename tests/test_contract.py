@@ -198,3 +198,12 @@ def test_an_error_message_holding_a_newline_is_still_one_line(checkout: SpecRepo
     result = cli(checkout, "validate", "--path", "no\nsuch")
     assert result.code == 1
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:"), result.stderr
+
+
+def test_a_specs_root_that_is_a_symlink_is_refused(checkout: SpecRepo) -> None:
+    """A committed symlink as the specs root is an error, never 'valid, no specs' (which would orphan everything)."""
+    checkout.git("mv", "deploy_specs", "real_specs")
+    (checkout.path / "deploy_specs").symlink_to("real_specs")
+    checkout.commit("specs root behind a symlink")
+    result = cli(checkout, "validate")
+    assert result.code == 1 and "deploy_specs" in result.stderr and "symbolic link" in result.stderr, result.stderr
