@@ -61,7 +61,7 @@ def live(checkout: SpecRepo) -> SpecRepo:
     return checkout
 
 
-# ------------------------------------------------------------ §4 defaults
+# -------------------------------------------------------- §4 the command line
 
 
 def test_commands_in_a_subdirectory_use_the_repository_root(checkout: SpecRepo) -> None:
@@ -79,7 +79,23 @@ def test_python_m_reconciler_is_the_same_program(live: SpecRepo) -> None:
     assert module.code == 0 and json.loads(module.stdout) == cli_json(live, "status")
 
 
-# ------------------------------------------------------------- §2 validation
+def test_an_error_message_holding_a_newline_is_still_one_line(checkout: SpecRepo) -> None:
+    """Errors are one line each on stderr, even when a value in them (here --path) holds a newline."""
+    result = cli(checkout, "validate", "--path", "no\nsuch")
+    assert result.code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:"), result.stderr
+
+
+def test_a_corrupt_local_backend_is_an_error_line(checkout: SpecRepo) -> None:
+    """A local backend file that is not SQLite makes plan exit 1 with one error line naming it, no traceback."""
+    (checkout.path / ".reconciler" / "local-backend.sqlite3").write_bytes(b"not a database\n" * 100)
+    result = cli(checkout, "plan")
+    assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error:") and "local-backend.sqlite3" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------- §2 specs and validation
 
 
 def test_a_document_with_a_bad_name_still_has_its_spec_checked(checkout: SpecRepo) -> None:
@@ -106,43 +122,13 @@ def test_specs_root_may_be_given_as_a_dot_slash_path(checkout: SpecRepo) -> None
     assert result.code == 0, result.stderr
 
 
-def test_unpublished_version_error_names_the_routing_line(live: SpecRepo) -> None:
-    """The plan-time check of routed versions names the line of spec.routing, as schema errors do."""
-    edit(live, ALIASES, '{"2": 100}', '{"3": 100}')
-    live.commit("test alias to version 3")
-    result = cli(live, "plan", "--output", "json")
-    assert result.code == 1
-    [error] = result.json["errors"]
-    routing_line = line_of(live, ALIASES, "routing:", after="metadata: {name: test}")
-    assert (error["file"], error["line"], error["field"]) == (ALIASES, routing_line, "spec.routing")
-
-
-# ------------------------------------------------------------ §3 tags, rollback
-
-
-def test_applied_tags_are_made_when_git_is_set_to_sign_tags(checkout: SpecRepo) -> None:
-    """A repository with tag.gpgSign=true (and no usable signing) still gets its applied tag."""
-    checkout.git("config", "tag.gpgSign", "true")
-    checkout.git("config", "gpg.program", "false")
-    result = cli(checkout, "apply")
-    assert result.code == 0 and "tag_failed" not in result.stderr, result.stderr
-    assert checkout.git("tag", "-l", "applied/*") == "applied/default/1"
-    assert checkout.git("cat-file", "-t", "applied/default/1") == "tag"
-
-
-def test_rollback_default_after_a_commit_that_changed_no_spec(live: SpecRepo) -> None:
-    """rollback without a target works when the last apply was an in-sync commit: back to the tag before the newest."""
-    edit(live, ALIASES, '{"1": 95, "2": 5}', '{"1": 50, "2": 50}')
-    live.commit("half and half")
-    assert cli(live, "apply").code == 0
-    live.write("NOTES.md", "not a spec\n")
-    live.commit("notes")
-    assert cli_json(live, "apply")["result"] == "noop"
-    result = cli(live, "rollback")
-    assert result.code == 0, result.stderr
-    status = cli_json(live, "status")
-    assert status["aliases"]["orders-handler/prod"]["routing"] == {"1": 95, "2": 5}
-    assert status["pinned"]["tag"] == "applied/default/1"
+def test_a_specs_root_that_is_a_symlink_is_refused(checkout: SpecRepo) -> None:
+    """A committed symlink as the specs root is an error, never 'valid, no specs' (which would orphan everything)."""
+    checkout.git("mv", "deploy_specs", "real_specs")
+    (checkout.path / "deploy_specs").symlink_to("real_specs")
+    checkout.commit("specs root behind a symlink")
+    result = cli(checkout, "validate")
+    assert result.code == 1 and "deploy_specs" in result.stderr and "symbolic link" in result.stderr, result.stderr
 
 
 def test_a_definition_over_one_mib_is_accepted(checkout: SpecRepo) -> None:
@@ -158,13 +144,18 @@ def test_a_definition_over_one_mib_is_accepted(checkout: SpecRepo) -> None:
     assert result.json["valid"] is True
 
 
-def test_a_corrupt_local_backend_is_an_error_line(checkout: SpecRepo) -> None:
-    """A local backend file that is not SQLite makes plan exit 1 with one error line naming it, no traceback."""
-    (checkout.path / ".reconciler" / "local-backend.sqlite3").write_bytes(b"not a database\n" * 100)
-    result = cli(checkout, "plan")
-    assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith("error:") and "local-backend.sqlite3" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_unpublished_version_error_names_the_routing_line(live: SpecRepo) -> None:
+    """The plan-time check of routed versions names the line of spec.routing, as schema errors do."""
+    edit(live, ALIASES, '{"2": 100}', '{"3": 100}')
+    live.commit("test alias to version 3")
+    result = cli(live, "plan", "--output", "json")
+    assert result.code == 1
+    [error] = result.json["errors"]
+    routing_line = line_of(live, ALIASES, "routing:", after="metadata: {name: test}")
+    assert (error["file"], error["line"], error["field"]) == (ALIASES, routing_line, "spec.routing")
+
+
+# --------------------------------------------------- §3 apply, tags, rollback
 
 
 def test_apply_stops_at_the_first_failing_action_and_the_next_apply_converges(checkout: SpecRepo) -> None:
@@ -193,17 +184,26 @@ def test_apply_stops_at_the_first_failing_action_and_the_next_apply_converges(ch
         assert db.execute("SELECT COUNT(*) FROM deployments").fetchone()[0] == 2
 
 
-def test_an_error_message_holding_a_newline_is_still_one_line(checkout: SpecRepo) -> None:
-    """Errors are one line each on stderr, even when a value in them (here --path) holds a newline."""
-    result = cli(checkout, "validate", "--path", "no\nsuch")
-    assert result.code == 1
-    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:"), result.stderr
+def test_applied_tags_are_made_when_git_is_set_to_sign_tags(checkout: SpecRepo) -> None:
+    """A repository with tag.gpgSign=true (and no usable signing) still gets its applied tag."""
+    checkout.git("config", "tag.gpgSign", "true")
+    checkout.git("config", "gpg.program", "false")
+    result = cli(checkout, "apply")
+    assert result.code == 0 and "tag_failed" not in result.stderr, result.stderr
+    assert checkout.git("tag", "-l", "applied/*") == "applied/default/1"
+    assert checkout.git("cat-file", "-t", "applied/default/1") == "tag"
 
 
-def test_a_specs_root_that_is_a_symlink_is_refused(checkout: SpecRepo) -> None:
-    """A committed symlink as the specs root is an error, never 'valid, no specs' (which would orphan everything)."""
-    checkout.git("mv", "deploy_specs", "real_specs")
-    (checkout.path / "deploy_specs").symlink_to("real_specs")
-    checkout.commit("specs root behind a symlink")
-    result = cli(checkout, "validate")
-    assert result.code == 1 and "deploy_specs" in result.stderr and "symbolic link" in result.stderr, result.stderr
+def test_rollback_default_after_a_commit_that_changed_no_spec(live: SpecRepo) -> None:
+    """rollback without a target works when the last apply was an in-sync commit: back to the tag before the newest."""
+    edit(live, ALIASES, '{"1": 95, "2": 5}', '{"1": 50, "2": 50}')
+    live.commit("half and half")
+    assert cli(live, "apply").code == 0
+    live.write("NOTES.md", "not a spec\n")
+    live.commit("notes")
+    assert cli_json(live, "apply")["result"] == "noop"
+    result = cli(live, "rollback")
+    assert result.code == 0, result.stderr
+    status = cli_json(live, "status")
+    assert status["aliases"]["orders-handler/prod"]["routing"] == {"1": 95, "2": 5}
+    assert status["pinned"]["tag"] == "applied/default/1"
