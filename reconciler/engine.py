@@ -147,7 +147,15 @@ class Engine:
             tag = self.repo.find_tag(rev)
             return tag.revision if tag else self.repo.resolve(rev)
         pinned = self.record().pinned
-        return pinned.revision if pinned else self.head()
+        if pinned is None:
+            return self.head()
+        try:
+            return self.repo.resolve(pinned.revision)
+        except GitError:  # e.g. the pinned commit was on a branch since deleted and garbage-collected
+            raise GitError(
+                f"the instance is pinned to {pinned.revision[:12]}, which is no longer in the repository; "
+                "`reconciler resume` to follow the branch, or roll back to another revision"
+            ) from None
 
     def desired(self, revision: str) -> DesiredState:
         if self._cache is None:

@@ -207,3 +207,18 @@ def test_rollback_default_after_a_commit_that_changed_no_spec(live: SpecRepo) ->
     status = cli_json(live, "status")
     assert status["aliases"]["orders-handler/prod"]["routing"] == {"1": 95, "2": 5}
     assert status["pinned"]["tag"] == "applied/default/1"
+
+
+def test_a_pin_to_a_revision_that_is_gone_says_so(live: SpecRepo) -> None:
+    """A pin whose commit was garbage-collected is one clear error naming the pin and resume, not git's own."""
+    live.git("checkout", "-q", "-b", "side")
+    gone = live.commit("an empty commit on a side branch")
+    live.git("checkout", "-q", "main")
+    assert cli(live, "rollback", gone).code == 0
+    live.git("branch", "-q", "-D", "side")
+    live.git("reflog", "expire", "--expire=now", "--all")
+    live.git("gc", "-q", "--prune=now")
+    result = cli(live, "plan")
+    assert result.code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "pinned" in result.stderr and gone[:12] in result.stderr and "resume" in result.stderr, result.stderr
+    assert cli(live, "resume").code == 0 and cli(live, "plan").code == 0
