@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from reconciler.errors import SpecError, SpecIssue
 from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
@@ -68,7 +68,14 @@ VariableValue = Annotated[
 ]
 Version = Annotated[str, _matching(r"\$LATEST|[1-9][0-9]{0,9}", "a published version number or $LATEST")]
 Description = Annotated[str, Field(max_length=1024)]
-Variables = dict[VariableName, VariableValue]
+
+
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+# `variables:` left empty (YAML null) is no variables, as Kubernetes reads an empty optional field
+Variables = Annotated[dict[VariableName, VariableValue], BeforeValidator(_none_is_empty)]
 
 
 class _Model(BaseModel):

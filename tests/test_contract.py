@@ -144,6 +144,18 @@ def test_a_definition_over_one_mib_is_accepted(checkout: SpecRepo) -> None:
     assert result.json["valid"] is True
 
 
+def test_an_empty_variables_key_means_no_variables(checkout: SpecRepo) -> None:
+    """`variables:` left empty (YAML null) is no variables, as Kubernetes reads an empty optional field."""
+    checkout.write(
+        "deploy_specs/empty.yaml",
+        "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {name: empty}\nspec:\n  api: orders\n"
+        "  variables: {lambdaAlias: prod}\n  canary:\n    percentTraffic: 5\n    variables:\n",
+    )
+    checkout.commit("a canary with no overrides")
+    result = cli(checkout, "validate")
+    assert result.code == 0, result.stderr
+
+
 def test_unpublished_version_error_names_the_routing_line(live: SpecRepo) -> None:
     """The plan-time check of routed versions names the line of spec.routing, as schema errors do."""
     edit(live, ALIASES, '{"2": 100}', '{"3": 100}')
