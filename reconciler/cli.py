@@ -463,9 +463,10 @@ def cmd_rollback(args: argparse.Namespace, out: Out) -> int:
         with engine.state.writer_lock(f"reconciler rollback, instance {engine.instance}", wait=LOCK_WAIT):
             result = engine.rollback(args.target, prune=args.prune)
         code = report_result(out, result, engine)
-        if code == EXIT_OK and not out.json:
+        if (result.error is None or result.error.temporary) and not out.json:  # pinned (see Engine.rollback)
+            retry = "" if result.error is None else " (the failure is temporary: the next reconcile goes on with it)"
             out.line(
-                f"Pinned instance {engine.instance!r} to {result.revision[:12]}; "
+                f"Pinned instance {engine.instance!r} to {result.revision[:12]}{retry}; "
                 "`reconciler resume` follows the branch again."
             )
         return code

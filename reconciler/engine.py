@@ -257,10 +257,15 @@ class Engine:
         return self.repo.applied_tags(self.instance)
 
     def rollback(self, target: str | None, prune: bool = False) -> ReconcileResult:
-        """Apply ``target`` (default: the applied tag before the current one) and pin to it."""
+        """Apply ``target`` (default: the applied tag before the current one) and pin to it.
+
+        The pin stays after a temporary failure (throttling, a busy backend), so
+        that the next reconcile (the daemon's retry) goes on toward ``target``
+        instead of re-applying the branch head; a permanent one pins nothing.
+        """
         revision, tag = self._rollback_target(target)
         result = self.reconcile(revision, prune=prune, rollback=True)
-        if result.ok:
+        if result.error is None or result.error.temporary:
             record = self.record()
             record.pinned = Pin(revision=revision, tag=tag, pinned_at=_now())
             self.state.save_record(record)

@@ -234,3 +234,21 @@ def test_a_pin_to_a_revision_that_is_gone_says_so(live: SpecRepo) -> None:
     assert result.code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "pinned" in result.stderr and gone[:12] in result.stderr and "resume" in result.stderr, result.stderr
     assert cli(live, "resume").code == 0 and cli(live, "plan").code == 0
+
+
+def test_a_rollback_that_fails_for_a_while_stays_pinned_and_the_next_apply_finishes_it(live: SpecRepo) -> None:
+    """A temporary failure during rollback keeps the pin, so the next reconcile goes on toward the old revision."""
+    first = live.head()
+    edit(live, ALIASES, '{"1": 95, "2": 5}', '{"1": 50, "2": 50}')
+    live.commit("half and half")
+    assert cli(live, "apply").code == 0
+    database = live.path / ".reconciler" / "local-backend.sqlite3"
+    with sqlite3.connect(database) as db:  # every alias update fails as a busy database would: temporarily
+        db.execute("CREATE TRIGGER busy BEFORE UPDATE ON aliases BEGIN INSERT INTO nowhere VALUES (1); END")
+    failed = cli(live, "rollback")
+    assert failed.code == 1 and "Alias/orders-handler/prod" in failed.stderr
+    assert cli_json(live, "status")["pinned"]["revision"] == first
+    with sqlite3.connect(database) as db:
+        db.execute("DROP TRIGGER busy")
+    assert cli_json(live, "apply")["revision"] == first
+    assert cli_json(live, "status")["aliases"]["orders-handler/prod"]["routing"] == {"1": 95, "2": 5}
