@@ -39,7 +39,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
-from reconciler.errors import GitError, ReconcilerError, StateError
+from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
 from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
 from reconciler.lease import STOP_TIMEOUT, Elector, make_lease
@@ -129,6 +129,7 @@ class Daemon:
     """One instance following one branch; ``run`` blocks until SIGTERM/SIGINT."""
 
     def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        _check_intervals(args)
         self.args = args
         self.remote = is_remote(config.repo)
         self.engine: Engine | None = None
@@ -612,6 +613,19 @@ class Daemon:
         if self.elector is not None:
             data["lease"] = self.elector.view()
         return data
+
+
+def _check_intervals(args: argparse.Namespace) -> None:
+    """Scheduling flags must be positive (a zero or negative interval would spin APScheduler's thread)."""
+    for flag, value, zero_ok in (
+        ("--interval", args.interval, False),
+        ("--resync-interval", args.resync_interval, False),
+        ("--debounce", args.debounce, True),
+    ):
+        if not (value >= 0 if zero_ok else value > 0):  # NaN fails both
+            env = "RECONCILER_" + flag.removeprefix("--").replace("-", "_").upper()
+            expected = "zero or more" if zero_ok else "more than zero"
+            raise UsageError(f"{flag} {value:g} (or ${env}): expected {expected} seconds")
 
 
 def _target(engine: Engine) -> str | None:

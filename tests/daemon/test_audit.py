@@ -55,3 +55,23 @@ def test_once_with_a_failing_fetch_exits_1_without_promising_a_retry(tmp_path: P
     assert done.returncode == 1
     events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
     assert "fetch_failed" in events and "retry_scheduled" not in events
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        pytest.param("--resync-interval", "-1", id="negative-resync"),
+        pytest.param("--resync-interval", "0", id="zero-resync"),
+        pytest.param("--interval", "0", id="zero-fetch-interval"),
+        pytest.param("--debounce", "-0.5", id="negative-debounce"),
+    ],
+)
+def test_interval_that_is_not_positive_is_refused_at_start(example_repo: SpecRepo, flag: str, value: str) -> None:
+    """A zero or negative interval (which would spin the scheduler) stops the start with one line naming the flag."""
+    argv = [sys.executable, "-m", "reconciler", "run", "--repo", str(example_repo.path), "--listen", "127.0.0.1:0"]
+    argv += ["--state-dir", str(example_repo.state_dir), "--log-format", "json", flag, value]
+    done = subprocess.run(argv, capture_output=True, timeout=30)
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "cannot_start" and flag in event["error"]
