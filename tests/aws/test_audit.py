@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from reconciler.backends.aws import AwsBackend
 from reconciler.backends.aws_calls import to_backend_error
-from tests.aws.conftest import REGION, Aws, _answers, _free_port
+from reconciler.engine import Config, Engine
+from tests.aws.conftest import REGION, Aws, AwsRepo, _answers, _free_port
 from tests.aws.test_lease_daemon import lock_table
 from tests.aws.test_lease_dynamodb import create_lock_table
 from tests.daemon.conftest import Daemon, start_daemon, wait_for
@@ -117,3 +119,22 @@ def client_error(code: str, status: int, message: str) -> ClientError:
 def test_aws_conflicts_that_say_try_again_are_temporary(error: ClientError, temporary: bool) -> None:
     """A 409 that only says another change is in flight is retried with backoff; a real conflict is not."""
     assert to_backend_error(error, "Stage/orders/prod", "UpdateStage").temporary is temporary
+
+
+def test_a_no_op_pass_reads_one_listing_per_api_and_per_function(aws_repo: AwsRepo, tmp_path: Path) -> None:
+    """After a first apply, a pass that changes nothing lists the APIs once, then per API and function only."""
+    backend = AwsBackend(region=REGION, endpoint_url=aws_repo.url)
+    sent: list[str] = []
+    for client in (backend.calls.apigateway, backend.calls.lambda_):
+        client.meta.events.register("before-call", lambda model, **_: sent.append(model.name))
+    engine = Engine(Config(repo=str(aws_repo.path), backend="aws", state_dir=str(tmp_path / "state")), backend=backend)
+    try:
+        assert engine.reconcile().ok
+        sent.clear()
+        result = engine.reconcile()
+    finally:
+        engine.close()
+    assert result.ok and result.result == "noop", result.error
+    assert sorted(sent) == sorted(
+        ["GetRestApis", "GetDeployments", "GetStages", "ListAliases", "ListVersionsByFunction"]
+    )
