@@ -227,6 +227,8 @@ class Daemon:
             self.elector.stop(release=not self.worker.is_alive(), timeout=left)
         if self._watcher is not None:
             self._watcher.join(max(0.0, min(1.0, deadline - time.monotonic())))
+        if self.worker.is_alive():  # e.g. a git fetch stuck on a silent remote: it must not outlive us
+            _end_child_processes()
         log.info("stopped", clean=not self.worker.is_alive())
         return 0
 
@@ -626,6 +628,29 @@ def _check_intervals(args: argparse.Namespace) -> None:
             env = "RECONCILER_" + flag.removeprefix("--").replace("-", "_").upper()
             expected = "zero or more" if zero_ok else "more than zero"
             raise UsageError(f"{flag} {value:g} (or ${env}): expected {expected} seconds")
+
+
+def _end_child_processes() -> None:
+    """Best effort (Linux ``/proc``; elsewhere nothing): SIGTERM every process this one started, and theirs.
+
+    Descendants too: a killed ``git fetch`` leaves its ``git remote-http`` helper running.
+    """
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # pid (comm) S ppid
+        except (OSError, ValueError, IndexError):
+            continue
+    ours, found = {os.getpid()}, True
+    while found:
+        found = False
+        for pid, ppid in parents.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                found = True
+    for pid in sorted(ours - {os.getpid()}, reverse=True):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def _target(engine: Engine) -> str | None:

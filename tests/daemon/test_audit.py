@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,35 @@ def test_interval_that_is_not_positive_is_refused_at_start(example_repo: SpecRep
     [line] = done.stderr.splitlines()
     event = json.loads(line)
     assert event["event"] == "cannot_start" and flag in event["error"]
+
+
+def git_processes_naming(text: str) -> list[int]:
+    """Pids of the git processes whose command line contains ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode(errors="replace")).name.startswith("git") and text.encode() in b" ".join(argv):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_sigterm_during_a_hung_fetch_leaves_no_git_process_behind(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """A daemon stopped while git waits on a remote that never answers exits 0 and takes its git processes along."""
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/specs.git"
+        daemon = start_daemon(url, tmp_path / "state", ready=False)
+        wait_for(lambda: git_processes_naming(url), what="git to connect")
+        assert daemon.stop(timeout=10) == 0
+        try:
+            wait_for(lambda: not git_processes_naming(url), 3.0, "the git processes to end")
+        finally:
+            for pid in git_processes_naming(url):
+                os.kill(pid, signal.SIGKILL)
