@@ -184,7 +184,7 @@ class Daemon:
             self._close()
 
     def _serve(self) -> int:
-        secret = os.environ.get("RECONCILER_WEBHOOK_SECRET", "")
+        secret = os.environ.get("RECONCILER_WEBHOOK_SECRET", "").strip()  # a mounted file ends in a newline
         http = HttpApi(self.args.listen, self, WebhookAuth(secret.encode() or None))
         self.fire(STARTUP)  # first, so the first pass is the start-up one even when it is also a leader's
         if self.elector is not None:  # the first attempt here: a lease that cannot work at all stops the start

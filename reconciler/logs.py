@@ -24,7 +24,7 @@ MASK = "***"
 
 
 def _secret_values() -> list[str]:
-    return [v for v in (os.environ.get(name, "") for name in SECRET_ENV) if len(v) >= 4]
+    return [v for v in (os.environ.get(name, "").strip() for name in SECRET_ENV) if len(v) >= 4]
 
 
 def _mask(value: Any, secrets: list[str]) -> Any:

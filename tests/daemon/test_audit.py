@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -110,3 +112,17 @@ def test_sigterm_during_a_hung_fetch_leaves_no_git_process_behind(
         finally:
             for pid in git_processes_naming(url):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_webhook_secret_with_a_trailing_newline_still_verifies(example_repo: SpecRepo, tmp_path: Path) -> None:
+    """A secret mounted from a file (``kubectl create secret --from-file``) ends in a newline; it is not part of it."""
+    env = {**os.environ, "RECONCILER_WEBHOOK_SECRET": "from-a-file-7c2e\n", "PYTHONUNBUFFERED": "1"}
+    daemon = Daemon(str(example_repo.path), example_repo.state_dir, tmp_path / "daemon.log", env=env)
+    try:
+        daemon.wait_ready()
+        body = b'{"ref": "refs/heads/main"}'
+        signature = "sha256=" + hmac.new(b"from-a-file-7c2e", body, hashlib.sha256).hexdigest()
+        assert daemon.request("/hooks/git", body, {"X-Hub-Signature-256": signature})[0] == 202
+        assert daemon.request("/hooks/git", body, {"X-Reconciler-Token": "from-a-file-7c2e"})[0] == 202
+    finally:
+        assert daemon.stop() == 0
