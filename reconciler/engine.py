@@ -197,6 +197,8 @@ class Engine:
         try:
             plan, _, _ = self.make_plan(revision, prune=prune)
             result.plan = plan
+            if plan.actions:  # `status` shows the revision being applied while the actions run
+                self.state.save_record(record)
             for action in plan.actions:
                 if stop is not None and stop():
                     raise BackendError(
