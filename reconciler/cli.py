@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def prune(parser: argparse.ArgumentParser, help_text: str) -> None:
         option(parser, "--prune", action="store_true", help=help_text)
+        allow_empty(parser)
 
     validate = command("validate", "parse and check the specs at a revision (no backend)")
     validate.add_argument("--rev", help="revision (default: the branch head)")
@@ -207,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def allow_empty(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    option(
+        parser,
+        "--allow-empty",
+        action="store_true",
+        help="let --prune delete every managed resource when the specs declare no stage and no alias",
+    )
+
+
 def add_daemon_flags(run: argparse.ArgumentParser) -> None:
     """Flags of ``run``; the daemon module reads them from the namespace."""
     group = run.add_argument_group("daemon flags (each also a RECONCILER_<FLAG> environment variable)")
@@ -225,6 +235,7 @@ def add_daemon_flags(run: argparse.ArgumentParser) -> None:
     )
     option(group, "--no-self-heal", action="store_true", help="report drift but do not correct it")
     option(group, "--prune", action="store_true", help="delete orphaned managed resources")
+    allow_empty(group)
     option(group, "--once", action="store_true", help="one reconcile, then exit")
     option(group, "--log-format", choices=["auto", "json", "console"], default="auto", help="auto: JSON off a terminal")
     option(group, "--workdir", metavar="DIR", help="clone of a remote --repo", unset="<state-dir>/repo")
@@ -259,6 +270,7 @@ def config_from(args: argparse.Namespace) -> Config:
         region=args.region,
         endpoint_url=args.endpoint_url,
         extra={key: value for key in ("ssh_key", "known_hosts") if (value := getattr(args, key, None))},
+        allow_empty=bool(getattr(args, "allow_empty", False)),
     )
 
 

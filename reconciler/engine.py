@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 
 from reconciler.backends.base import Backend, LiveState
-from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, StateError
+from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, SpecIssue, StateError
 from reconciler.gitsource import AppliedTag, GitRepo, SshIdentity, clone_or_open, is_remote
-from reconciler.plan import Action, Plan, canary_json, make_plan, routing_json
+from reconciler.plan import Action, DeleteAlias, DeleteStage, Plan, canary_json, make_plan, routing_json
 from reconciler.specs import DesiredState, load_desired
 from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
 
@@ -41,6 +41,7 @@ class Config:
     region: str | None = None
     endpoint_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    allow_empty: bool = False  # let prune empty the backend when the specs declare nothing (Argo CD's allowEmpty)
 
 
 @dataclass
@@ -169,7 +170,20 @@ class Engine:
     def make_plan(self, revision: str, prune: bool = False) -> tuple[Plan, DesiredState, LiveState]:
         desired = self.desired(revision)
         live = self.backend.read(desired)
-        return make_plan(desired, live, prune=prune), desired, live
+        plan = make_plan(desired, live, prune=prune)
+        if prune and not self.config.allow_empty and not desired.stages and not desired.aliases:
+            self._refuse_empty_prune(plan)
+        return plan, desired, live
+
+    def _refuse_empty_prune(self, plan: Plan) -> None:
+        """Pruning everything because the specs went empty is almost always a mistake: say so, apply nothing."""
+        deletes = [a for a in plan.actions if isinstance(a, DeleteStage | DeleteAlias)]
+        if deletes:
+            message = (
+                f"declares no stage and no alias, so --prune would delete all {len(deletes)} managed "
+                "stages and aliases; expected specs, or --allow-empty to empty the backend on purpose"
+            )
+            raise SpecError([SpecIssue(f"{self.config.path.strip('/')}/", None, "", message)], plan.revision)
 
     # ------------------------------------------------------------- reconcile
 

@@ -378,6 +378,18 @@ def test_removed_stage_is_an_orphan_until_prune(live_repo: SpecRepo) -> None:
     assert "orders/v2" not in live_repo.cli_json("status")["stages"]
 
 
+def test_prune_refuses_to_empty_the_backend_without_allow_empty(live_repo: SpecRepo) -> None:
+    """Specs that declare no stage and no alias make --prune refuse (exit 1, nothing deleted) unless --allow-empty."""
+    live_repo.remove(STAGES)
+    live_repo.remove("deploy_specs/aliases.yaml")
+    live_repo.commit("remove every stage and alias")
+    refused = live_repo.cli("apply", "--prune")
+    assert refused.code == 1 and "--allow-empty" in refused.stderr and "deploy_specs/" in refused.stderr
+    assert len(live_repo.cli_json("status")["stages"]) == 5
+    emptied = live_repo.cli_json("apply", "--prune", "--allow-empty")
+    assert len(emptied["applied"]) == 8 and live_repo.cli_json("status")["stages"] == {}
+
+
 def test_unmanaged_resources_are_never_changed_or_pruned(live_repo: SpecRepo) -> None:
     """A stage and an alias made by hand in the 'console' survive apply --prune untouched."""
     cloud = LocalCloud(live_repo.state_dir)
