@@ -128,7 +128,7 @@ class RefFilter:
 class Daemon:
     """One instance following one branch; ``run`` blocks until SIGTERM/SIGINT."""
 
-    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+    def __init__(self, config: Config, args: argparse.Namespace, stopping: threading.Event | None = None) -> None:
         _check_intervals(args)
         self.args = args
         self.remote = is_remote(config.repo)
@@ -144,7 +144,7 @@ class Daemon:
         self.config = config
         self.metrics = Metrics(REASONS)
         self.triggers = Triggers()
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self._watcher: threading.Thread | None = None
@@ -672,13 +672,23 @@ def _reworded(lock: contextlib.AbstractContextManager[None], context: str) -> It
         yield
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM/SIGINT set; the daemon installs its own handlers (setting it too) later."""
+    stopping = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stopping.set())
+    return stopping
+
+
 def run_daemon(config: Config, args: argparse.Namespace) -> int:
     """``reconciler run``: returns the exit code (0 after SIGTERM/SIGINT)."""
     configure_logging(args.log_format, verbose=args.verbose)
     if args.workdir:
         config = replace(config, extra={**config.extra, "workdir": args.workdir})
+    stopping = _stop_on_signals()  # from the first moment: a SIGTERM during start-up still exits 0
     try:
-        daemon = Daemon(config, args)
+        daemon = Daemon(config, args, stopping)
     except ReconcilerError as exc:
         log.error("cannot_start", error=str(exc))
         return exc.exit_code
