@@ -568,10 +568,9 @@ def cmd_publish_version(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
-    from reconciler.daemon import run_daemon  # type: ignore[import-not-found,unused-ignore]
+    from reconciler.daemon import run_daemon
 
-    code: int = run_daemon(config_from(args), args)
-    return code
+    return run_daemon(config_from(args), args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Out], int]] = {

@@ -71,7 +71,7 @@ def make_backend(config: Config, state_dir: Path) -> Backend:
 
         return LocalBackend(state_dir)
     if config.backend == "aws":
-        from reconciler.backends.aws import AwsBackend  # type: ignore[import-not-found,unused-ignore]
+        from reconciler.backends.aws import AwsBackend
 
         backend: Backend = AwsBackend(region=config.region, endpoint_url=config.endpoint_url)
         return backend
