@@ -57,6 +57,7 @@ NEWS = frozenset({GIT, STATE, FETCH, WEBHOOK})  # reasons that only matter if th
 FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY, LEADER})  # reasons that fetch a remote repository first
 RENUMBER_ROUNDS = 3  # times in a row pending tags are renumbered before the push waits for the next fetch
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
+STATUS_TTL = {"aws": 2.0}  # seconds /status reuses a backend read between passes (AWS reads count against quotas)
 STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
 STOP_BUDGET = 9.0  # seconds from SIGTERM to the return of run(), whatever hangs (worker, lease store, watcher)
 
@@ -151,6 +152,7 @@ class Daemon:
         self._ready = threading.Event()
         self._status_engine: Engine | None = None
         self._status_lock = threading.Lock()
+        self._status_cache: tuple[float, dict[str, Any]] | None = None  # aws: (when, the backend's answer)
         self._failures = 0
         self._last_target: str | None = None  # what the last pass settled on or is retrying
         self._drift: list[str] = []
@@ -392,6 +394,7 @@ class Daemon:
                 self._retry_later(exc)
                 return
             self._locked_pass(engine, reasons)
+        self._status_cache = None  # whatever the pass did, /status reads afresh
 
     def _locked_pass(self, engine: Engine, reasons: set[str]) -> None:
         target = _target(engine)
@@ -602,7 +605,12 @@ class Daemon:
                     raise GitError("the repository has not been cloned yet")
                 repo = GitRepo(self.engine.repo.git_dir if self.remote else self.config.repo)
                 self._status_engine = Engine(self.config, repo=repo)
-            data = self._status_engine.status()
+            now = time.monotonic()
+            if self._status_cache is not None and now - self._status_cache[0] < STATUS_TTL.get(self.config.backend, 0):
+                data = dict(self._status_cache[1])
+            else:
+                data = self._status_engine.status()
+                self._status_cache = (now, dict(data))
         data["role"] = self.role()
         data["daemon"] = {
             "ready": self.ready(),
