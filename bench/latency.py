@@ -250,7 +250,7 @@ def record(table: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + 1)
-        text = text[: start + 1] + section + (text[end + 1 :] if end != -1 else "")
+        text = text[: start + 1] + section + ("\n" + text[end + 1 :] if end != -1 else "")
     readme.write_text(text, encoding="utf-8")
 
 
