@@ -23,6 +23,7 @@ from reconciler.specs import (
     DesiredStage,
     DesiredState,
     Location,
+    normalize_percent,
 )
 
 Change = tuple[Any, Any]
@@ -46,6 +47,19 @@ def _version_key(version: str) -> tuple[int, int]:
 def primary_version(routing: dict[str, float]) -> str:
     """The version an alias points at; any other version takes a weight."""
     return max(routing, key=lambda v: (routing[v], -_version_key(v)[1]))
+
+
+def routing_to_lambda(routing: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """version -> percent as Lambda's (FunctionVersion, AdditionalVersionWeights 0.0-1.0)."""
+    primary = primary_version(routing)
+    return primary, {v: round(p / 100, 8) for v, p in routing.items() if v != primary}
+
+
+def routing_from_lambda(version: str, weights: dict[str, float]) -> dict[str, float]:
+    """Lambda's (FunctionVersion, AdditionalVersionWeights) as version -> percent."""
+    routing = {v: normalize_percent(w * 100) for v, w in weights.items()}
+    routing[version] = normalize_percent(100 - sum(routing.values()))
+    return routing
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,6 @@ from reconciler.backends.aws_model import (
     stage_patch,
 )
 from reconciler.backends.base import LiveApi, LiveDeployment, LiveStage, LiveState
-from reconciler.backends.local import routing_to_lambda
 from reconciler.errors import BackendError, ConflictError
 from reconciler.plan import (
     Action,
@@ -65,6 +64,7 @@ from reconciler.plan import (
     UpdateAlias,
     UpdateApi,
     UpdateStage,
+    routing_to_lambda,
 )
 from reconciler.specs import Definition, DesiredState
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
-from reconciler.backends.local import routing_from_lambda
-from reconciler.plan import percent_json
+from reconciler.plan import percent_json, routing_from_lambda
 from reconciler.specs import Definition, DesiredCanary, normalize_percent
 
 MANAGED_TAG = "reconciler:managed"

@@ -34,7 +34,8 @@ from reconciler.plan import (
     UpdateAlias,
     UpdateApi,
     UpdateStage,
-    primary_version,
+    routing_from_lambda,
+    routing_to_lambda,
 )
 from reconciler.specs import LATEST, DesiredCanary, DesiredState, normalize_percent
 
@@ -331,19 +332,6 @@ def _dump(value: Any) -> str | None:
 
 def _alias_target(row: sqlite3.Row) -> tuple[str, dict[str, float], str | None]:
     return row["function_version"], json.loads(row["additional_weights"]), row["description"]
-
-
-def routing_to_lambda(routing: dict[str, float]) -> tuple[str, dict[str, float]]:
-    """version -> percent as Lambda's (FunctionVersion, AdditionalVersionWeights 0.0-1.0)."""
-    primary = primary_version(routing)
-    return primary, {v: round(p / 100, 8) for v, p in routing.items() if v != primary}
-
-
-def routing_from_lambda(version: str, weights: dict[str, float]) -> dict[str, float]:
-    """Lambda's (FunctionVersion, AdditionalVersionWeights) as version -> percent."""
-    routing = {v: normalize_percent(w * 100) for v, w in weights.items()}
-    routing[version] = normalize_percent(100 - sum(routing.values()))
-    return routing
 
 
 class LocalBackend:
