@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
+from bench.specgen import openapi_definition  # noqa: E402
 from reconciler.backends.aws import AwsBackend  # noqa: E402
 from reconciler.backends.aws_calls import Rates  # noqa: E402
 from reconciler.engine import Config, Engine  # noqa: E402
@@ -51,23 +51,6 @@ from reconciler.engine import Config, Engine  # noqa: E402
 REGION = "us-east-1"
 STAGES_PER_API = 10
 FUNCTION = "bench-handler"
-DEFINITION = textwrap.dedent(
-    """\
-    openapi: 3.0.1
-    info: {{title: {api}, version: "1.0"}}
-    paths:
-      /items:
-        get:
-          x-amazon-apigateway-integration:
-            type: aws_proxy
-            httpMethod: POST
-            uri: {uri}
-    """
-)
-URI = (
-    "arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/"
-    "arn:aws:lambda:us-east-1:123456789012:function:{function}:${{stageVariables.lambdaAlias}}/invocations"
-)
 
 
 # ------------------------------------------------------------------- moto
@@ -138,7 +121,7 @@ def write_specs(repo: Path, stages: int, prod_routing: str, tier: str) -> None:
     docs: list[str] = []
     for a in range((stages + STAGES_PER_API - 1) // STAGES_PER_API):
         api = f"api{a:03d}"
-        (specs / f"{api}.openapi.yaml").write_text(DEFINITION.format(api=api, uri=URI.format(function=FUNCTION)))
+        (specs / f"{api}.openapi.yaml").write_text(openapi_definition(api, FUNCTION))
         docs.append(
             f"apiVersion: reconciler/v1\nkind: RestApi\nmetadata: {{name: {api}}}\n"
             f"spec: {{definition: {api}.openapi.yaml}}\n"

@@ -20,30 +20,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.specgen import openapi_definition
 from reconciler.backends.local import LocalCloud
 
 STAGES_PER_API = 50
 ALIASES_PER_FUNCTION = 10
-DEFINITION = textwrap.dedent(
-    """\
-    openapi: 3.0.1
-    info: {{title: {api}, version: "1.0"}}
-    paths:
-      /items:
-        get:
-          x-amazon-apigateway-integration:
-            type: aws_proxy
-            httpMethod: POST
-            uri: arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/{function}/invocations
-    """
-)
-FUNCTION_ARN = "arn:aws:lambda:us-east-1:1:function:{api}:${{stageVariables.lambdaAlias}}"
 
 FLOOR = """
 import sys, time, pathlib, yaml
@@ -65,7 +51,7 @@ def generate(repo: Path, n: int) -> None:
     apis = max(1, n // STAGES_PER_API)
     for a in range(apis):
         api = f"api-{a:04d}"
-        (specs / f"{api}-openapi.yaml").write_text(DEFINITION.format(api=api, function=FUNCTION_ARN.format(api=api)))
+        (specs / f"{api}-openapi.yaml").write_text(openapi_definition(api, api))
         docs = [
             f"apiVersion: reconciler/v1\nkind: RestApi\nmetadata: {{name: {api}}}\n"
             f"spec: {{description: API {a}, definition: {api}-openapi.yaml}}\n"
