@@ -447,6 +447,8 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
                 )
             else:
                 out.line(f"In sync at {result.revision[:12]}: nothing to apply.")
+                if result.tag:
+                    out.line(f"Made {result.tag}, owed by an earlier apply whose tag git could not create then.")
             if result.plan and result.plan.orphans:
                 out.line(f"{len(result.plan.orphans)} orphaned resource(s) kept; run with --prune to delete them.")
     if result.error is not None:

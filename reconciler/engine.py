@@ -26,6 +26,7 @@ from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
+UNTAGGED = "untagged"  # instance record key: the message of an applied tag not made yet
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class Engine:
             self.state.save_record(record)
             return ReconcileResult(revision="", error=exc, duration=time.monotonic() - started)
         result = ReconcileResult(revision=revision)
+        late_tag = self._tag_untagged(record)
         record.attempted_revision = revision
         record.last_attempt_at = _now()
         try:
@@ -229,7 +231,8 @@ class Engine:
                     on_action(action, None)
                 result.applied.append(action)
             if result.applied:
-                result.tag = self._tag(revision, result.applied, rollback)
+                result.tag = self._tag(record, revision, result.applied, rollback)
+            result.tag = result.tag or late_tag
             record.applied_revision = revision
             record.applied_at = _now()
             record.last_error = None
@@ -251,8 +254,10 @@ class Engine:
         )
         return result
 
-    def _tag(self, revision: str, applied: list[Action], rollback: bool) -> str | None:
-        message = {
+    def _tag(self, record: InstanceRecord, revision: str, applied: list[Action], rollback: bool) -> str | None:
+        """Tag ``revision``; the tag's message is recorded first, so a kill or a git failure
+        before the tag exists leaves it owed, and the next reconcile makes it (``_tag_untagged``)."""
+        record.extra[UNTAGGED] = {
             "time": _now(),
             "revision": revision,
             "instance": self.instance,
@@ -261,11 +266,21 @@ class Engine:
             "action_count": len(applied),
             "actions": [{"action": a.action, "resource": a.resource} for a in applied[:TAG_ACTIONS_LISTED]],
         }
-        try:
-            return self.repo.create_applied_tag(self.instance, revision, message)
-        except GitError as exc:  # the apply happened; a tag failure must not undo "applied"
-            log.warning("tag_failed", revision=revision, error=str(exc))
+        self.state.save_record(record)
+        return self._tag_untagged(record)
+
+    def _tag_untagged(self, record: InstanceRecord) -> str | None:
+        """Make the tag the record still owes, if any (the record is saved by the caller)."""
+        message = record.extra.get(UNTAGGED)
+        if not isinstance(message, dict):
             return None
+        try:
+            name = self.repo.create_applied_tag(self.instance, str(message["revision"]), message)
+        except GitError as exc:  # the apply happened; a tag failure must not undo "applied"
+            log.warning("tag_failed", revision=message["revision"], error=str(exc), retried="at the next reconcile")
+            return None
+        del record.extra[UNTAGGED]
+        return name
 
     # ------------------------------------------------------------ operations
 

@@ -565,3 +565,17 @@ def test_plan_time_error_applies_nothing_of_the_commit(live_repo: SpecRepo) -> N
     assert result.code == 1 and "version 3" in result.stderr
     assert stage(live_repo)["canary"]["percentTraffic"] == 10.0
     assert tags(live_repo) == ["applied/default/1"]
+
+
+def test_a_tag_git_could_not_make_is_made_by_the_next_reconcile(example_repo: SpecRepo) -> None:
+    """When git cannot create the applied tag the apply still counts, and the next reconcile makes the owed tag."""
+    blocker = example_repo.path / ".git" / "refs" / "tags" / "applied" / "default"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("", encoding="utf-8")  # a file where the tags' folder must go: git cannot lock the ref
+    first = example_repo.cli_json("apply")
+    assert first["result"] == "success" and first["tag"] is None
+    blocker.unlink()
+    second = example_repo.cli_json("apply")
+    assert second["result"] == "noop" and second["tag"] == "applied/default/1"
+    [entry] = example_repo.cli_json("history")
+    assert entry["revision"] == example_repo.head() and entry["actions"] == 11
