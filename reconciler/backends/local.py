@@ -168,6 +168,12 @@ class LocalCloud:
         if found is None:
             raise _error("NotFoundException", f"Invalid deployment identifier specified: {deployment_id}")
 
+    def _check_stage_deployments(self, api_id: str, deployment_id: str, canary: dict[str, Any] | None) -> None:
+        """The stage's deployment, and its canary's, must be deployments of this API."""
+        self._check_deployment(api_id, deployment_id)
+        if canary is not None:
+            self._check_deployment(api_id, canary["deploymentId"])
+
     def create_stage(
         self,
         api_id: str,
@@ -178,9 +184,7 @@ class LocalCloud:
         canary: dict[str, Any] | None,
         managed: bool,
     ) -> None:
-        self._check_deployment(api_id, deployment_id)
-        if canary is not None:
-            self._check_deployment(api_id, canary["deploymentId"])
+        self._check_stage_deployments(api_id, deployment_id, canary)
         try:
             self.db.execute(
                 "INSERT INTO stages (api_id, name, deployment_id, description, variables, canary, managed,"
@@ -209,9 +213,7 @@ class LocalCloud:
         variables: dict[str, str],
         canary: dict[str, Any] | None,
     ) -> None:
-        self._check_deployment(api_id, deployment_id)
-        if canary is not None:
-            self._check_deployment(api_id, canary["deploymentId"])
+        self._check_stage_deployments(api_id, deployment_id, canary)
         cursor = self.db.execute(
             "UPDATE stages SET deployment_id = ?, description = ?, variables = ?, canary = ?, updated_at = ?"
             " WHERE api_id = ? AND name = ?",
