@@ -69,14 +69,18 @@ def test_one_alias_change_is_one_update(aws_repo: AwsRepo, aws: Aws) -> None:
     assert _stage_deployments(aws) == before
 
 
+def _commit_definition_2_1(aws_repo: AwsRepo) -> None:
+    """Commit a change to the API's own definition (its info.version 2.0 -> 2.1)."""
+    path = aws_repo.path / "deploy_specs/openapi.yaml"
+    aws_repo.write("deploy_specs/openapi.yaml", path.read_text().replace("2.0", "2.1"))
+    aws_repo.commit("definition 2.1")
+
+
 def test_definition_change_creates_one_deployment_and_moves_stages(aws_repo: AwsRepo, aws: Aws) -> None:
     """A new definition makes one new deployment; the stages following it move to it, v1 stays."""
     assert aws_repo.aws("apply").code == 0
     before = _stage_deployments(aws)
-    aws_repo.write(
-        "deploy_specs/openapi.yaml", (aws_repo.path / "deploy_specs/openapi.yaml").read_text().replace("2.0", "2.1")
-    )
-    aws_repo.commit("definition 2.1")
+    _commit_definition_2_1(aws_repo)
     assert aws_repo.aws("apply").code == 0
     after = _stage_deployments(aws)
     assert len(aws.deployments()) == 3
@@ -89,10 +93,7 @@ def test_revert_points_stages_back_at_the_old_deployment(aws_repo: AwsRepo, aws:
     """Reverting a definition change creates no deployment: the stages return to the old one."""
     assert aws_repo.aws("apply").code == 0
     before = _stage_deployments(aws)
-    aws_repo.write(
-        "deploy_specs/openapi.yaml", (aws_repo.path / "deploy_specs/openapi.yaml").read_text().replace("2.0", "2.1")
-    )
-    aws_repo.commit("definition 2.1")
+    _commit_definition_2_1(aws_repo)
     assert aws_repo.aws("apply").code == 0
     aws_repo.git("revert", "--no-edit", "HEAD")
     plan = aws_repo.aws_json("plan")
