@@ -40,15 +40,6 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
-def env_default(flag: str, default: Any = None) -> Any:
-    """``RECONCILER_<FLAG>`` if set, else ``default`` (flags override both)."""
-    return os.environ.get(env_name(flag), default)
-
-
-def env_flag(flag: str) -> bool:
-    return str(env_default(flag, "")).lower() in TRUE
-
-
 class _Parser(argparse.ArgumentParser):
     """Exits 1 on usage errors (argparse's 2 would read as "changes" for plan); checks values from the environment.
 
