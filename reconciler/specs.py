@@ -15,10 +15,19 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol, get_args
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal, Protocol, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from reconciler.errors import SpecError, SpecIssue
 from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
@@ -106,18 +115,119 @@ class CanarySpec(_Model):
         return value
 
 
+DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)?")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``1h`` or a number of seconds -> seconds (more than zero)."""
+    expected = "a duration like 30s, 5m, 1h or a number of seconds"
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected {expected}, got {type(value).__name__} {value!r}")
+    if isinstance(value, str):
+        match = DURATION.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"expected {expected}, got {value!r}")
+        seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    else:
+        seconds = float(value)
+    if not 0 < seconds < 366 * 86400:
+        raise ValueError(f"expected {expected}, more than zero and under a year, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class PauseSpec(_Model):
+    duration: Duration | None = None
+
+
+class RolloutStepSpec(_Model):
+    """One step: exactly one of ``setWeight`` and ``pause``."""
+
+    setWeight: float | None = None
+    pause: Annotated[PauseSpec, BeforeValidator(_none_is_empty)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RolloutStepSpec:
+        given = self.model_fields_set & {"setWeight", "pause"}
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of setWeight, pause in a step, got {len(given)}")
+        return self
+
+    @field_validator("setWeight")
+    @classmethod
+    def _weight_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value < 100:
+            raise ValueError(
+                f"expected a percentage in (0, 100) (after the last step the target takes 100), got {value:g}"
+            )
+        return value
+
+
+class CheckSpec(_Model):
+    url: Annotated[str, _matching(r"https?://\S{1,2000}", "an http:// or https:// URL")]
+    timeout: Duration = 5.0
+
+
+class AnalysisSpec(_Model):
+    interval: Duration = 60.0
+    alarms: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
+    checks: list[CheckSpec] = []
+    failureLimit: int = 1
+
+    @field_validator("failureLimit")
+    @classmethod
+    def _limit_positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"expected a number of failed checks of 1 or more, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> AnalysisSpec:
+        if not self.alarms and not self.checks:
+            raise ValueError("expected alarms or checks to watch; an analysis with neither would pass every rollout")
+        return self
+
+
+class RolloutSpec(_Model):
+    steps: list[RolloutStepSpec]
+    analysis: AnalysisSpec | None = None
+    onFailure: Literal["rollback", "halt"] = "rollback"
+    progressDeadline: Duration = 1800.0
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[RolloutStepSpec]) -> list[RolloutStepSpec]:
+        if not steps:
+            raise ValueError("expected at least one step (setWeight or pause)")
+        last: float | None = None
+        for number, step in enumerate(steps, 1):
+            if step.setWeight is None:
+                continue
+            if last is not None and step.setWeight <= last:
+                raise ValueError(
+                    f"step {number}: setWeight {step.setWeight:g} after setWeight {last:g}; expected increasing weights"
+                )
+            last = step.setWeight
+        return steps
+
+
 class StageSpec(_Model):
     api: ApiName
     definition: str | None = None
     description: Description | None = None
     variables: Variables = {}
     canary: CanarySpec | None = None
+    rollout: RolloutSpec | None = None
 
 
 class AliasSpec(_Model):
     function: FunctionName
     description: Annotated[str, Field(max_length=256)] | None = None
     routing: dict[Version, float]
+    rollout: RolloutSpec | None = None
 
     @field_validator("routing")
     @classmethod
@@ -182,6 +292,63 @@ class Definition:
 
 
 @dataclass(frozen=True)
+class RolloutStep:
+    """``setWeight`` (``weight`` set) or ``pause`` (``duration`` None: until promoted)."""
+
+    weight: float | None = None
+    duration: float | None = None
+
+    @property
+    def is_pause(self) -> bool:
+        return self.weight is None
+
+
+@dataclass(frozen=True)
+class DesiredCheck:
+    url: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class DesiredAnalysis:
+    interval: float
+    alarms: tuple[str, ...]
+    checks: tuple[DesiredCheck, ...]
+    failure_limit: int
+
+
+@dataclass(frozen=True)
+class DesiredRollout:
+    """A resource's ``rollout`` block; ``fingerprint`` changes whenever any part of it does."""
+
+    steps: tuple[RolloutStep, ...]
+    analysis: DesiredAnalysis | None = None
+    on_failure: str = "rollback"
+    progress_deadline: float = 1800.0
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(canonical_json(asdict(self)).encode("utf-8")).hexdigest()
+
+
+def desired_rollout(spec: RolloutSpec | None) -> DesiredRollout | None:
+    if spec is None:
+        return None
+    analysis = None
+    if spec.analysis is not None:
+        a = spec.analysis
+        checks = tuple(DesiredCheck(c.url, c.timeout) for c in a.checks)
+        analysis = DesiredAnalysis(a.interval, tuple(a.alarms), checks, a.failureLimit)
+    steps = tuple(
+        RolloutStep(weight=normalize_percent(s.setWeight))
+        if s.setWeight is not None
+        else RolloutStep(duration=s.pause.duration if s.pause else None)
+        for s in spec.steps
+    )
+    return DesiredRollout(steps, analysis, spec.onFailure, spec.progressDeadline)
+
+
+@dataclass(frozen=True)
 class DesiredApi:
     name: str
     description: str | None
@@ -205,6 +372,7 @@ class DesiredStage:
     variables: dict[str, str]
     canary: DesiredCanary | None
     location: Location
+    rollout: DesiredRollout | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +382,7 @@ class DesiredAlias:
     description: str | None
     routing: dict[str, float]
     location: Location
+    rollout: DesiredRollout | None = None
 
 
 @dataclass
@@ -423,6 +592,8 @@ TYPE_NOUNS = {
 def _fields_at(model: type[BaseModel], parts: list[str]) -> list[str]:
     """The field names of the (nested) model that the field path ``parts`` lands in."""
     for part in parts:
+        if part.isdigit():  # a list index: the list's item model is the one already found
+            continue
         info = model.model_fields.get(part)
         if info is None:
             return []
@@ -447,6 +618,9 @@ def _pydantic_issues(doc: _Doc, prefix: str, model: type[BaseModel], exc: Valida
             message = f"unknown field; expected one of {', '.join(_fields_at(model, parts[:-1]))}"
         elif kind == "missing":
             message = f"required field is missing; expected {parts[-1] if parts else prefix} to be set"
+        elif kind == "literal_error":
+            expected = str(error.get("ctx", {}).get("expected", "")).replace("'", "")
+            message = f"expected {expected}, got {error.get('input')!r}"
         elif kind in TYPE_NOUNS:
             found = error.get("input")
             message = f"expected {TYPE_NOUNS[kind]}, got {type(found).__name__} {found!r}"[:300]
@@ -508,7 +682,7 @@ def _resolve(
         ):
             routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
             state.aliases[(spec.function, doc.name)] = DesiredAlias(
-                spec.function, doc.name, spec.description, routing, doc.at("")
+                spec.function, doc.name, spec.description, routing, doc.at(""), desired_rollout(spec.rollout)
             )
     return state
 
@@ -549,7 +723,23 @@ def _stage(
         canary = DesiredCanary(
             normalize_percent(spec.canary.percentTraffic), canary_definition, dict(spec.canary.variables)
         )
-    return DesiredStage(spec.api, doc.name, spec.description, definition, dict(spec.variables), canary, doc.at(""))
+    if spec.rollout is not None and spec.canary is not None:
+        issues.doc(
+            doc,
+            "spec.rollout",
+            "a stage with rollout may not also declare canary (the rollout drives the canary); expected one of them",
+        )
+        return None
+    return DesiredStage(
+        spec.api,
+        doc.name,
+        spec.description,
+        definition,
+        dict(spec.variables),
+        canary,
+        doc.at(""),
+        desired_rollout(spec.rollout),
+    )
 
 
 def _check_variables(doc: _Doc, path: str, definition: Definition, variables: dict[str, str], issues: _Issues) -> None:
@@ -653,12 +843,17 @@ __all__ = [
     "CanarySpec",
     "Definition",
     "DesiredAlias",
+    "DesiredAnalysis",
     "DesiredApi",
     "DesiredCanary",
+    "DesiredCheck",
+    "DesiredRollout",
     "DesiredStage",
     "DesiredState",
     "Location",
     "RestApiSpec",
+    "RolloutSpec",
+    "RolloutStep",
     "SourceFile",
     "SpecSource",
     "StageSpec",

@@ -96,7 +96,7 @@ BAD_INPUTS = [
     pytest.param(
         stage("  api: orders\n  variables: {lambdaAlias: prod}\n  colour: red  # <-\n"),
         "spec.colour",
-        "unknown field; expected one of api, definition, description, variables, canary",
+        "unknown field; expected one of api, definition, description, variables, canary, rollout",
         id="unknown-field",
     ),
     pytest.param(
