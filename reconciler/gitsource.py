@@ -346,6 +346,22 @@ class GitRepo:
             raise GitError(f"the specs root {root} is {what} at {revision[:12]}; expected --path to name a folder")
         return files
 
+    def tree_entry(self, revision: str, path: str) -> SourceFile | None:
+        """The file at ``path`` (from the repository root) at ``revision``, None if there is none."""
+        try:
+            out = self.repo.git.ls_tree("-l", "-z", "--full-tree", revision, "--", path)
+        except GitCommandError as exc:
+            raise GitError(f"cannot look up {path} at {revision[:12]}: {exc.stderr.strip()}") from None
+        for record in out.split("\x00"):
+            meta, _, found = record.partition("\t")
+            if found != path:
+                continue
+            mode, kind, sha, size = meta.split(None, 3)
+            if kind != "blob":
+                return None
+            return SourceFile(path=path, sha=sha, size=int(size) if size.strip() != "-" else 0, mode=int(mode, 8))
+        return None
+
     def read_blob(self, sha: str) -> bytes:
         data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
         return data
@@ -435,3 +451,7 @@ class GitSpecSource:
 
     def read(self, file: SourceFile) -> bytes:
         return self.repo.read_blob(file.sha)
+
+    def lookup(self, path: str) -> SourceFile | None:
+        """A file anywhere in the repository at this commit (a definition outside the specs root)."""
+        return self.repo.tree_entry(self.revision, path)

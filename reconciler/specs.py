@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from reconciler.errors import SpecError, SpecIssue
+from reconciler.openapi import definition_problems, integration_variables
 from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
 
 API_VERSION = "reconciler/v1"
@@ -40,8 +41,7 @@ MAX_DEFINITION_BYTES = 10 << 20  # 10 MiB per OpenAPI definition
 LATEST = "$LATEST"
 MODE_SYMLINK = 0o120000
 MODE_SUBMODULE = 0o160000
-STAGE_VARIABLE_REF = re.compile(r"\$\{stageVariables\.([A-Za-z0-9_]+)\}")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 # ---------------------------------------------------------------- field rules
@@ -62,7 +62,13 @@ def _matching(pattern: str, expected: str) -> AfterValidator:
     return AfterValidator(_rule(pattern, expected))
 
 
-check_api_name = _rule(r"[A-Za-z0-9._ -]{1,128}", "1-128 characters of [A-Za-z0-9._ -]")
+def check_api_name(value: str) -> str:
+    """API Gateway's rule for a REST API name: 1-1024 printable characters."""
+    if not 1 <= len(value) <= 1024 or not value.isprintable():
+        raise ValueError(f"expected 1-1024 printable characters, got {value[:80]!r}")
+    return value
+
+
 check_stage_name = _rule(r"[A-Za-z0-9_-]{1,128}", "1-128 characters of [A-Za-z0-9_-]")
 check_alias_name = _rule(r"(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}", "1-128 characters of [a-zA-Z0-9_-], not all digits")
 NAME_RULES = {"RestApi": check_api_name, "Stage": check_stage_name, "Alias": check_alias_name}
@@ -283,12 +289,19 @@ class Location:
 
 @dataclass(frozen=True)
 class Definition:
-    """An OpenAPI/Swagger document in canonical form, identified by its sha256."""
+    """An OpenAPI/Swagger document: identified by the sha256 of its canonical form (``body``),
+    sent to API Gateway as committed (``text``, without a byte order mark)."""
 
     sha256: str
     body: str = field(repr=False)
     source: str
     variables: frozenset[str] = frozenset()
+    text: str = field(default="", repr=False, compare=False)
+
+    @property
+    def payload(self) -> str:
+        """What an import receives: the committed text (the canonical JSON if none was kept)."""
+        return self.text or self.body
 
 
 @dataclass(frozen=True)
@@ -788,27 +801,28 @@ class _Definitions:
             if hit is None:
                 return None
             self.cache[key] = hit
-        sha, body, variables = hit
+        sha, body, variables, text = hit
         known = self.by_sha.get(sha)
         if known is None:
-            known = self.by_sha[sha] = Definition(sha, body, resolved, frozenset(variables))
+            known = self.by_sha[sha] = Definition(sha, body, resolved, frozenset(variables), text)
         return known
 
     def _resolve_path(self, doc: _Doc, path: str, reference: str) -> str | None:
+        """The repository path ``reference`` names (relative to the spec file; anywhere inside the repository)."""
         if not reference or reference.startswith("/") or "\\" in reference or "\x00" in reference:
-            self.issues.doc(doc, path, f"expected a relative path inside {self.source.root}/, got {reference!r}")
+            self.issues.doc(doc, path, f"expected a relative path inside the repository, got {reference!r}")
             return None
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(doc.file), reference))
-        root = self.source.root.strip("/")
-        if root and root != "." and not resolved.startswith(root + "/"):
-            self.issues.doc(doc, path, f"{reference!r} leaves the specs root {root}/; expected a path inside it")
-            return None
-        if resolved.startswith("../") or resolved == "..":
-            self.issues.doc(doc, path, f"{reference!r} leaves the repository; expected a path inside {root}/")
+        if resolved.startswith("../") or resolved in ("..", "."):
+            self.issues.doc(doc, path, f"{reference!r} leaves the repository; expected a path inside it")
             return None
         if resolved not in self.files:
-            self.issues.doc(doc, path, f"{resolved} does not exist in this commit; expected an OpenAPI file")
-            return None
+            lookup = getattr(self.source, "lookup", None)  # a file outside the specs root, if the source can say
+            found = lookup(resolved) if lookup is not None else None
+            if found is None:
+                self.issues.doc(doc, path, f"{resolved} does not exist in this commit; expected an OpenAPI file")
+                return None
+            self.files[resolved] = found
         return resolved
 
     def _parse(self, doc: _Doc, path: str, entry: SourceFile) -> list[Any] | None:
@@ -817,25 +831,21 @@ class _Definitions:
         except UnicodeDecodeError:
             self.issues.doc(doc, path, f"{entry.path} is not valid UTF-8; expected a UTF-8 OpenAPI file")
             return None
+        text = text.removeprefix("\ufeff")  # a byte order mark is no part of the document
         try:
             data = load_definition(text, is_json=entry.path.endswith(".json"))
         except YamlProblem as exc:
             where = f"{entry.path}:{exc.line}" if exc.line else entry.path
             self.issues.doc(doc, path, f"{where}: {exc.message}")
             return None
-        if not isinstance(data, dict) or not (
-            str(data.get("openapi", "")).startswith("3.") or str(data.get("swagger", "")) == "2.0"
-        ):
-            self.issues.doc(
-                doc,
-                path,
-                f"{entry.path}: expected an OpenAPI 3 ('openapi: 3.x') or Swagger 2 ('swagger: \"2.0\"') document",
-            )
+        problems = definition_problems(data)
+        for problem in problems:
+            self.issues.doc(doc, path, f"{entry.path}: {problem}")
+        if problems:
             return None
         body = canonical_json(data)
         sha = hashlib.sha256(body.encode("utf-8")).hexdigest()
-        variables = sorted(set(STAGE_VARIABLE_REF.findall(body)))
-        return [sha, body, variables]
+        return [sha, body, sorted(integration_variables(data)), text]
 
 
 __all__ = [

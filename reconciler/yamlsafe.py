@@ -52,7 +52,23 @@ class YamlProblem(Exception):
         self.field = field
 
 
+CLOUDFORMATION_TAGS = frozenset(
+    f"!{name}"
+    for name in (
+        "Ref", "Sub", "GetAtt", "Join", "If", "Select", "Split", "FindInMap", "ImportValue", "Base64",
+        "Cidr", "GetAZs", "Equals", "Not", "And", "Or", "Condition", "Transform", "ToJsonString", "Length",
+    )
+)  # fmt: skip
+
+
 def _unsupported_tag(node: Node, path: str) -> YamlProblem:
+    if node.tag in CLOUDFORMATION_TAGS:
+        return YamlProblem(
+            f"CloudFormation intrinsic function {node.tag}; API Gateway imports plain OpenAPI and never resolves it:"
+            " expected the literal value",
+            node.start_mark.line + 1,
+            path,
+        )
     return YamlProblem(
         f"unsupported YAML tag {node.tag!r}; expected plain YAML without tags", node.start_mark.line + 1, path
     )
@@ -156,6 +172,7 @@ def load_documents(text: str, max_nodes: int = 200_000) -> list[tuple[Any, Lines
 
 def load_definition(text: str, is_json: bool, max_nodes: int = 2_000_000) -> Any:
     """One OpenAPI/Swagger document (JSON or YAML), without line bookkeeping."""
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, as Windows editors write it
     if is_json:
         try:
             return json.loads(text)

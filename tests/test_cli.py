@@ -545,7 +545,7 @@ def test_spec_naming_an_unmanaged_api_is_refused(example_repo: SpecRepo) -> None
     """An API of the same name made by hand is never taken over: exit 1, its definition untouched."""
     cloud = LocalCloud(example_repo.state_dir)
     api_id = cloud.create_rest_api("orders", "by hand", managed=False)
-    cloud.put_rest_api(api_id, "{}", "handmade", "by hand")
+    cloud.put_rest_api(api_id, '{"swagger": "2.0", "paths": {}}', "handmade", "by hand")
     cloud.close()
     result = example_repo.cli("apply")
     assert result.code == 1 and "RestApi 'orders'" in result.stderr and "not managed" in result.stderr

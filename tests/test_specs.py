@@ -28,7 +28,9 @@ paths:
         uri: arn:aws:lambda:us-east-1:123456789012:function:orders-handler:${stageVariables.lambdaAlias}
 """
 
-CANARY_OPENAPI = OPENAPI.replace('version: "1"', 'version: "2"') + "      x-canary: ${stageVariables.canaryOnly}\n"
+CANARY_OPENAPI = OPENAPI.replace('version: "1"', 'version: "2"').replace(
+    "function:orders-handler:", "function:orders-${stageVariables.canaryOnly}:"
+)
 
 BASE = {
     "deploy_specs/api.yaml": """\
@@ -273,10 +275,10 @@ BAD_INPUTS = [
         id="definition-missing",
     ),
     pytest.param(
-        stage("  api: orders\n  definition: ../outside.yaml  # <-\n  variables: {lambdaAlias: prod}\n"),
+        stage("  api: orders\n  definition: ../../outside.yaml  # <-\n  variables: {lambdaAlias: prod}\n"),
         "spec.definition",
-        "specs root",
-        id="definition-escapes-root",
+        "leaves the repository",
+        id="definition-escapes-repository",
     ),
     pytest.param(
         stage("  api: orders\n  definition: /etc/passwd  # <-\n  variables: {lambdaAlias: prod}\n"),

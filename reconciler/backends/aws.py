@@ -287,7 +287,7 @@ class AwsBackend:
             f"RestApi/{api.name}",
             "PutRestApi",
             lambda: self.calls.apigateway.put_rest_api(
-                restApiId=api.id, mode="overwrite", failOnWarnings=False, body=definition.body.encode("utf-8")
+                restApiId=api.id, mode="overwrite", failOnWarnings=False, body=definition.payload.encode("utf-8")
             ),
         )
         self._imported[api.id] = definition.sha256

@@ -23,6 +23,7 @@ from typing import Any, assert_never
 
 from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
 from reconciler.errors import BackendError, ConflictError
+from reconciler.openapi import definition_problems
 from reconciler.plan import (
     Action,
     CreateAlias,
@@ -138,7 +139,13 @@ class LocalCloud:
         return api_id
 
     def put_rest_api(self, api_id: str, definition: str, definition_sha256: str, description: str | None) -> None:
-        """Import (overwrite) the API's current definition."""
+        """Import (overwrite) the API's current definition (canonical JSON), refusing what API Gateway refuses."""
+        try:
+            problems = definition_problems(json.loads(definition))
+        except ValueError:
+            problems = ["the body is not a JSON or YAML OpenAPI document"]
+        if problems:
+            raise _error("BadRequestException", f"Errors found during import: {'; '.join(problems)}")
         cursor = self.db.execute(
             "UPDATE rest_apis SET definition = ?, definition_sha256 = ?, description = ? WHERE id = ?",
             (definition, definition_sha256, description, api_id),
