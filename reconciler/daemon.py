@@ -40,13 +40,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
+from reconciler.events import Applying, Outcome, PinSeen, action_pairs
 from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
 from reconciler.lease import STOP_TIMEOUT, Elector, make_lease
 from reconciler.logs import configure_logging
 from reconciler.metrics import Metrics
+from reconciler.notify import RESULTS as NOTIFY_RESULTS
+from reconciler.notify import Notifier, NotifyConfig, make_notifier
 from reconciler.plan import Action
-from reconciler.state import StateDir
+from reconciler.state import InstanceRecord, StateDir
 
 log = structlog.get_logger("reconciler.daemon")
 
@@ -60,6 +63,7 @@ BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
 STATUS_TTL = {"aws": 2.0}  # seconds /status reuses a backend read between passes (AWS reads count against quotas)
 STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
 STOP_BUDGET = 9.0  # seconds from SIGTERM to the return of run(), whatever hangs (worker, lease store, watcher)
+NOTIFY_GRACE = 2.0  # seconds queued notifications get at SIGTERM (within STOP_BUDGET) or after --once
 
 
 def backoff_delay(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -129,7 +133,13 @@ class RefFilter:
 class Daemon:
     """One instance following one branch; ``run`` blocks until SIGTERM/SIGINT."""
 
-    def __init__(self, config: Config, args: argparse.Namespace, stopping: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        args: argparse.Namespace,
+        stopping: threading.Event | None = None,
+        notify: NotifyConfig | None = None,
+    ) -> None:
         _check_intervals(args)
         self.args = args
         self.remote = is_remote(config.repo)
@@ -171,6 +181,7 @@ class Daemon:
                 on_change=self._on_leadership,
             )
         self.metrics.leader.set(1 if self.elector is None else 0)
+        self.notifier = self._make_notifier(notify or NotifyConfig())
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,6 +207,7 @@ class Daemon:
             self.scheduler.add_job(self.fire, "interval", seconds=self.args.interval, args=[FETCH], id="fetch")
         self.scheduler.add_job(self.fire, "interval", seconds=self.args.resync_interval, args=[RESYNC], id="resync")
         self.scheduler.start()  # before the worker: a pass that fails must find the scheduler to retry with
+        self.notifier.start()
         self.worker.start()
         if not self.remote:
             self._watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
@@ -229,12 +241,20 @@ class Daemon:
             self.elector.stop(release=not self.worker.is_alive(), timeout=left)
         if self._watcher is not None:
             self._watcher.join(max(0.0, min(1.0, deadline - time.monotonic())))
+        self.notifier.close(max(0.0, min(NOTIFY_GRACE, deadline - time.monotonic())))
         if self.worker.is_alive():  # e.g. a git fetch stuck on a silent remote: it must not outlive us
             _end_child_processes()
         log.info("stopped", clean=not self.worker.is_alive())
         return 0
 
     def _run_once(self) -> int:
+        self.notifier.start()
+        try:
+            return self._reconcile_once()
+        finally:
+            self.notifier.close(NOTIFY_GRACE)
+
+    def _reconcile_once(self) -> int:
         engine = self._prepare({STARTUP})
         if engine is None:
             return 1
@@ -246,11 +266,11 @@ class Daemon:
                 return 0
         try:
             with self.state.writer_lock(f"reconciler run --once, instance {self.config.instance}"):
-                previous = engine.record().applied_revision
+                previous = self._seen(engine.record()).applied_revision
                 target = _target(engine)
                 if target is not None and target == previous and not self._drifted(engine, target):
                     return 0  # in sync, or drift only reported (--no-self-heal)
-                result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self._must_stop)
+                result = self._reconcile(engine, target)
             self._observe(engine, result, previous, {STARTUP})
             self._push_pending_tags()
         finally:
@@ -398,7 +418,7 @@ class Daemon:
 
     def _locked_pass(self, engine: Engine, reasons: set[str]) -> None:
         target = _target(engine)
-        record = engine.record()
+        record = self._seen(engine.record())
         self.metrics.pinned.set(1 if record.pinned else 0)
         previous = record.applied_revision
         if reasons <= NEWS and target is not None and target == self._last_target:
@@ -408,7 +428,7 @@ class Daemon:
             return
         if not self.leading():  # lost the lease while planning for drift
             return
-        result = engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self._must_stop)
+        result = self._reconcile(engine, target)
         self._observe(engine, result, previous, reasons)
         self._push_pending_tags()
 
@@ -439,6 +459,7 @@ class Daemon:
             self.metrics.reconciles.labels("noop").inc()
             self.metrics.reconcile_duration.labels("noop").observe(duration)
             log.info("in_sync", revision=revision, actions=0, duration_ms=round(duration * 1000, 1), result="noop")
+            self.notifier.observe(Outcome(revision, "noop", previous=revision))
             self._in_sync(revision)
             return False
         self.metrics.drift.inc(len(plan.actions))
@@ -479,6 +500,7 @@ class Daemon:
         try:
             if self.engine is None:
                 self.engine = Engine(self.config)  # clones (or opens) the work dir and fetches
+                self.engine.on_event = self.notifier.publish
                 head = self.engine.head()
             else:
                 head = self.engine.repo.fetch(self.engine.branch)
@@ -494,10 +516,53 @@ class Daemon:
         self._push_pending_tags()
         return self.engine
 
+    # ------------------------------------------------------- notifications
+
+    def _make_notifier(self, notify: NotifyConfig) -> Notifier:
+        """The ``--notify`` sinks (a ``UsageError`` naming ``--notify`` if one cannot work), not started yet."""
+        remote = self.config.repo if self.remote else self.engine.repo.remote_url() if self.engine else None
+        try:
+            applied = self.state.load_record(self.config.instance).applied_revision
+        except StateError:
+            applied = None
+        counter = self.metrics.notifications
+
+        def count(kind: str, result: str) -> None:
+            counter.labels(kind, result).inc()
+
+        notifier = make_notifier(notify, self.config.instance, remote, os.environ, count, applied)
+        for kind in {name.partition(":")[0] for name in notifier.sinks}:
+            for result in NOTIFY_RESULTS:
+                counter.labels(kind, result)
+        if self.engine is not None:
+            self.engine.on_event = notifier.publish
+        return notifier
+
+    def _seen(self, record: InstanceRecord) -> InstanceRecord:
+        """Tell the notifier the record's pin (a rollback or resume shows here); returns ``record``."""
+        pin = record.pinned
+        self.notifier.observe(PinSeen(None if pin is None else (pin.revision, pin.tag)))
+        return record
+
+    def _reconcile(self, engine: Engine, target: str | None) -> ReconcileResult:
+        if target is not None:
+            self.notifier.observe(Applying(target))  # github: `pending`, once per revision
+        return engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self._must_stop)
+
     def _count_action(self, action: Action, error: BaseException | None) -> None:
         self.metrics.actions.labels(action.action, "failed" if error else "success").inc()
 
     def _observe(self, engine: Engine, result: ReconcileResult, previous: str | None, reasons: set[str]) -> None:
+        self.notifier.observe(
+            Outcome(
+                result.revision,
+                result.result,
+                previous=previous,
+                tag=result.tag,
+                actions=action_pairs(result.applied),
+                message=str(result.error) if result.error else "",
+            )
+        )
         m = self.metrics
         m.reconciles.labels(result.result).inc()
         m.reconcile_duration.labels(result.result).observe(result.duration)

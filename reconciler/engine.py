@@ -19,6 +19,7 @@ import structlog
 
 from reconciler.backends.base import Backend, LiveState
 from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, SpecIssue, StateError
+from reconciler.events import EventHook, ignore
 from reconciler.gitsource import AppliedTag, GitRepo, SshIdentity, clone_or_open, is_remote
 from reconciler.plan import Action, DeleteAlias, DeleteStage, Plan, canary_json, make_plan, routing_json
 from reconciler.specs import DesiredState, load_desired
@@ -113,6 +114,7 @@ class Engine:
         self._backend = backend
         self._branch = config.branch
         self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
+        self.on_event: EventHook = ignore  # notices of transitions only the engine sees (rollouts); the daemon listens
 
     # ----------------------------------------------------------------- parts
 

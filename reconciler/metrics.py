@@ -74,6 +74,12 @@ class Metrics:
             "1 while this replica may reconcile (always, without --lock), 0 as a standby.",
             registry=r,
         )
+        self.notifications = Counter(
+            "reconciler_notifications",
+            "Notification deliveries by sink kind and result (success, retried, failed, dropped).",
+            ["sink", "result"],
+            registry=r,
+        )
         for result in RESULTS:
             self.reconciles.labels(result)
             self.reconcile_duration.labels(result)

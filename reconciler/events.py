@@ -1,0 +1,176 @@
+"""Notification events (DESIGN §12) and the pure rule that turns what passes saw into transitions; no I/O.
+
+The daemon reports what each pass saw (``Applying``, ``Outcome``, ``PinSeen``)
+to ``transition``, which returns the new ``NotifyState`` and the ``Notice``
+objects to send: only changes, so a failure retried ten times is one
+``failed`` and the first success after it one ``recovered``.  Anything that
+already knows it is a transition (a rollout's steps) builds a ``Notice``
+itself and hands it to an ``EventHook`` (``Engine.on_event``, which the daemon
+connects to its ``Notifier``).  Called by ``daemon.py``; ``notify.py`` renders
+and delivers the notices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+APPLIED, FAILED, INVALID, RECOVERED = "applied", "failed", "invalid", "recovered"
+DRIFT_CORRECTED, PINNED, RESUMED = "drift_corrected", "pinned", "resumed"
+ROLLOUT_STARTED, ROLLOUT_STEP = "rollout_started", "rollout_step"
+ROLLOUT_SUCCEEDED, ROLLOUT_FAILED = "rollout_succeeded", "rollout_failed"
+EVENTS = (
+    APPLIED,
+    FAILED,
+    INVALID,
+    RECOVERED,
+    DRIFT_CORRECTED,
+    PINNED,
+    RESUMED,
+    ROLLOUT_STARTED,
+    ROLLOUT_STEP,
+    ROLLOUT_SUCCEEDED,
+    ROLLOUT_FAILED,
+)
+APPLYING = "applying"  # not an event of §12: it only makes the github sink post `pending`
+ACTIONS_LISTED = 100  # a notice lists at most this many actions (its message says how many in all)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One thing to tell people: an event name of §12 (or ``applying``) and what it is about.
+
+    ``actions`` are ``(action, resource)`` pairs; ``details`` are extra JSON
+    fields (a rollout's resource, step and weight, for example).
+    """
+
+    event: str
+    revision: str | None
+    tag: str | None = None
+    message: str = ""
+    actions: tuple[tuple[str, str], ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+EventHook = Callable[[Notice], None]
+
+
+def ignore(notice: Notice) -> None:
+    """The ``EventHook`` of an engine nobody listens to."""
+
+
+# ----------------------------------------------------------------- what a pass saw
+
+
+@dataclass(frozen=True)
+class Applying:
+    """A pass is about to apply ``revision`` (it may turn out to change nothing)."""
+
+    revision: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a pass at ``revision`` ended: ``result`` is ``ReconcileResult.result``.
+
+    ``previous`` is the applied revision before the pass: a pass that changes
+    live state at the revision already applied is correcting drift.
+    """
+
+    revision: str
+    result: str  # success | noop | failed | invalid
+    previous: str | None = None
+    tag: str | None = None
+    actions: tuple[tuple[str, str], ...] = ()
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class PinSeen:
+    """The instance record's pin as a pass read it: ``(revision, tag)``, or None when not pinned."""
+
+    pin: tuple[str, str | None] | None
+
+
+Observation = Applying | Outcome | PinSeen
+
+
+@dataclass(frozen=True)
+class NotifyState:
+    """What has been said so far; ``transition`` compares each observation with it."""
+
+    announced: str | None = None  # the revision whose `pending` (or result) was sent last
+    failing: tuple[str, str] | None = None  # (revision, failed|invalid) said and not yet recovered from
+    drifting: bool = False  # a drift_corrected was said; until a pass finds live state in sync
+    pin: tuple[str, str | None] | None = None
+    pin_known: bool = False  # False until the first PinSeen (which only seeds: it is no change)
+
+
+def initial_state(applied_revision: str | None) -> NotifyState:
+    """The state of a daemon that starts: the applied revision's status is taken as already said."""
+    return NotifyState(announced=applied_revision)
+
+
+def transition(state: NotifyState, seen: Observation) -> tuple[NotifyState, list[Notice]]:
+    """The new state and the notices to send for one observation (none when nothing changed)."""
+    match seen:
+        case Applying(revision):
+            if revision == state.announced:
+                return state, []
+            return replace(state, announced=revision), [Notice(APPLYING, revision, message="applying")]
+        case PinSeen(pin):
+            if not state.pin_known:
+                return replace(state, pin=pin, pin_known=True), []
+            if pin == state.pin:
+                return state, []
+            new = replace(state, pin=pin)
+            if pin is None:
+                old = state.pin[0] if state.pin else None
+                return new, [Notice(RESUMED, old, message="resumed: following the branch again")]
+            revision, tag = pin
+            return new, [Notice(PINNED, revision, tag=tag, message=f"pinned to {tag or revision[:12]}")]
+        case Outcome():
+            return _outcome(state, seen)
+    raise AssertionError(f"unknown observation {seen!r}")  # pragma: no cover - the match is exhaustive
+
+
+def _outcome(state: NotifyState, seen: Outcome) -> tuple[NotifyState, list[Notice]]:
+    revision = seen.revision or None
+    if seen.result in (FAILED, INVALID):
+        key = (seen.revision, seen.result)
+        if state.failing == key:
+            return state, []
+        return replace(state, failing=key, announced=revision or state.announced), [
+            Notice(seen.result, revision, message=seen.message, actions=seen.actions[:ACTIONS_LISTED])
+        ]
+    done = replace(state, announced=revision or state.announced, failing=None)
+    drift = seen.revision == seen.previous
+    if state.failing is not None:
+        message = seen.message or f"recovered: {_applied_text(seen)}"
+        return replace(done, drifting=False), [_notice(RECOVERED, seen, message)]
+    if not drift:
+        return replace(done, drifting=False), [_notice(APPLIED, seen, seen.message or _applied_text(seen))]
+    if not seen.actions:  # in sync at the applied revision: a drift episode, if any, is over
+        return replace(done, drifting=False), []
+    if state.drifting:
+        return done, []
+    resources = sorted({resource for _, resource in seen.actions})
+    message = seen.message or f"drift corrected: {', '.join(resources[:10])}" + (" …" if len(resources) > 10 else "")
+    return replace(done, drifting=True), [_notice(DRIFT_CORRECTED, seen, message)]
+
+
+def _notice(event: str, seen: Outcome, message: str) -> Notice:
+    actions = seen.actions[:ACTIONS_LISTED]
+    return Notice(event, seen.revision or None, tag=seen.tag, message=message, actions=actions)
+
+
+def _applied_text(seen: Outcome) -> str:
+    count = len(seen.actions)
+    what = f"{count} action{'s' if count != 1 else ''}" if count else "no changes"
+    return f"applied {seen.revision[:12]}" + (f" as {seen.tag}" if seen.tag else "") + f" ({what})"
+
+
+def action_pairs(actions: Iterable[Any]) -> tuple[tuple[str, str], ...]:
+    """``(action, resource)`` of plan actions (anything with those two attributes)."""
+    return tuple((str(a.action), str(a.resource)) for a in actions)

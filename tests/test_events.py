@@ -1,0 +1,153 @@
+"""Only transitions are notified: the pure rule of reconciler.events, as a table of pass sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.events import (
+    ACTIONS_LISTED,
+    Applying,
+    Notice,
+    Observation,
+    Outcome,
+    PinSeen,
+    initial_state,
+    transition,
+)
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+ACT = (("update_alias", "Alias/orders-handler/prod"),)
+
+
+def ok(revision: str, previous: str | None, actions: tuple[tuple[str, str], ...] = ACT) -> Outcome:
+    return Outcome(
+        revision, "success" if actions else "noop", previous=previous, tag="applied/default/1", actions=actions
+    )
+
+
+def failed(revision: str, previous: str | None) -> Outcome:
+    return Outcome(revision, "failed", previous=previous, message="update_alias: throttled")
+
+
+def invalid(revision: str, previous: str | None) -> Outcome:
+    return Outcome(revision, "invalid", previous=previous, message="1 spec error")
+
+
+def run(observations: list[Observation], applied: str | None = None) -> list[Notice]:
+    state, sent = initial_state(applied), []
+    for seen in observations:
+        state, notices = transition(state, seen)
+        sent += notices
+    return sent
+
+
+def names(observations: list[Observation], applied: str | None = None) -> list[tuple[str, str | None]]:
+    return [(n.event, n.revision) for n in run(observations, applied)]
+
+
+CASES = [
+    pytest.param([Applying(B), ok(B, A)], A, [("applying", B), ("applied", B)], id="new-commit-pending-then-applied"),
+    pytest.param(
+        [Applying(B), failed(B, A)] + [Applying(B), failed(B, A)] * 9,
+        A,
+        [("applying", B), ("failed", B)],
+        id="failure-retried-ten-times-is-one-failed",
+    ),
+    pytest.param(
+        [Applying(B), failed(B, A), Applying(B), failed(B, A), Applying(B), ok(B, A)],
+        A,
+        [("applying", B), ("failed", B), ("recovered", B)],
+        id="first-success-after-failures-is-recovered",
+    ),
+    pytest.param(
+        [Applying(B), failed(B, A), Applying(C), ok(C, A)],
+        A,
+        [("applying", B), ("failed", B), ("applying", C), ("recovered", C)],
+        id="a-new-commit-that-fixes-it-is-recovered",
+    ),
+    pytest.param(
+        [Applying(B), invalid(B, A)] + [Applying(B), invalid(B, A)] * 5,
+        A,
+        [("applying", B), ("invalid", B)],
+        id="invalid-commit-once-however-often-reread",
+    ),
+    pytest.param(
+        [Applying(B), invalid(B, A), Applying(C), invalid(C, A)],
+        A,
+        [("applying", B), ("invalid", B), ("applying", C), ("invalid", C)],
+        id="each-invalid-commit-once",
+    ),
+    pytest.param(
+        [Applying(B), invalid(B, A), Applying(C), ok(C, A)],
+        A,
+        [("applying", B), ("invalid", B), ("applying", C), ("recovered", C)],
+        id="good-commit-after-invalid-is-recovered",
+    ),
+    pytest.param(
+        [Applying(A), ok(A, A), Applying(A), ok(A, A), Applying(A), ok(A, A)],
+        A,
+        [("drift_corrected", A)],
+        id="drift-corrected-once-per-episode",
+    ),
+    pytest.param(
+        [ok(A, A), ok(A, A, actions=()), ok(A, A)],
+        A,
+        [("drift_corrected", A), ("drift_corrected", A)],
+        id="an-in-sync-check-ends-the-drift-episode",
+    ),
+    pytest.param([ok(A, A, actions=()), ok(A, A, actions=())], A, [], id="in-sync-says-nothing"),
+    pytest.param(
+        [Applying(B), ok(B, A, actions=())], A, [("applying", B), ("applied", B)], id="commit-changing-nothing-applied"
+    ),
+    pytest.param(
+        [Applying(A), failed(A, A), Applying(A), ok(A, A, actions=())],
+        A,
+        [("failed", A), ("recovered", A)],
+        id="failed-drift-fix-then-in-sync-recovered",
+    ),
+    pytest.param([Applying(A), ok(A, None)], None, [("applying", A), ("applied", A)], id="first-ever-apply"),
+    pytest.param(
+        [PinSeen(None), PinSeen((A, "applied/default/1")), PinSeen((A, "applied/default/1")), PinSeen(None)],
+        B,
+        [("pinned", A), ("resumed", A)],
+        id="pin-and-resume-once-each",
+    ),
+    pytest.param(
+        [PinSeen((A, None)), PinSeen((A, None)), PinSeen(None)],
+        B,
+        [("resumed", A)],
+        id="a-pin-already-there-at-start-is-no-news",
+    ),
+    pytest.param(
+        [Applying(B), failed(B, A)] + [Outcome("", "failed", message="pinned commit gone")] * 3,
+        A,
+        [("applying", B), ("failed", B), ("failed", None)],
+        id="failure-without-a-revision-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("observations", "applied", "expected"), CASES)
+def test_transitions(observations: list[Observation], applied: str | None, expected: list[tuple[str, str]]) -> None:
+    """Each sequence of passes sends exactly the listed notices, in order."""
+    assert names(observations, applied) == expected
+
+
+def test_notices_carry_tag_actions_and_a_message() -> None:
+    """An applied notice names its tag and actions, and says what happened in a line."""
+    [notice] = run([ok(B, A)], A)
+    assert notice.tag == "applied/default/1" and notice.actions == ACT
+    assert notice.message == f"applied {B[:12]} as applied/default/1 (1 action)"
+
+
+def test_failed_notice_carries_the_error() -> None:
+    """A failed notice's message is the error of the pass."""
+    [notice] = run([failed(B, A)], A)
+    assert notice.message == "update_alias: throttled"
+
+
+def test_a_huge_apply_lists_a_bounded_number_of_actions() -> None:
+    """Ten thousand actions: the notice lists ACTIONS_LISTED of them and its message counts them all."""
+    actions = tuple(("create_stage", f"Stage/orders/s{i}") for i in range(10_000))
+    [notice] = run([ok(B, A, actions=actions)], A)
+    assert len(notice.actions) == ACTIONS_LISTED and "(10000 actions)" in notice.message
