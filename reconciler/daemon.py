@@ -40,7 +40,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
-from reconciler.events import Applying, Outcome, PinSeen, action_pairs
+from reconciler.events import Applying, Outcome, PinSeen, action_pairs, notice_of
 from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
 from reconciler.lease import STOP_TIMEOUT, Elector, make_lease
@@ -500,7 +500,7 @@ class Daemon:
         try:
             if self.engine is None:
                 self.engine = Engine(self.config)  # clones (or opens) the work dir and fetches
-                self.engine.on_event = self.notifier.publish
+                self.engine.on_event = self._engine_event
                 head = self.engine.head()
             else:
                 head = self.engine.repo.fetch(self.engine.branch)
@@ -535,8 +535,12 @@ class Daemon:
             for result in NOTIFY_RESULTS:
                 counter.labels(kind, result)
         if self.engine is not None:
-            self.engine.on_event = notifier.publish
+            self.engine.on_event = self._engine_event
         return notifier
+
+    def _engine_event(self, name: str, fields: dict[str, Any]) -> None:
+        """``Engine.on_event``: the events only the engine sees (a rollout's steps), told as they are."""
+        self.notifier.publish(notice_of(name, fields))
 
     def _seen(self, record: InstanceRecord) -> InstanceRecord:
         """Tell the notifier the record's pin (a rollback or resume shows here); returns ``record``."""

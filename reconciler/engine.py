@@ -19,7 +19,6 @@ import structlog
 
 from reconciler.backends.base import Backend, LiveState
 from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, SpecIssue, StateError
-from reconciler.events import EventHook, ignore
 from reconciler.gitsource import AppliedTag, GitRepo, SshIdentity, clone_or_open, is_remote
 from reconciler.plan import Action, DeleteAlias, DeleteStage, Plan, canary_json, make_plan, routing_json
 from reconciler.specs import DesiredState, load_desired
@@ -28,6 +27,7 @@ from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
 UNTAGGED = "untagged"  # instance record key: the message of an applied tag not made yet
+EventHook = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class Engine:
         self._backend = backend
         self._branch = config.branch
         self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
-        self.on_event: EventHook = ignore  # notices of transitions only the engine sees (rollouts); the daemon listens
+        self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
 
     # ----------------------------------------------------------------- parts
 

@@ -3,16 +3,15 @@
 The daemon reports what each pass saw (``Applying``, ``Outcome``, ``PinSeen``)
 to ``transition``, which returns the new ``NotifyState`` and the ``Notice``
 objects to send: only changes, so a failure retried ten times is one
-``failed`` and the first success after it one ``recovered``.  Anything that
-already knows it is a transition (a rollout's steps) builds a ``Notice``
-itself and hands it to an ``EventHook`` (``Engine.on_event``, which the daemon
-connects to its ``Notifier``).  Called by ``daemon.py``; ``notify.py`` renders
-and delivers the notices.
+``failed`` and the first success after it one ``recovered``.  Events that are
+transitions already (a rollout's steps, which the engine reports through
+``Engine.on_event``) become a ``Notice`` with ``notice_of``.  Called by
+``daemon.py``; ``notify.py`` renders and delivers the notices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,11 +52,21 @@ class Notice:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-EventHook = Callable[[Notice], None]
+def notice_of(name: str, fields: Mapping[str, Any]) -> Notice:
+    """A ``Notice`` of an event reported as a name and its fields (``Engine.on_event``: the rollout events).
 
-
-def ignore(notice: Notice) -> None:
-    """The ``EventHook`` of an engine nobody listens to."""
+    ``revision``, ``tag`` and ``message`` fill the notice's own fields; the
+    rest (resource, step, weight, …) go into its details.
+    """
+    details = {k: v for k, v in fields.items() if k not in ("revision", "tag", "message", "event", "instance")}
+    revision, tag = fields.get("revision"), fields.get("tag")
+    return Notice(
+        name,
+        str(revision) if revision else None,
+        tag=str(tag) if tag else None,
+        message=str(fields.get("message") or name.replace("_", " ")),
+        details=details,
+    )
 
 
 # ----------------------------------------------------------------- what a pass saw

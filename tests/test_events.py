@@ -12,6 +12,7 @@ from reconciler.events import (
     Outcome,
     PinSeen,
     initial_state,
+    notice_of,
     transition,
 )
 
@@ -151,3 +152,11 @@ def test_a_huge_apply_lists_a_bounded_number_of_actions() -> None:
     actions = tuple(("create_stage", f"Stage/orders/s{i}") for i in range(10_000))
     [notice] = run([ok(B, A, actions=actions)], A)
     assert len(notice.actions) == ACTIONS_LISTED and "(10000 actions)" in notice.message
+
+
+def test_an_engine_event_becomes_a_notice_with_its_fields_as_details() -> None:
+    """A rollout event (name and fields, from Engine.on_event) keeps revision and message; the rest is detail."""
+    fields = {"resource": "Alias/orders-handler/prod", "step": 1, "weight": 10, "message": "10 % on 2", "revision": B}
+    notice = notice_of("rollout_step", fields)
+    assert (notice.event, notice.revision, notice.message) == ("rollout_step", B, "10 % on 2")
+    assert notice.details == {"resource": "Alias/orders-handler/prod", "step": 1, "weight": 10}
