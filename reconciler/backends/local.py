@@ -116,6 +116,24 @@ class LocalCloud:
             raise
         self.db.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every SELECT inside sees the same committed state (WAL: writers go on).
+
+        Separate SELECTs outside a transaction could see a stage whose API row an
+        earlier SELECT missed, when an apply commits between them.  Inside a
+        transaction already (a caller's own), that one is the snapshot.
+        """
+        if self.db.in_transaction:
+            yield self.db
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")  # a read-only transaction: ends the snapshot, writes nothing
+
     # ------------------------------------------------------------ API Gateway
 
     def url(self, api_id: str, stage: str) -> str:
@@ -355,8 +373,11 @@ class LocalBackend:
         self.cloud.close()
 
     def read(self, desired: DesiredState) -> LiveState:
-        """Everything the simulation holds (it is small enough to read whole)."""
-        db = self.cloud.db
+        """Everything the simulation holds (it is small enough to read whole), as one consistent snapshot."""
+        with self.cloud.snapshot() as db:
+            return self._read(db)
+
+    def _read(self, db: sqlite3.Connection) -> LiveState:
         live = LiveState()
         names: dict[str, str] = {}
         for row in db.execute("SELECT id, name, description, definition_sha256, managed FROM rest_apis"):
