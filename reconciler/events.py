@@ -33,6 +33,7 @@ EVENTS = (
     ROLLOUT_FAILED,
 )
 APPLYING = "applying"  # not an event of §12: it only makes the github sink post `pending`
+PROGRESSING = "progressing"  # an Outcome of a pass that left a rollout under way
 ACTIONS_LISTED = 100  # a notice lists at most this many actions (its message says how many in all)
 
 
@@ -88,7 +89,7 @@ class Outcome:
     """
 
     revision: str
-    result: str  # success | noop | failed | invalid
+    result: str  # success | noop | failed | invalid | progressing
     previous: str | None = None
     tag: str | None = None
     actions: tuple[tuple[str, str], ...] = ()
@@ -146,6 +147,8 @@ def transition(state: NotifyState, seen: Observation) -> tuple[NotifyState, list
 
 def _outcome(state: NotifyState, seen: Outcome) -> tuple[NotifyState, list[Notice]]:
     revision = seen.revision or None
+    if seen.result == PROGRESSING:  # a rollout under way tells its own steps; applied comes when it succeeds
+        return state, []
     if seen.result in (FAILED, INVALID):
         key = (seen.revision, seen.result)
         if state.failing == key:

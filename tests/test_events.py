@@ -108,6 +108,12 @@ CASES = [
     ),
     pytest.param([Applying(A), ok(A, None)], None, [("applying", A), ("applied", A)], id="first-ever-apply"),
     pytest.param(
+        [Applying(B), Outcome(B, "progressing", previous=A), Outcome(B, "progressing", previous=A), ok(B, A)],
+        A,
+        [("applying", B), ("applied", B)],
+        id="a-rollout-under-way-is-applied-when-it-ends",
+    ),
+    pytest.param(
         [PinSeen(None), PinSeen((A, "applied/default/1")), PinSeen((A, "applied/default/1")), PinSeen(None)],
         B,
         [("pinned", A), ("resumed", A)],
