@@ -71,11 +71,11 @@ def make_backend(config: Config, state_dir: Path) -> Backend:
     if config.backend == "local":
         from reconciler.backends.local import LocalBackend
 
-        return LocalBackend(state_dir)
+        return LocalBackend(state_dir, instance=config.instance)
     if config.backend == "aws":
         from reconciler.backends.aws import AwsBackend
 
-        backend: Backend = AwsBackend(region=config.region, endpoint_url=config.endpoint_url)
+        backend: Backend = AwsBackend(region=config.region, endpoint_url=config.endpoint_url, instance=config.instance)
         return backend
     raise StateError(f"unknown backend {config.backend!r}; expected local or aws")
 

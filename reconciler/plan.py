@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from reconciler.backends.base import LiveAlias, LiveCanary, LiveStage, LiveState
+from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveStage, LiveState, owner_of
 from reconciler.errors import PlanError, SpecIssue
 from reconciler.specs import (
     LATEST,
@@ -168,6 +168,31 @@ class UpdateAlias(_AliasAction):
 
 
 @dataclass(frozen=True)
+class AdoptApi(_ApiAction):
+    """Mark an existing, unmanaged API as this instance's (its id and URL stay)."""
+
+    action: ClassVar[str] = "adopt_api"
+    instance: str
+
+
+@dataclass(frozen=True)
+class AdoptStage(_StageAction):
+    """Mark an existing, unmanaged stage as this instance's (it keeps its deployment until an update moves it)."""
+
+    action: ClassVar[str] = "adopt_stage"
+    instance: str
+
+
+@dataclass(frozen=True)
+class AdoptAlias(_AliasAction):
+    """Mark an existing, unmanaged alias as this instance's (its routing stays until an update changes it)."""
+
+    action: ClassVar[str] = "adopt_alias"
+    instance: str
+    revision_id: str | None = None
+
+
+@dataclass(frozen=True)
 class DeleteStage(_StageAction):
     action: ClassVar[str] = "delete_stage"
 
@@ -179,11 +204,14 @@ class DeleteAlias(_AliasAction):
 
 Action = (
     CreateApi
+    | AdoptApi
     | UpdateApi
     | CreateDeployment
     | CreateStage
+    | AdoptStage
     | UpdateStage
     | CreateAlias
+    | AdoptAlias
     | UpdateAlias
     | DeleteStage
     | DeleteAlias
@@ -192,11 +220,14 @@ ACTION_ORDER = [
     cls.action
     for cls in (
         CreateApi,
+        AdoptApi,
         UpdateApi,
         CreateDeployment,
         CreateStage,
+        AdoptStage,
         UpdateStage,
         CreateAlias,
+        AdoptAlias,
         UpdateAlias,
         DeleteStage,
         DeleteAlias,
@@ -251,9 +282,40 @@ def _unmanaged(issues: list[SpecIssue], location: Location, what: str) -> None:
             location.file,
             location.line_of("metadata.name"),
             "metadata.name",
-            f"{what} already exists and is not managed by reconciler; rename it in the spec or delete it by hand",
+            f"{what} already exists and is not managed by reconciler; to take it over set `adopt: true` under "
+            "metadata (the plan then shows what changes), else rename it in the spec or delete it by hand",
         )
     )
+
+
+def _foreign(issues: list[SpecIssue], location: Location, what: str, owner: str, instance: str) -> None:
+    issues.append(
+        SpecIssue(
+            location.file,
+            location.line_of("metadata.name"),
+            "metadata.name",
+            f"{what} is managed by reconciler instance {owner!r}, not by this instance {instance!r}; expected a "
+            f"resource of this instance (never taken from another): rename it, or remove it from {owner!r}'s specs "
+            "and prune it there first",
+        )
+    )
+
+
+def take_over(
+    current: LiveApi | LiveStage | LiveAlias, adopt: bool, live: LiveState, location: Location, what: str,
+    issues: list[SpecIssue],
+) -> bool | None:  # fmt: skip
+    """Whether an existing resource is adopted now (True), already this instance's (False), or off limits (None)."""
+    owner = owner_of(current)
+    if owner == live.instance:
+        return False
+    if owner is not None:
+        _foreign(issues, location, what, owner, live.instance)
+        return None
+    if not adopt:
+        _unmanaged(issues, location, what)
+        return None
+    return True
 
 
 def _changed(changes: dict[str, Change], name: str, old: Any, new: Any) -> None:
@@ -279,9 +341,11 @@ def plan_apis(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -
                 )
             )
             continue
-        if not current.managed:
-            _unmanaged(issues, api.location, f"RestApi {name!r}")
+        adopting = take_over(current, api.adopt, live, api.location, f"RestApi {name!r}", issues)
+        if adopting is None:
             continue
+        if adopting:
+            actions.append(AdoptApi(api=name, instance=live.instance, changes={"owner": (None, live.instance)}))
         changes: dict[str, Change] = {}
         _changed(changes, "description", current.description or None, api.description or None)
         _changed(changes, "definition_sha256", current.definition_sha256, api.definition.sha256)
@@ -368,9 +432,16 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
             }
             creates.append(_stage_action(CreateStage, stage, created))
             continue
-        if not current.managed:
-            _unmanaged(issues, stage.location, f"stage {stage.name!r} of API {stage.api!r}")
+        what = f"stage {stage.name!r} of API {stage.api!r}"
+        adopting = take_over(current, stage.adopt, live, stage.location, what, issues)
+        if adopting is None:
             continue
+        if adopting:
+            updates.append(
+                AdoptStage(
+                    api=stage.api, stage=stage.name, instance=live.instance, changes={"owner": (None, live.instance)}
+                )
+            )
         changes: dict[str, Change] = {}
         _changed(changes, "description", current.description or None, stage.description or None)
         _changed(changes, "definition_sha256", current.definition_sha256, stage.definition.sha256)
@@ -416,11 +487,25 @@ def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]
     for key in sorted(desired.aliases):
         alias = desired.aliases[key]
         current: LiveAlias | None = live.aliases.get(key)
-        if current is not None and not current.managed:
-            _unmanaged(issues, alias.location, f"alias {alias.name!r} of function {alias.function!r}")
-            continue
+        adopting = False
+        if current is not None:
+            what = f"alias {alias.name!r} of function {alias.function!r}"
+            taken = take_over(current, alias.adopt, live, alias.location, what, issues)
+            if taken is None:
+                continue
+            adopting = taken
         if not _check_versions(alias, live, issues):
             continue
+        if current is not None and adopting:
+            updates.append(
+                AdoptAlias(
+                    function=alias.function,
+                    alias=alias.name,
+                    instance=live.instance,
+                    revision_id=current.revision_id,
+                    changes={"owner": (None, live.instance)},
+                )
+            )
         if current is None:
             creates.append(
                 CreateAlias(
@@ -445,7 +530,7 @@ def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]
                     alias=alias.name,
                     description=alias.description,
                     routing=alias.routing,
-                    revision_id=current.revision_id,
+                    revision_id=None if adopting else current.revision_id,  # adopting writes the alias first
                     changes=changes,
                 )
             )
@@ -453,17 +538,17 @@ def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]
 
 
 def find_orphans(desired: DesiredState, live: LiveState) -> list[DeleteStage | DeleteAlias]:
-    """Managed resources that no spec names any more."""
+    """Resources this instance manages that no spec names any more (never another instance's)."""
     orphans: list[DeleteStage | DeleteAlias] = []
     for api, stage in sorted(live.stages):
         current = live.stages[(api, stage)]
-        if current.managed and (api, stage) not in desired.stages:
+        if owner_of(current) == live.instance and (api, stage) not in desired.stages:
             orphans.append(
                 DeleteStage(api=api, stage=stage, changes={"definition_sha256": (current.definition_sha256, None)})
             )
     for function, alias in sorted(live.aliases):
         current_alias = live.aliases[(function, alias)]
-        if current_alias.managed and (function, alias) not in desired.aliases:
+        if owner_of(current_alias) == live.instance and (function, alias) not in desired.aliases:
             orphans.append(
                 DeleteAlias(
                     function=function, alias=alias, changes={"routing": (routing_json(current_alias.routing), None)}

@@ -101,6 +101,7 @@ class Metadata(_Model):
     name: str
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
+    adopt: bool = False  # take over an existing resource that no instance manages (DESIGN §10)
 
 
 class RestApiSpec(_Model):
@@ -367,6 +368,7 @@ class DesiredApi:
     description: str | None
     definition: Definition
     location: Location
+    adopt: bool = False
 
 
 @dataclass(frozen=True)
@@ -386,6 +388,7 @@ class DesiredStage:
     canary: DesiredCanary | None
     location: Location
     rollout: DesiredRollout | None = None
+    adopt: bool = False
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,7 @@ class DesiredAlias:
     routing: dict[str, float]
     location: Location
     rollout: DesiredRollout | None = None
+    adopt: bool = False
 
 
 @dataclass
@@ -450,6 +454,7 @@ class _Doc:
     file: str
     lines: Lines
     line: int
+    adopt: bool = False
 
     def line_of(self, path: str) -> int:
         """The line of ``path`` (dotted), else of its nearest recorded parent."""
@@ -582,6 +587,7 @@ def _envelope(data: Any, lines: Lines, line: int, path: str, issues: _Issues) ->
     try:
         metadata = Metadata.model_validate(data.get("metadata"))
         doc.name = metadata.name
+        doc.adopt = metadata.adopt
     except ValidationError as exc:
         _pydantic_issues(doc, "metadata", Metadata, exc, issues)
         ok = False
@@ -682,7 +688,7 @@ def _resolve(
         if doc.kind == "RestApi" and unique(doc, ("RestApi", doc.name), f"RestApi {doc.name!r}"):
             definition = definitions.get(doc, "spec.definition", spec.definition)
             if definition is not None:
-                state.apis[doc.name] = DesiredApi(doc.name, spec.description, definition, doc.at(""))
+                state.apis[doc.name] = DesiredApi(doc.name, spec.description, definition, doc.at(""), doc.adopt)
     for doc, spec in typed:
         if doc.kind == "Stage" and unique(
             doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"
@@ -695,7 +701,13 @@ def _resolve(
         ):
             routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
             state.aliases[(spec.function, doc.name)] = DesiredAlias(
-                spec.function, doc.name, spec.description, routing, doc.at(""), desired_rollout(spec.rollout)
+                spec.function,
+                doc.name,
+                spec.description,
+                routing,
+                doc.at(""),
+                desired_rollout(spec.rollout),
+                adopt=doc.adopt,
             )
     return state
 
@@ -752,6 +764,7 @@ def _stage(
         canary,
         doc.at(""),
         desired_rollout(spec.rollout),
+        adopt=doc.adopt,
     )
 
 

@@ -31,6 +31,7 @@ from reconciler.backends.aws_calls import AwsCalls, Rates
 from reconciler.backends.aws_model import (
     ALIAS_DESCRIPTION_MAX,
     ALIAS_MARKER,
+    INSTANCE_TAG,
     INVOKE_PRINCIPAL,
     MANAGED_TAG,
     STATEMENT_PREFIX,
@@ -51,10 +52,21 @@ from reconciler.backends.aws_model import (
     patch_replace,
     stage_patch,
 )
-from reconciler.backends.base import LiveApi, LiveDeployment, LiveStage, LiveState
+from reconciler.backends.base import (
+    DEFAULT_INSTANCE,
+    LiveAlias,
+    LiveApi,
+    LiveDeployment,
+    LiveStage,
+    LiveState,
+    owner_of,
+)
 from reconciler.errors import BackendError, ConflictError
 from reconciler.plan import (
     Action,
+    AdoptAlias,
+    AdoptApi,
+    AdoptStage,
     CreateAlias,
     CreateApi,
     CreateDeployment,
@@ -87,7 +99,9 @@ class AwsBackend:
         max_attempts: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        instance: str = DEFAULT_INSTANCE,
     ) -> None:
+        self.instance = instance
         self.calls = AwsCalls(
             region, endpoint_url, rates or Rates.from_env(), retry_mode, max_attempts, clock=clock, sleep=sleep
         )
@@ -106,24 +120,35 @@ class AwsBackend:
     # ------------------------------------------------------------------ read
 
     def read(self, desired: DesiredState) -> LiveState:
-        """APIs named in ``desired`` or managed, their deployments and stages; the functions ``desired`` names."""
-        live = LiveState()
+        """APIs named in ``desired`` or this instance's, their deployments and stages; the functions named."""
+        live = LiveState(instance=self.instance)
         for item in self._list_apis():
             api = live_api(item)
-            if api.name not in desired.apis and not api.managed:
+            if api.name not in desired.apis and owner_of(api) != self.instance:
                 continue
             known = live.apis.get(api.name)
-            if known is None or (api.managed and not known.managed):
+            if known is None or self._rank(api) < self._rank(known):
                 live.apis[api.name] = api
         for name in sorted(live.apis):
-            api = live.apis[name]
-            if api.managed:
-                self._read_api(live, api)
+            self._read_api(live, live.apis[name])
         for function in sorted(desired.functions):
             self._read_function(live, function)
         self._remember(desired, live)
         self._listed = True
         return copy_live(live)
+
+    def _rank(self, api: LiveApi) -> int:
+        """Which of several APIs of one name the tool means: this instance's, another's, then any (oldest first)."""
+        owner = owner_of(api)
+        return 0 if owner == self.instance else 1 if owner is not None else 2
+
+    def _mine(self, resource: LiveApi | LiveStage | LiveAlias, what: str) -> None:
+        """Refuse to write to a resource this instance does not manage."""
+        owner = owner_of(resource)
+        if owner is None:
+            raise BackendError(f"{what}: exists and is not managed by reconciler; not touching it")
+        if owner != self.instance:
+            raise BackendError(f"{what}: is managed by reconciler instance {owner!r}, not {self.instance!r}")
 
     def _remember(self, desired: DesiredState, live: LiveState) -> None:
         self._live = copy_live(live)
@@ -222,28 +247,89 @@ class AwsBackend:
                 self._delete_stage(action)
             case DeleteAlias():
                 self._delete_alias(action)
+            case AdoptApi():
+                self._adopt_api(action)
+            case AdoptStage():
+                self._adopt_stage(action)
+            case AdoptAlias():
+                self._adopt_alias(action)
             case _:
                 assert_never(action)
 
     # ------------------------------------------------------------- REST APIs
 
-    def _api(self, name: str) -> LiveApi:
-        """The managed API ``name`` as ``read`` saw it (or as listed now, if ``read`` was not called)."""
+    def _api(self, name: str, own: bool = True) -> LiveApi:
+        """This instance's API ``name`` as ``read`` saw it (or as listed now, if ``read`` was not called)."""
         api = self._live.apis.get(name)
         if api is None and not self._listed:
             for item in self._list_apis():
                 found = live_api(item)
-                if found.name == name and (api is None or (found.managed and not api.managed)):
+                if found.name == name and (api is None or self._rank(found) < self._rank(api)):
                     api = found
             if api is not None:
                 self._live.apis[name] = api
-                if api.managed:
-                    self._read_api(self._live, api)
+                self._read_api(self._live, api)
         if api is None:
             raise BackendError(f"RestApi/{name}: no REST API of that name exists; re-plan", code="NotFoundException")
-        if not api.managed:
-            raise BackendError(f"RestApi/{name}: exists and is not managed by reconciler; not touching it")
+        if own:
+            self._mine(api, f"RestApi/{name}")
         return api
+
+    def _adopt_api(self, action: AdoptApi) -> None:
+        """Write this instance's mark into the API's description (the API keeps its id, URL and definition)."""
+        api = self._api(action.api, own=False)
+        if owner_of(api) == self.instance:
+            return
+        if owner_of(api) is not None:
+            self._mine(api, action.resource)
+        self._patch_api(api, [patch_replace("/description", api_description(api.description, None, self.instance))])
+        self._live.apis[action.api] = replace(api, managed=True, owner=self.instance, definition_sha256=None)
+
+    def _adopt_stage(self, action: AdoptStage) -> None:
+        """Tag the stage as this instance's (it keeps its deployment and settings until an update)."""
+        api = self._api(action.api)
+        key = (api.name, action.stage)
+        current = self._live.stages.get(key)
+        if current is None:
+            raise BackendError(f"{action.resource}: no such stage; re-plan", code="NotFoundException")
+        if owner_of(current) == self.instance:
+            return
+        if owner_of(current) is not None:
+            self._mine(current, action.resource)
+        arn = f"arn:{self.partition}:apigateway:{self.region}::/restapis/{api.id}/stages/{action.stage}"
+        self.calls.call(
+            action.resource,
+            "TagResource",
+            lambda: self.calls.apigateway.tag_resource(resourceArn=arn, tags=self._owner_tags()),
+        )
+        self._live.stages[key] = replace(current, managed=True, owner=self.instance)
+
+    def _adopt_alias(self, action: AdoptAlias) -> None:
+        """Write this instance's marker into the alias description (its routing stays until an update)."""
+        key = (action.function, action.alias)
+        current = self._live.aliases.get(key)
+        if current is None:
+            raise BackendError(f"{action.resource}: no such alias; re-plan", code="NotFoundException")
+        if owner_of(current) == self.instance:
+            return
+        if owner_of(current) is not None:
+            self._mine(current, action.resource)
+        params: dict[str, Any] = {
+            "FunctionName": action.function,
+            "Name": action.alias,
+            "Description": alias_description(current.description, self.instance)[:ALIAS_DESCRIPTION_MAX],
+        }
+        if action.revision_id:
+            params["RevisionId"] = action.revision_id
+        updated = self.calls.call(action.resource, "UpdateAlias", lambda: self.calls.lambda_.update_alias(**params))
+        self._live.aliases[key] = live_alias(action.function, updated)
+
+    def _owner_tags(self) -> dict[str, str]:
+        return {MANAGED_TAG: "true", INSTANCE_TAG: self.instance}
+
+    @property
+    def partition(self) -> str:
+        return self.calls.apigateway.meta.partition
 
     def _create_api(self, action: CreateApi) -> None:
         resource = action.resource
@@ -258,24 +344,26 @@ class AwsBackend:
                 "CreateRestApi",
                 lambda: self.calls.apigateway.create_rest_api(
                     name=action.api,
-                    description=api_description(action.description, sha),
-                    tags={MANAGED_TAG: "true"},
+                    description=api_description(action.description, sha, self.instance),
+                    tags=self._owner_tags(),
                 ),
             )
-            api = LiveApi(action.api, str(created["id"]), action.description, sha, True)
+            api = LiveApi(action.api, str(created["id"]), action.description, sha, True, self.instance)
             self._live.apis[action.api] = api
             self._live.deployments[action.api] = {}
-        self._import(api, action.definition, api_description(action.description, action.definition.sha256))
+        self._import(
+            api, action.definition, api_description(action.description, action.definition.sha256, self.instance)
+        )
         self._live.apis[action.api] = replace(
             api, description=action.description, definition_sha256=action.definition.sha256
         )
 
     def _update_api(self, action: UpdateApi) -> None:
         api = self._api(action.api)
-        wanted = api_description(action.description, action.definition.sha256)
+        wanted = api_description(action.description, action.definition.sha256, self.instance)
         if api.definition_sha256 != action.definition.sha256:
             self._import(api, action.definition, wanted)
-        elif api_description(api.description, api.definition_sha256) != wanted:
+        elif api_description(api.description, api.definition_sha256, self.instance) != wanted:
             self._patch_api(api, [patch_replace("/description", wanted)])
         self._live.apis[action.api] = replace(
             api, description=action.description, definition_sha256=action.definition.sha256
@@ -315,7 +403,7 @@ class AwsBackend:
         existing = self._live.deployments.setdefault(api.name, {})
         if sha in existing:
             return
-        keep = api_description(api.description, api.definition_sha256)
+        keep = api_description(api.description, api.definition_sha256, self.instance)
         if self._imported.get(api.id) != sha:
             self._import(api, action.definition, keep)
         created = self.calls.call(
@@ -359,8 +447,7 @@ class AwsBackend:
             if current is None:
                 self._grant_stage(api, action, None)
                 return
-        if not current.managed:
-            raise BackendError(f"{action.resource}: exists and is not managed by reconciler; not touching it")
+        self._mine(current, action.resource)
         ops = stage_patch(current, deployment_id, action.description, action.variables, canary)
         if ops:
             updated = self.calls.call(
@@ -373,7 +460,9 @@ class AwsBackend:
                 ),
             )
             hashes = deployment_hashes(self._live.deployments.get(api.name, {}))
-            self._live.stages[key] = replace(live_stage(api, updated, hashes, self.region), managed=True)
+            self._live.stages[key] = replace(
+                live_stage(api, updated, hashes, self.region), managed=True, owner=self.instance
+            )
         self._grant_stage(api, action, current)
 
     def _create_stage(
@@ -385,7 +474,7 @@ class AwsBackend:
             "stageName": action.stage,
             "deploymentId": deployment_id,
             "variables": dict(action.variables),
-            "tags": {MANAGED_TAG: "true"},
+            "tags": self._owner_tags(),
         }
         if action.description:
             params["description"] = action.description
@@ -412,14 +501,14 @@ class AwsBackend:
             self._live.stages[(api.name, action.stage)] = existing
             return existing
         self._live.stages[(api.name, action.stage)] = replace(
-            live_stage(api, created, hashes, self.region), managed=True
+            live_stage(api, created, hashes, self.region), managed=True, owner=self.instance
         )
         return None
 
     def _delete_stage(self, action: DeleteStage) -> None:
         api = self._live.apis.get(action.api)
         current = self._live.stages.get((action.api, action.stage))
-        if api is None or current is None or not current.managed:
+        if api is None or current is None or owner_of(current) != self.instance:
             return  # gone already, or not ours
         self._delete(
             action.resource,
@@ -441,7 +530,7 @@ class AwsBackend:
 
     def _put_alias(self, action: CreateAlias | UpdateAlias) -> None:
         version, weights = routing_to_lambda(action.routing)
-        description = alias_description(action.description)
+        description = alias_description(action.description, self.instance)
         if len(description) > ALIAS_DESCRIPTION_MAX:
             raise BackendError(
                 f"{action.resource}: description is {len(description)} characters with the {ALIAS_MARKER!r} marker; "
@@ -478,8 +567,7 @@ class AwsBackend:
                 self._live.aliases[key] = live_alias(action.function, created)
                 self._grant_alias(action.function, action.alias)
                 return
-        if not current.managed:
-            raise BackendError(f"{action.resource}: exists and is not managed by reconciler; not touching it")
+        self._mine(current, action.resource)
         params: dict[str, Any] = {
             "FunctionName": action.function,
             "Name": action.alias,
@@ -499,7 +587,7 @@ class AwsBackend:
 
     def _delete_alias(self, action: DeleteAlias) -> None:
         current = self._live.aliases.get((action.function, action.alias))
-        if current is None or not current.managed:
+        if current is None or owner_of(current) != self.instance:
             return  # gone already, or not ours
         self._delete(
             action.resource,
@@ -550,7 +638,7 @@ class AwsBackend:
         alias = self._live.aliases.get((ref.function, ref.alias))
         if alias is None and ref.function in self._functions_read:
             return  # no such alias yet: creating it grants the permission
-        if alias is None or not alias.managed:
+        if alias is None or owner_of(alias) != self.instance:
             log.warning(
                 "permission_not_granted",
                 alias=f"{ref.function}:{ref.alias}",

@@ -15,14 +15,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
+from reconciler.backends.base import (
+    DEFAULT_INSTANCE,
+    LiveAlias,
+    LiveApi,
+    LiveCanary,
+    LiveDeployment,
+    LiveStage,
+    LiveState,
+)
 from reconciler.plan import percent_json, routing_from_lambda
 from reconciler.specs import Definition, DesiredCanary, normalize_percent
 
 MANAGED_TAG = "reconciler:managed"
+INSTANCE_TAG = "reconciler:instance"
 ALIAS_MARKER = "[reconciler]"
+ALIAS_OWNED = re.compile(r"\[reconciler(?::([^\]\s]+))?\](?: (.*))?\Z", re.DOTALL)
 ALIAS_DESCRIPTION_MAX = 256
-API_SHA_MARKER = re.compile(r"\s*\[reconciler:definition-sha256=([0-9a-f]{64})\]\Z")
+API_MARKER = re.compile(r"\s*\[reconciler:(?:owner=([^\]\s]+))?\s*(?:definition-sha256=([0-9a-f]{64}))?\]\Z")
 STATEMENT_PREFIX = "reconciler-"
 INVOKE_PRINCIPAL = "apigateway.amazonaws.com"
 _VAR = r"\$\{stageVariables\.([A-Za-z0-9_]+)\}"
@@ -35,36 +45,55 @@ PatchOp = dict[str, str]
 # ------------------------------------------------------------------ markers
 
 
-def api_description(description: str | None, sha256: str | None) -> str:
-    """The RestApi description as stored: the spec's text, then the definition hash marker."""
+def api_description(description: str | None, sha256: str | None, owner: str | None = None) -> str:
+    """The RestApi description as stored: the spec's text, then the marker (owner, definition hash).
+
+    ``default``'s marker names only the hash, as before instances had names; with no hash yet (an
+    adopted API) the owner is always named, so that the marker alone says the API is managed.
+    """
     text = description or ""
-    if sha256 is None:
+    parts = []
+    if owner is not None and (owner != DEFAULT_INSTANCE or sha256 is None):
+        parts.append(f"owner={owner}")
+    if sha256 is not None:
+        parts.append(f"definition-sha256={sha256}")
+    if not parts:
         return text
-    marker = f"[reconciler:definition-sha256={sha256}]"
+    marker = f"[reconciler:{' '.join(parts)}]"
     return f"{text} {marker}" if text else marker
 
 
-def parse_api_description(stored: str | None) -> tuple[str | None, str | None]:
-    """(the spec's description, the definition hash) from a stored RestApi description."""
+@dataclass(frozen=True)
+class ApiMarker:
+    """What a stored RestApi description says: the spec's text, the hash, whether marked, by whom."""
+
+    description: str | None
+    sha256: str | None
+    marked: bool
+    owner: str | None
+
+
+def parse_api_description(stored: str | None) -> ApiMarker:
     text = stored or ""
-    found = API_SHA_MARKER.search(text)
+    found = API_MARKER.search(text)
+    if found is None or not (found.group(1) or found.group(2)):
+        return ApiMarker(text or None, None, False, None)
+    return ApiMarker(text[: found.start()] or None, found.group(2), True, found.group(1))
+
+
+def alias_description(description: str | None, owner: str | None = None) -> str:
+    """``[reconciler] text`` for ``default`` (as before instances had names), ``[reconciler:NAME] text`` else."""
+    marker = ALIAS_MARKER if owner in (None, DEFAULT_INSTANCE) else f"[reconciler:{owner}]"
+    return f"{marker} {description}" if description else marker
+
+
+def parse_alias_description(stored: str | None) -> tuple[bool, str | None, str | None]:
+    """(managed, owner, the spec's description) from a stored alias description."""
+    text = stored or ""
+    found = ALIAS_OWNED.match(text)
     if found is None:
-        return text or None, None
-    return text[: found.start()] or None, found.group(1)
-
-
-def alias_description(description: str | None) -> str:
-    return f"{ALIAS_MARKER} {description}" if description else ALIAS_MARKER
-
-
-def parse_alias_description(stored: str | None) -> tuple[bool, str | None]:
-    """(managed, the spec's description) from a stored alias description."""
-    text = stored or ""
-    if text == ALIAS_MARKER:
-        return True, None
-    if text.startswith(ALIAS_MARKER + " "):
-        return True, text[len(ALIAS_MARKER) + 1 :] or None
-    return False, text or None
+        return False, None, text or None
+    return True, found.group(1), found.group(2) or None
 
 
 def deployment_description(sha256: str, revision: str | None) -> str:
@@ -181,6 +210,7 @@ def copy_live(live: LiveState) -> LiveState:
         stages=dict(live.stages),
         aliases=dict(live.aliases),
         versions={function: set(versions) for function, versions in live.versions.items()},
+        instance=live.instance,
     )
 
 
@@ -188,10 +218,23 @@ def deployment_hashes(by_sha: Mapping[str, LiveDeployment]) -> dict[str, str]:
     return {d.id: sha for sha, d in by_sha.items()}
 
 
+def _tag_owner(tags: Mapping[str, str]) -> tuple[bool, str | None]:
+    """(managed, owner) from a resource's tags."""
+    owner = tags.get(INSTANCE_TAG) or None
+    return tags.get(MANAGED_TAG) == "true" or owner is not None, owner
+
+
 def live_api(item: Mapping[str, Any]) -> LiveApi:
-    description, sha = parse_api_description(item.get("description"))
-    tags = item.get("tags") or {}
-    return LiveApi(str(item["name"]), str(item["id"]), description, sha, tags.get(MANAGED_TAG) == "true")
+    marker = parse_api_description(item.get("description"))
+    managed, owner = _tag_owner(item.get("tags") or {})
+    return LiveApi(
+        str(item["name"]),
+        str(item["id"]),
+        marker.description,
+        marker.sha256,
+        managed or marker.marked,
+        owner or marker.owner,
+    )
 
 
 def live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str], region: str) -> LiveStage:
@@ -206,7 +249,7 @@ def live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str],
             variables=dict(settings.get("stageVariableOverrides") or {}),
         )
     deployment_id = str(item.get("deploymentId") or "")
-    tags = item.get("tags") or {}
+    managed, owner = _tag_owner(item.get("tags") or {})
     return LiveStage(
         api=api.name,
         name=str(item["stageName"]),
@@ -216,12 +259,13 @@ def live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str],
         variables=dict(item.get("variables") or {}),
         canary=canary,
         url=stage_url(api.id, region, str(item["stageName"])),
-        managed=tags.get(MANAGED_TAG) == "true",
+        managed=managed,
+        owner=owner,
     )
 
 
 def live_alias(function: str, item: Mapping[str, Any]) -> LiveAlias:
-    managed, description = parse_alias_description(item.get("Description"))
+    managed, owner, description = parse_alias_description(item.get("Description"))
     weights = (item.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
     return LiveAlias(
         function=function,
@@ -230,4 +274,5 @@ def live_alias(function: str, item: Mapping[str, Any]) -> LiveAlias:
         routing=routing_from_lambda(str(item["FunctionVersion"]), {str(v): float(w) for v, w in weights.items()}),
         managed=managed,
         revision_id=item.get("RevisionId"),
+        owner=owner,
     )

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from reconciler.specs import DesiredState
 
 Routing = dict[str, float]
+DEFAULT_INSTANCE = "default"  # the owner of resources marked before marks named their instance
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class LiveApi:
     description: str | None
     definition_sha256: str | None
     managed: bool
+    owner: str | None = None  # the instance that manages it (managed with no owner: DEFAULT_INSTANCE)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class LiveStage:
     canary: LiveCanary | None
     url: str
     managed: bool
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class LiveAlias:
     routing: Routing
     managed: bool
     revision_id: str | None = None
+    owner: str | None = None
 
 
 @dataclass
@@ -77,6 +81,14 @@ class LiveState:
     stages: dict[tuple[str, str], LiveStage] = field(default_factory=dict)
     aliases: dict[tuple[str, str], LiveAlias] = field(default_factory=dict)
     versions: dict[str, set[str]] = field(default_factory=dict)
+    instance: str = DEFAULT_INSTANCE  # the instance this state was read for: it owns what ``owner_of`` names it
+
+
+def owner_of(resource: LiveApi | LiveStage | LiveAlias) -> str | None:
+    """The instance managing ``resource``, None if no instance does (old marks: ``default``'s)."""
+    if not resource.managed:
+        return None
+    return resource.owner or DEFAULT_INSTANCE
 
 
 class Backend(Protocol):

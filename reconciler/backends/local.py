@@ -21,11 +21,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, assert_never
 
-from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
+from reconciler.backends.base import (
+    DEFAULT_INSTANCE,
+    LiveAlias,
+    LiveApi,
+    LiveCanary,
+    LiveDeployment,
+    LiveStage,
+    LiveState,
+)
 from reconciler.errors import BackendError, ConflictError
 from reconciler.openapi import definition_problems
 from reconciler.plan import (
     Action,
+    AdoptAlias,
+    AdoptApi,
+    AdoptStage,
     CreateAlias,
     CreateApi,
     CreateDeployment,
@@ -96,10 +107,18 @@ class LocalCloud:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            self._add_owner_columns()
         except sqlite3.Error as exc:  # not a database, or a schema of its own: say which file, not a traceback
             self.db.close()
             locked = isinstance(exc, sqlite3.OperationalError)  # busy: retrying may help; corrupt: it will not
             raise BackendError(f"local backend: cannot open {self.path}: {exc}", temporary=locked) from None
+
+    def _add_owner_columns(self) -> None:
+        """Databases made before ownership per instance get an ``owner`` column (NULL: ``default``'s)."""
+        for table in ("rest_apis", "stages", "aliases"):
+            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if "owner" not in columns:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -145,12 +164,12 @@ class LocalCloud:
             raise _error("NotFoundException", f"Invalid API identifier specified: no REST API named {name!r}")
         return str(row["id"])
 
-    def create_rest_api(self, name: str, description: str | None, managed: bool) -> str:
+    def create_rest_api(self, name: str, description: str | None, managed: bool, owner: str | None = None) -> str:
         api_id = _new_id(10)
         try:
             self.db.execute(
-                "INSERT INTO rest_apis (id, name, description, managed, created_at) VALUES (?, ?, ?, ?, ?)",
-                (api_id, name, description, int(managed), _now()),
+                "INSERT INTO rest_apis (id, name, description, managed, owner, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (api_id, name, description, int(managed), owner, _now()),
             )
         except sqlite3.IntegrityError:
             raise _error("ConflictException", f"a REST API named {name!r} already exists") from None
@@ -208,12 +227,13 @@ class LocalCloud:
         variables: dict[str, str],
         canary: dict[str, Any] | None,
         managed: bool,
+        owner: str | None = None,
     ) -> None:
         self._check_stage_deployments(api_id, deployment_id, canary)
         try:
             self.db.execute(
                 "INSERT INTO stages (api_id, name, deployment_id, description, variables, canary, managed,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " owner, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     api_id,
                     name,
@@ -222,6 +242,7 @@ class LocalCloud:
                     json.dumps(variables),
                     _dump(canary),
                     int(managed),
+                    owner,
                     _now(),
                     _now(),
                 ),
@@ -309,14 +330,21 @@ class LocalCloud:
                 )
 
     def create_alias(
-        self, function: str, name: str, version: str, weights: dict[str, float], description: str | None, managed: bool
+        self,
+        function: str,
+        name: str,
+        version: str,
+        weights: dict[str, float],
+        description: str | None,
+        managed: bool,
+        owner: str | None = None,
     ) -> None:
         self._check_alias_target(function, name, version, weights)
         try:
             self.db.execute(
                 "INSERT INTO aliases (function, name, description, function_version, additional_weights, revision_id,"
-                " managed) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (function, name, description, version, json.dumps(weights), str(uuid.uuid4()), int(managed)),
+                " managed, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (function, name, description, version, json.dumps(weights), str(uuid.uuid4()), int(managed), owner),
             )
         except sqlite3.IntegrityError:
             raise _error(
@@ -366,8 +394,9 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, instance: str = DEFAULT_INSTANCE) -> None:
         self.cloud = LocalCloud(state_dir)
+        self.instance = instance
 
     def close(self) -> None:
         self.cloud.close()
@@ -378,12 +407,17 @@ class LocalBackend:
             return self._read(db)
 
     def _read(self, db: sqlite3.Connection) -> LiveState:
-        live = LiveState()
+        live = LiveState(instance=self.instance)
         names: dict[str, str] = {}
-        for row in db.execute("SELECT id, name, description, definition_sha256, managed FROM rest_apis"):
+        for row in db.execute("SELECT id, name, description, definition_sha256, managed, owner FROM rest_apis"):
             names[row["id"]] = row["name"]
             live.apis[row["name"]] = LiveApi(
-                row["name"], row["id"], row["description"], row["definition_sha256"], bool(row["managed"])
+                row["name"],
+                row["id"],
+                row["description"],
+                row["definition_sha256"],
+                bool(row["managed"]),
+                row["owner"],
             )
         hashes: dict[str, str | None] = {}
         for row in db.execute("SELECT id, api_id, definition_sha256, revision FROM deployments ORDER BY created_at"):
@@ -413,6 +447,7 @@ class LocalBackend:
                 canary=canary,
                 url=self.cloud.url(row["api_id"], row["name"]),
                 managed=bool(row["managed"]),
+                owner=row["owner"],
             )
         for row in db.execute("SELECT name FROM functions"):
             live.versions[row["name"]] = {LATEST}
@@ -426,6 +461,7 @@ class LocalBackend:
                 routing=routing_from_lambda(row["function_version"], json.loads(row["additional_weights"])),
                 managed=bool(row["managed"]),
                 revision_id=row["revision_id"],
+                owner=row["owner"],
             )
         return live
 
@@ -454,19 +490,37 @@ class LocalBackend:
             "stageVariableOverrides": dict(canary.variables),
         }
 
+    def _check_owner(self, row: sqlite3.Row | None, what: str, code: str = "ConflictException") -> None:
+        """Refuse to touch ``row`` unless this instance manages it."""
+        if row is None:
+            return
+        if not row["managed"]:
+            raise _error(code, f"{what} exists and is not managed by reconciler")
+        owner = row["owner"] or DEFAULT_INSTANCE
+        if owner != self.instance:
+            raise _error(code, f"{what} is managed by reconciler instance {owner!r}, not {self.instance!r}")
+
+    def _adopt(self, table: str, where: str, params: tuple[str, ...], what: str) -> None:
+        """Mark an unmanaged resource as this instance's; adopting one's own again is a no-op."""
+        row = self.cloud.db.execute(f"SELECT managed, owner FROM {table} WHERE {where}", params).fetchone()
+        if row is None:
+            raise _error("NotFoundException", f"{what} does not exist; re-plan")
+        if row["managed"]:
+            self._check_owner(row, what)
+            return
+        self.cloud.db.execute(f"UPDATE {table} SET managed = 1, owner = ? WHERE {where}", (self.instance, *params))
+
     def _managed_api_id(self, name: str) -> str | None:
-        """The id of the managed API ``name``, None if there is none; an unmanaged one is a conflict."""
-        row = self.cloud.db.execute("SELECT id, managed FROM rest_apis WHERE name = ?", (name,)).fetchone()
-        if row is not None and not row["managed"]:
-            raise _error("ConflictException", f"REST API {name} exists and is not managed by reconciler")
+        """The id of this instance's API ``name``, None if there is none; anyone else's is a conflict."""
+        row = self.cloud.db.execute("SELECT id, managed, owner FROM rest_apis WHERE name = ?", (name,)).fetchone()
+        self._check_owner(row, f"REST API {name}")
         return None if row is None else str(row["id"])
 
     def _managed_stage_exists(self, api_id: str, stage: str) -> bool:
         row = self.cloud.db.execute(
-            "SELECT managed FROM stages WHERE api_id = ? AND name = ?", (api_id, stage)
+            "SELECT managed, owner FROM stages WHERE api_id = ? AND name = ?", (api_id, stage)
         ).fetchone()
-        if row is not None and not row["managed"]:
-            raise _error("ConflictException", f"stage {stage} exists and is not managed by reconciler")
+        self._check_owner(row, f"stage {stage}")
         return row is not None
 
     def _apply(self, action: Action) -> None:
@@ -474,7 +528,9 @@ class LocalBackend:
         match action:
             case CreateApi():
                 found = self._managed_api_id(action.api)
-                api_id = found or cloud.create_rest_api(action.api, action.description, managed=True)
+                api_id = found or cloud.create_rest_api(
+                    action.api, action.description, managed=True, owner=self.instance
+                )
                 cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, action.description)
             case UpdateApi():
                 api_id = self._managed_api_id(action.api) or cloud.api_id(action.api)
@@ -505,24 +561,35 @@ class LocalBackend:
                     )
                 else:
                     cloud.create_stage(
-                        api_id, action.stage, deployment_id, action.description, action.variables, canary, managed=True
+                        api_id,
+                        action.stage,
+                        deployment_id,
+                        action.description,
+                        action.variables,
+                        canary,
+                        managed=True,
+                        owner=self.instance,
                     )
             case CreateAlias() | UpdateAlias():
                 version, weights = routing_to_lambda(action.routing)
                 row = cloud.db.execute(
-                    "SELECT managed, function_version, additional_weights, description FROM aliases"
+                    "SELECT managed, owner, function_version, additional_weights, description FROM aliases"
                     " WHERE function = ? AND name = ?",
                     (action.function, action.alias),
                 ).fetchone()
                 if row is None:
                     cloud.create_alias(
-                        action.function, action.alias, version, weights, action.description, managed=True
+                        action.function,
+                        action.alias,
+                        version,
+                        weights,
+                        action.description,
+                        managed=True,
+                        owner=self.instance,
                     )
-                elif not row["managed"]:
-                    raise _error(
-                        "ResourceConflictException", f"alias {action.alias} exists and is not managed by reconciler"
-                    )
-                elif _alias_target(row) == (version, weights, action.description):
+                    return
+                self._check_owner(row, f"alias {action.alias}", "ResourceConflictException")
+                if _alias_target(row) == (version, weights, action.description):
                     return  # already as wanted: a repeated action is a no-op, whatever the RevisionId
                 else:
                     revision_id = action.revision_id if isinstance(action, UpdateAlias) else None
@@ -533,8 +600,17 @@ class LocalBackend:
                     cloud.delete_stage(str(row["id"]), action.stage)
             case DeleteAlias():
                 cloud.db.execute(
-                    "DELETE FROM aliases WHERE function = ? AND name = ? AND managed = 1",
-                    (action.function, action.alias),
+                    "DELETE FROM aliases WHERE function = ? AND name = ? AND managed = 1 AND coalesce(owner, ?) = ?",
+                    (action.function, action.alias, DEFAULT_INSTANCE, self.instance),
+                )
+            case AdoptApi():
+                self._adopt("rest_apis", "name = ?", (action.api,), f"REST API {action.api}")
+            case AdoptStage():
+                api_id = cloud.api_id(action.api)
+                self._adopt("stages", "api_id = ? AND name = ?", (api_id, action.stage), f"stage {action.stage}")
+            case AdoptAlias():
+                self._adopt(
+                    "aliases", "function = ? AND name = ?", (action.function, action.alias), f"alias {action.alias}"
                 )
             case _:
                 assert_never(action)

@@ -6,6 +6,7 @@ import pytest
 
 from reconciler.backends.aws_model import (
     AliasRef,
+    ApiMarker,
     CanaryTarget,
     alias_description,
     alias_refs,
@@ -28,25 +29,43 @@ SHA = "ab" * 32
 )
 def test_api_description_marker_round_trips(description: str | None) -> None:
     """The spec's description and the definition hash come back out of the stored description."""
-    assert parse_api_description(api_description(description, SHA)) == (description, SHA)
+    assert parse_api_description(api_description(description, SHA)) == ApiMarker(description, SHA, True, None)
+
+
+@pytest.mark.parametrize(
+    ("owner", "sha", "stored"),
+    [
+        pytest.param("default", SHA, f"Orders [reconciler:definition-sha256={SHA}]", id="default-as-before"),
+        pytest.param("team-b", SHA, f"Orders [reconciler:owner=team-b definition-sha256={SHA}]", id="named"),
+        pytest.param("default", None, "Orders [reconciler:owner=default]", id="adopted-no-hash-yet"),
+    ],
+)
+def test_api_description_marker_names_its_owner(owner: str, sha: str | None, stored: str) -> None:
+    """The marker names a non-default owner (and any owner before a hash is known), and reads back."""
+    assert api_description("Orders", sha, owner) == stored
+    assert parse_api_description(stored) == ApiMarker(
+        "Orders", sha, True, None if stored.count("owner=") == 0 else owner
+    )
 
 
 def test_api_description_without_marker_has_no_hash() -> None:
     """A description someone wrote by hand yields no definition hash (so the plan imports the definition)."""
-    assert parse_api_description("hand made") == ("hand made", None)
+    assert parse_api_description("hand made") == ApiMarker("hand made", None, False, None)
 
 
 @pytest.mark.parametrize(
     ("stored", "expected"),
     [
-        pytest.param(alias_description("production"), (True, "production"), id="ours"),
-        pytest.param(alias_description(None), (True, None), id="ours-no-text"),
-        pytest.param("[reconciler]x", (False, "[reconciler]x"), id="marker-glued"),
-        pytest.param("production", (False, "production"), id="not-ours"),
-        pytest.param(None, (False, None), id="empty"),
+        pytest.param(alias_description("production"), (True, None, "production"), id="ours"),
+        pytest.param(alias_description(None), (True, None, None), id="ours-no-text"),
+        pytest.param(alias_description("prod", "team-b"), (True, "team-b", "prod"), id="named-instance"),
+        pytest.param("[reconciler:team-b]", (True, "team-b", None), id="named-no-text"),
+        pytest.param("[reconciler]x", (False, None, "[reconciler]x"), id="marker-glued"),
+        pytest.param("production", (False, None, "production"), id="not-ours"),
+        pytest.param(None, (False, None, None), id="empty"),
     ],
 )
-def test_alias_marker_decides_ownership(stored: str | None, expected: tuple[bool, str | None]) -> None:
+def test_alias_marker_decides_ownership(stored: str | None, expected: tuple[bool, str | None, str | None]) -> None:
     """Only a description starting with the marker (alone or followed by a space) is the tool's."""
     assert parse_alias_description(stored) == expected
 

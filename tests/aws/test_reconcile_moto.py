@@ -31,13 +31,13 @@ def test_first_apply_creates_everything_and_then_plans_nothing(aws_repo: AwsRepo
     result = aws_repo.aws("apply")
     assert result.code == 0, result.stderr
     api = aws.api()
-    assert api["tags"] == {"reconciler:managed": "true"}
+    assert api["tags"] == {"reconciler:managed": "true", "reconciler:instance": "default"}
     assert api["description"].startswith("Orders service [reconciler:definition-sha256=")
     assert len(aws.deployments()) == 2
     stages = aws.stages()
     assert sorted(stages) == ["dev", "prod", "v1"]
     assert stages["prod"]["variables"] == {"lambdaAlias": "prod"}
-    assert all(s["tags"] == {"reconciler:managed": "true"} for s in stages.values())
+    assert all(s["tags"] == {"reconciler:managed": "true", "reconciler:instance": "default"} for s in stages.values())
     prod = aws.alias("orders-handler", "prod")
     assert (prod["FunctionVersion"], prod["RoutingConfig"]["AdditionalVersionWeights"]) == ("1", {"2": 0.05})
     assert prod["Description"] == "[reconciler] production"

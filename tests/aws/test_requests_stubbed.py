@@ -196,7 +196,7 @@ def test_new_stage_is_created_with_its_canary_and_grant(backend: AwsBackend, stu
             "stageName": "beta",
             "deploymentId": "d1",
             "variables": {"lambdaAlias": "prod"},
-            "tags": MANAGED,
+            "tags": {**MANAGED, "reconciler:instance": "default"},
             "canarySettings": {
                 "percentTraffic": 10.0,
                 "deploymentId": "d2",
