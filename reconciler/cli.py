@@ -1,70 +1,61 @@
-"""The command line: argument parsing and output only; the work is the engine's.
+"""The command line (click): parsing and output only; the work is the engine's, the daemon's.
 
-Every command takes the common flags after its own name; every flag may also
-come from ``RECONCILER_<FLAG>`` (flag > environment > default).  Expected
-errors become one line on stderr and an exit code (``ReconcilerError.exit_code``),
-never a traceback.
+How to extend it (the one pattern every command follows):
+
+* A **common flag** (shared by several commands) is one ``Flag`` entry in ``FLAGS``; add its name to
+  the flag sets (``GIT``, ``BACKEND``, ``OUTPUT``...) or ``flags=`` of the commands it applies to.
+  It is then accepted before or after the command (``reconciler --repo . plan`` = ``reconciler plan
+  --repo .``), read from ``RECONCILER_<FLAG>``, shown in those commands' help only, and reaches the
+  command as a field of ``Common`` (add the field there too).
+* A **command** is a function ``(common: Common, out: Out, **its own params) -> exit code`` decorated
+  with ``@command(parent, "name", flags=..., example="reconciler name ...")`` above its own
+  ``@option(...)`` / ``@click.argument(...)`` decorators.  ``option`` is click.option that also reads
+  ``RECONCILER_<FLAG>`` and names the variable in help and errors.
+* A **daemon flag** is an ``@option`` on ``run`` plus a field of the same name in
+  ``reconciler.daemon.DaemonConfig``; ``daemon_config`` copies it over.  Nothing below this module
+  imports click: commands hand the engine and daemon frozen dataclasses (``Config``, ``DaemonConfig``).
+* Expected failures are ``ReconcilerError``s (each with its ``exit_code``); ``main`` prints them as
+  one ``error:`` line on stderr, never a traceback.  Usage errors exit 1 (plan's 2 means "changes").
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
+import click
 import structlog
+from click.core import ParameterSource
 
 from reconciler import __version__
 from reconciler.engine import Config, Engine, ReconcileResult
 from reconciler.errors import ReconcilerError, SpecError, UsageError
 from reconciler.plan import Action, Plan
 
+if TYPE_CHECKING:
+    from reconciler.daemon import DaemonConfig
+
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 LOCK_WAIT = 30.0  # seconds a CLI writer waits for a daemon's reconcile in flight
-
-
-# ------------------------------------------------------------------ parsing
-
-
 ENV_PREFIX = "RECONCILER_"
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+SWITCH_VALUES = "1, true, yes, on or 0, false, no, off"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+# ------------------------------------------------------------------ options
 
 
 def env_name(flag: str) -> str:
     """``--resync-interval`` -> ``RECONCILER_RESYNC_INTERVAL``."""
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
-
-
-class _Parser(argparse.ArgumentParser):
-    """Exits 1 on usage errors (argparse's 2 would read as "changes" for plan); checks values from the environment.
-
-    argparse converts a string default with the option's ``type`` but never
-    checks it against ``choices``; values from ``RECONCILER_<FLAG>`` are checked
-    here, so a bad variable is a usage error naming the variable.
-    """
-
-    def error(self, message: str) -> Any:  # exit 1, as exit 2 means "changes" for plan
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        for action in self._actions:
-            variable: str | None = getattr(action, "env_var", None)
-            raw = os.environ.get(variable) if variable else None
-            if raw is None or action.choices is None or getattr(parsed, action.dest, None) != raw:
-                continue
-            if raw not in action.choices:
-                expected = ", ".join(map(str, action.choices))
-                self.error(f"{variable}={raw!r}: expected one of {expected}")
-        return parsed, extras
 
 
 def _shown(value: Any) -> str:
@@ -73,208 +64,349 @@ def _shown(value: Any) -> str:
     return "off" if value is False else "on" if value is True else str(value)
 
 
-def option(
-    group: argparse.ArgumentParser | argparse._ArgumentGroup,
-    *names: str,
-    default: Any = None,
-    help: str = "",
-    unset: str | None = None,
-    **kwargs: Any,
-) -> argparse.Action:
-    """An option that also reads ``RECONCILER_<FLAG>``; its help names the variable and the effective default.
+class EnvOption(click.Option):
+    """An option that also reads ``RECONCILER_<FLAG>``: its help shows the variable and the default in force
+    (and where it came from); a bad value from the variable is an error that names the variable."""
 
-    Precedence: the flag, else the variable, else ``default``.  ``unset``
-    describes a ``None`` default in the help (e.g. "the current branch").  A
-    switch (``action="store_true"``) takes 1/true/yes/on or 0/false/no/off.
-    """
-    flag = next(n for n in names if n.startswith("--"))
-    variable = env_name(flag)
-    raw = os.environ.get(variable)
-    switch = kwargs.get("action") == "store_true"
-    source = ""
-    if raw is not None:
-        if switch:
-            if raw.strip().lower() not in TRUE + FALSE:
-                raise UsageError(f"{variable}={raw!r}: expected 1, true, yes, on or 0, false, no, off")
-            default = raw.strip().lower() in TRUE
+    def __init__(self, *args: Any, unset: str | None = None, **kwargs: Any) -> None:
+        kwargs.update(show_default=False, show_envvar=False)
+        self.documented_default: Any = kwargs.get("default", False if kwargs.get("is_flag") else None)
+        super().__init__(*args, **kwargs)
+        self.unset = unset  # describes a None default, e.g. "the current branch"
+
+    @property
+    def variable(self) -> str:
+        return str(self.envvar)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        raw = os.environ.get(self.variable) or None
+        source = f" from {self.variable}" if raw is not None else ""
+        value: Any = raw if raw is not None else self.documented_default
+        if value is None:
+            effective = self.unset or "none"
+        elif raw is not None and self.is_flag:
+            effective = "on" if raw.strip().lower() in ("1", "true", "yes", "on", "t", "y") else "off"
         else:
-            default = raw
-        source = f" from {variable}"
-    elif switch:
-        default = False
-    if default is None:
-        effective = unset or "none"
-    else:
-        converter = kwargs.get("type")
+            try:
+                effective = _shown(self.type.convert(value, self, ctx) if isinstance(value, str) else value)
+            except click.BadParameter:
+                effective = repr(value)
+        text = f"{record[1]} " if record[1] else ""
+        return record[0], f"{text}[env {self.variable}; default: {effective}{source}]"
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
         try:
-            effective = _shown(converter(default) if converter and isinstance(default, str) else default)
-        except (TypeError, ValueError):
-            effective = repr(default)
-    text = f"{help} " if help else ""
-    action = group.add_argument(
-        *names,
-        default=default,
-        help=f"{text}[env {variable}; default: {effective}{source}]".replace("%", "%%"),
-        **kwargs,
-    )
-    action.env_var = variable  # type: ignore[attr-defined]
-    return action
+            return super().process_value(ctx, value)
+        except click.BadParameter as exc:
+            if ctx.get_parameter_source(self.name or "") is not ParameterSource.ENVIRONMENT:
+                raise
+            raise self.environment_error(os.environ.get(self.variable, ""), exc, ctx) from None
+
+    def environment_error(self, raw: str, exc: click.BadParameter, ctx: click.Context) -> click.UsageError:
+        reason = f"expected {SWITCH_VALUES}" if self.is_flag else exc.message
+        return click.UsageError(f"{self.variable}={raw!r} (for {self.opts[-1]}): {reason}", ctx)
 
 
-def common_flags() -> _Parser:
-    common = _Parser(add_help=False)
-    group = common.add_argument_group("common flags (each also a RECONCILER_<FLAG> environment variable)")
-    option(
-        group, "--repo", default=".", help="git repository (path or URL); '.': the one containing the current directory"
-    )
-    option(group, "--branch", help="branch to follow", unset="the current branch; main for a URL")
-    option(group, "--path", default="deploy_specs", help="specs root")
-    option(group, "--backend", choices=["local", "aws"], default="local", help="where live state is")
-    option(
-        group,
-        "--state-dir",
-        help="local backend and records",
-        unset=".reconciler/ in the repository root (for a URL: in the current directory)",
-    )
-    option(
-        group, "--instance", default="default", help="name of this reconciler instance; tags are applied/<instance>/<n>"
-    )
-    option(group, "--output", choices=["text", "json"], default="text", help="text for people, json for programs")
-    option(group, "--region", help="AWS region (aws backend, --lock)", unset="the AWS default chain")
-    option(
-        group,
-        "--endpoint-url",
-        help="AWS endpoint, e.g. a moto_server or LocalStack (aws backend, --lock)",
-        unset="AWS's own",
-    )
-    option(group, "--ssh-key", metavar="PATH", help="SSH private key for an ssh:// or git@ remote", unset="ssh's own")
-    option(
-        group,
-        "--known-hosts",
-        metavar="PATH",
-        help="known_hosts file for an SSH remote (host keys are checked strictly)",
-        unset="ssh's own",
-    )
-    option(group, "-v", "--verbose", action="store_true", help="log engine events to stderr")
-    return common
+def _option_kwargs(decls: Sequence[str], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A value-taking option without a type or metavar shows its name as metavar (``--repo REPO``)."""
+    flag = next(d for d in decls if d.startswith("--"))
+    if kwargs.get("is_flag") or "metavar" in kwargs or "type" in kwargs:
+        return dict(kwargs)
+    return {**kwargs, "metavar": flag.lstrip("-").upper().replace("-", "_")}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = common_flags()
-    parser = _Parser(prog="reconciler", description="GitOps for API Gateway stages and Lambda aliases.")
-    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], help=help_text, description=help_text)
-
-    def prune(parser: argparse.ArgumentParser, help_text: str) -> None:
-        option(parser, "--prune", action="store_true", help=help_text)
-        allow_empty(parser)
-
-    validate = command("validate", "parse and check the specs at a revision (no backend)")
-    validate.add_argument("--rev", help="revision (default: the branch head)")
-    plan = command("plan", "show what apply would change; exit 0 in sync, 2 changes, 1 error")
-    plan.add_argument("--rev", help="revision (default: the pin, else the branch head)")
-    prune(plan, "also plan deleting orphaned managed resources")
-    apply = command("apply", "one reconcile pass, then exit")
-    apply.add_argument("--rev", help="revision (default: the pin, else the branch head)")
-    prune(apply, "delete managed resources whose spec is gone")
-    run = command("run", "the daemon: follow the branch until SIGTERM/SIGINT")
-    add_daemon_flags(run)
-    command("status", "live state, desired/applied revision, pin, last error")
-    command("history", "applied tags, newest first")
-    rollback = command("rollback", "apply an earlier revision now and pin the instance to it")
-    rollback.add_argument(
-        "target", nargs="?", help="applied tag or revision (default: the applied tag before the current one)"
-    )
-    prune(rollback, "also delete managed resources the target does not name")
-    command("resume", "unpin: follow the branch head again")
-    local = commands.add_parser("local", help="local backend tools")
-    local_commands = local.add_subparsers(dest="local_command", required=True, parser_class=_Parser)
-    publish = local_commands.add_parser(
-        "publish-version", parents=[common], help="publish a new version of a function (created if needed)"
-    )
-    publish.add_argument("function")
-    return parser
-
-
-def allow_empty(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    option(
-        parser,
-        "--allow-empty",
-        action="store_true",
-        help="let --prune delete every managed resource when the specs declare no stage and no alias",
+def option(*decls: str, help: str = "", unset: str | None = None, **kwargs: Any) -> Callable[[Any], Any]:
+    """click.option that also reads ``RECONCILER_<FLAG>`` (flag > variable > default), said in its help."""
+    flag = next(d for d in decls if d.startswith("--"))
+    return click.option(
+        *decls, cls=EnvOption, envvar=env_name(flag), help=help, unset=unset, **_option_kwargs(decls, kwargs)
     )
 
 
-def add_daemon_flags(run: argparse.ArgumentParser) -> None:
-    """Flags of ``run``; the daemon module reads them from the namespace."""
-    group = run.add_argument_group("daemon flags (each also a RECONCILER_<FLAG> environment variable)")
-    option(group, "--listen", metavar="HOST:PORT", default="127.0.0.1:8080", help="HTTP address")
-    option(
-        group,
-        "--interval",
-        metavar="S",
-        type=float,
-        default=30.0,
-        help="seconds between fetches of a remote repository",
+@dataclass(frozen=True)
+class Flag:
+    """A common flag: its click declaration, made once and attached to every command it applies to."""
+
+    decls: tuple[str, ...]
+    help: str
+    kwargs: Mapping[str, Any]
+    unset: str | None = None
+
+    @property
+    def name(self) -> str:
+        return next(d for d in self.decls if d.startswith("--")).lstrip("-").replace("-", "_")
+
+    @property
+    def variable(self) -> str:
+        return env_name(self.decls[-1])
+
+    def param(self) -> EnvOption:
+        """The option as a command takes it (reading its variable)."""
+        kwargs = _option_kwargs(self.decls, self.kwargs)
+        return EnvOption(self.decls, envvar=self.variable, help=self.help, unset=self.unset, **kwargs)
+
+    def before_command(self) -> click.Option:
+        """The option as the top-level group takes it: no default, no variable (the command reads those)."""
+        kwargs = {k: v for k, v in _option_kwargs(self.decls, self.kwargs).items() if k != "default"}
+        return click.Option(self.decls, help=f"{self.help} [env {self.variable}]", **kwargs)
+
+
+FLAGS: dict[str, Flag] = {
+    flag.name: flag
+    for flag in (
+        Flag(
+            ("--repo",), "git repository (path or URL); '.': the one containing the current directory", {"default": "."}
+        ),
+        Flag(("--branch",), "branch to follow", {}, unset="the current branch; main for a URL"),
+        Flag(("--path",), "specs root", {"default": "deploy_specs"}),
+        Flag(
+            ("--state-dir",),
+            "local backend and records",
+            {"metavar": "DIR"},
+            unset=".reconciler/ in the repository root (for a URL: in the current directory)",
+        ),
+        Flag(
+            ("--instance",), "name of this reconciler instance; tags are applied/<instance>/<n>", {"default": "default"}
+        ),
+        Flag(("--ssh-key",), "SSH private key for an ssh:// or git@ remote", {"metavar": "PATH"}, unset="ssh's own"),
+        Flag(
+            ("--known-hosts",),
+            "known_hosts file for an SSH remote (host keys are checked strictly)",
+            {"metavar": "PATH"},
+            unset="ssh's own",
+        ),
+        Flag(("--backend",), "where live state is", {"type": click.Choice(["local", "aws"]), "default": "local"}),
+        Flag(("--region",), "AWS region (aws backend, --lock)", {}, unset="the AWS default chain"),
+        Flag(
+            ("--endpoint-url",),
+            "AWS endpoint, e.g. a moto_server or LocalStack (aws backend, --lock)",
+            {"metavar": "URL"},
+            unset="AWS's own",
+        ),
+        Flag(
+            ("-o", "--output"),
+            "text for people, json for programs",
+            {"type": click.Choice(["text", "json"]), "default": "text"},
+        ),
+        Flag(
+            ("--color",),
+            "colour the text output; auto: on a terminal unless NO_COLOR is set",
+            {"type": click.Choice(["auto", "always", "never"]), "default": "auto"},
+        ),
+        Flag(("-v", "--verbose"), "log engine events to stderr", {"is_flag": True}),
     )
-    option(group, "--resync-interval", metavar="S", type=float, default=300.0, help="seconds between drift checks")
-    option(
-        group, "--debounce", metavar="S", type=float, default=0.02, help="seconds to wait for git ref changes to settle"
-    )
-    option(group, "--no-self-heal", action="store_true", help="report drift but do not correct it")
-    option(group, "--prune", action="store_true", help="delete orphaned managed resources")
-    allow_empty(group)
-    option(group, "--once", action="store_true", help="one reconcile, then exit")
-    option(group, "--log-format", choices=["auto", "json", "console"], default="auto", help="auto: JSON off a terminal")
-    option(group, "--workdir", metavar="DIR", help="clone of a remote --repo", unset="<state-dir>/repo")
-    option(group, "--push-tags", action="store_true", help="push applied tags to the remote")
-    option(
-        group,
-        "--lock",
-        metavar="dynamodb://TABLE",
-        help="leader election among replicas: only the holder of a DynamoDB lease reconciles",
-        unset="none (one daemon per state directory, by a file lock)",
-    )
-    option(group, "--lease-duration", metavar="S", type=float, default=15.0, help="seconds a --lock lease lasts")
-    option(group, "--lease-renew-interval", metavar="S", type=float, default=5.0, help="seconds between lease renewals")
+}
+
+# Flag sets: which common flags a command takes.
+SOURCE = ("repo", "branch", "path", "ssh_key", "known_hosts")  # where the specs come from
+GIT = (*SOURCE, "state_dir", "instance")  # ... and the instance's records and tags
+BACKEND = ("backend", "region", "endpoint_url")
+OUTPUT = ("output", "color", "verbose")
+
+
+@dataclass(frozen=True)
+class Common:
+    """The common flags' values, wherever they were given (before or after the command, or the environment)."""
+
+    repo: str = "."
+    branch: str | None = None
+    path: str = "deploy_specs"
+    state_dir: str | None = None
+    instance: str = "default"
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    backend: str = "local"
+    region: str | None = None
+    endpoint_url: str | None = None
+    output: str = "text"
+    color: str = "auto"
+    verbose: bool = False
+
+    def config(self, allow_empty: bool = False) -> Config:
+        """The engine's configuration; ``--instance`` is checked here, as it names tags and files."""
+        if not INSTANCE_NAME.fullmatch(self.instance):
+            raise UsageError(
+                f"--instance {self.instance!r}: expected 1-63 characters of [A-Za-z0-9_-] starting with a letter "
+                "or digit (it names git tags and record files)"
+            )
+        return Config(
+            repo=self.repo,
+            branch=self.branch,
+            path=self.path,
+            backend=self.backend,
+            state_dir=self.state_dir,
+            instance=self.instance,
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            extra={key: value for key in ("ssh_key", "known_hosts") if (value := getattr(self, key))},
+            allow_empty=allow_empty,
+        )
 
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+assert set(FLAGS) == {f.name for f in fields(Common)}, "every common flag is a field of Common"
 
 
-def config_from(args: argparse.Namespace) -> Config:
-    if not INSTANCE_NAME.fullmatch(args.instance):
-        raise UsageError(
-            f"--instance {args.instance!r}: expected 1-63 characters of [A-Za-z0-9_-] starting with a letter or digit"
-            " (it names git tags and record files)"
+def _flag_spelling(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _Parsing(click.Command):
+    """Usage errors of this CLI: a common flag that does not apply is named as such (not "no such option"),
+    a typo gets the closest spelling only, and every error knows its command (for "see ... --help")."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            name = exc.option_name.split("=", 1)[0].lstrip("-").replace("-", "_")
+            if not isinstance(self, click.Group) and (name in FLAGS or exc.option_name in ("-o", "-v")):
+                raise click.UsageError(f"{exc.option_name} does not apply to `{ctx.command_path}`", ctx) from None
+            if exc.possibilities:  # the closest spelling only: "Did you mean '--prune'?"
+                raise click.NoSuchOption(exc.option_name, possibilities=exc.possibilities[:1], ctx=ctx) from None
+            raise
+        except click.UsageError as exc:
+            exc.ctx = exc.ctx or ctx
+            raise
+
+
+class Command(_Parsing):
+    """A command of this CLI (see ``command``)."""
+
+
+class Group(_Parsing, click.Group):
+    """A group of this CLI: its commands are ``Command``s."""
+
+    command_class = Command
+
+
+def command(
+    parent: click.Group, name: str, *, flags: Sequence[str], example: str, help: str
+) -> Callable[[Callable[..., int]], click.Command]:
+    """Make ``function(common, out, **own params) -> int`` the command ``name`` of ``parent``.
+
+    ``flags`` names the common flags (of ``FLAGS``) it takes; ``example`` is shown at the end of its help.
+    """
+    unknown = set(flags) - set(FLAGS)
+    assert not unknown, f"no such common flag: {unknown}"
+
+    def decorate(function: Callable[..., int]) -> click.Command:
+        own: list[click.Parameter] = list(reversed(getattr(function, "__click_params__", [])))
+        common: list[click.Parameter] = [FLAGS[flag].param() for flag in flags]
+
+        @functools.wraps(function)
+        def callback(**params: Any) -> int:
+            ctx = click.get_current_context()
+            values = _common_values(ctx, flags, {flag: params.pop(flag) for flag in flags})
+            options = Common(**values)
+            out = Out(options.output, colour=options.color)
+            ERRORS.colour = options.color
+            if name != "run":
+                configure_cli_logging(options.verbose)
+            return function(options, out, **params)
+
+        made = Command(
+            name,
+            callback=callback,
+            params=own + common,
+            help=help,
+            short_help=help.split(";")[0].split(".")[0],
+            epilog=f"\b\nExample:\n  {example}",
+            context_settings=CONTEXT,
         )
-    return Config(
-        repo=args.repo,
-        branch=args.branch,
-        path=args.path,
-        backend=args.backend,
-        state_dir=args.state_dir,
-        instance=args.instance,
-        region=args.region,
-        endpoint_url=args.endpoint_url,
-        extra={key: value for key in ("ssh_key", "known_hosts") if (value := getattr(args, key, None))},
-        allow_empty=bool(getattr(args, "allow_empty", False)),
-    )
+        parent.add_command(made)
+        return made
+
+    return decorate
+
+
+def _common_values(ctx: click.Context, flags: Sequence[str], given: dict[str, Any]) -> dict[str, Any]:
+    """The command's common flags: given after the command, else before it, else the variable or default.
+
+    A common flag given before a command it does not apply to is a usage error.
+    """
+    root = ctx.find_root()
+    before = {
+        key: value
+        for key, value in root.params.items()
+        if root.get_parameter_source(key) is ParameterSource.COMMANDLINE
+    }
+    for key in before:
+        if key not in flags:
+            raise click.UsageError(f"{_flag_spelling(key)} does not apply to `{ctx.command_path}`", ctx)
+    values = dict(given)
+    for key in flags:
+        if ctx.get_parameter_source(key) is not ParameterSource.COMMANDLINE and key in before:
+            values[key] = before[key]
+    return values
+
+
+@click.group(
+    cls=Group,
+    context_settings=CONTEXT,
+    no_args_is_help=True,
+    epilog="\b\nCommon flags go before or after the command; each command's --help lists those it takes.\n"
+    "Example:\n  reconciler --repo . plan -o json",
+)
+@click.version_option(__version__, "--version", prog_name="reconciler", message="%(prog)s %(version)s")
+def cli(**_: Any) -> None:
+    """GitOps for API Gateway stages and Lambda aliases."""
+    check_environment(click.get_current_context())
+
+
+def _env_options(group: click.Group) -> Iterator[EnvOption]:
+    for found in group.commands.values():
+        if isinstance(found, click.Group):
+            yield from _env_options(found)
+        else:
+            yield from (param for param in found.params if isinstance(param, EnvOption))
+
+
+def check_environment(ctx: click.Context) -> None:
+    """Every ``RECONCILER_<FLAG>`` set must suit its flag, whichever command runs (a container's environment
+    is shared by all of them): a bad one is a usage error naming the variable."""
+    seen: set[str] = set()
+    for param in _env_options(cli):
+        raw = os.environ.get(param.variable)
+        if not raw or param.variable in seen:
+            continue
+        seen.add(param.variable)
+        try:
+            (click.BOOL if param.is_flag else param.type).convert(raw, param, ctx)
+        except click.BadParameter as exc:
+            raise param.environment_error(raw, exc, ctx) from None
+
+
+cli.params.extend(flag.before_command() for flag in FLAGS.values())  # accepted before the command too
+
+
+@cli.group("local", cls=Group, context_settings=CONTEXT)
+def local() -> None:
+    """Local backend tools."""
 
 
 # ------------------------------------------------------------------- output
 
 
+def colour_wanted(setting: str, stream: TextIO) -> bool:
+    """``--color``: always, never, or auto (a terminal, and no ``NO_COLOR`` in the environment)."""
+    if setting == "always":
+        return True
+    if setting == "never":
+        return False
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
 class Out:
     """Writes text for people (coloured on a terminal) or one JSON document."""
 
-    def __init__(self, fmt: str, stream: TextIO | None = None) -> None:
+    def __init__(self, fmt: str, stream: TextIO | None = None, colour: str = "auto") -> None:
         self.json = fmt == "json"
         self.stream = stream or sys.stdout
-        self.colour = self.stream.isatty() and "NO_COLOR" not in os.environ
+        self.colour = colour_wanted(colour, self.stream)
 
     def paint(self, text: str, code: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.colour else text
@@ -286,10 +418,17 @@ class Out:
         print(json.dumps(data, indent=2, sort_keys=False), file=self.stream)
 
 
+@dataclass
+class ErrorStyle:
+    colour: str = "auto"  # the command's --color, once parsed
+
+
+ERRORS = ErrorStyle()
+
+
 def error_line(message: str) -> None:
     """One line on stderr, whatever the message holds (line breaks in it are escaped)."""
-    colour = sys.stderr.isatty() and "NO_COLOR" not in os.environ
-    prefix = "\033[31merror:\033[0m" if colour else "error:"
+    prefix = "\033[31merror:\033[0m" if colour_wanted(ERRORS.colour, sys.stderr) else "error:"
     message = message.replace("\r", "\\r").replace("\n", "\\n")
     print(f"{prefix} {message}", file=sys.stderr)
 
@@ -367,11 +506,24 @@ def report_spec_error(out: Out, exc: SpecError) -> None:
 
 # ----------------------------------------------------------------- commands
 
+REV = option("--rev", help="revision (default: the pin, else the branch head)", unset="the pin, else the branch head")
+ALLOW_EMPTY = option(
+    "--allow-empty", is_flag=True, help="let --prune delete every managed resource when the specs declare none"
+)
 
-def cmd_validate(args: argparse.Namespace, out: Out) -> int:
-    engine = Engine(config_from(args))
+
+@command(
+    cli,
+    "validate",
+    flags=(*SOURCE, "state_dir", *OUTPUT),
+    example="reconciler validate --rev HEAD~1",
+    help="Parse and check the specs at a revision (no backend). Exit 0 valid, 1 invalid.",
+)
+@option("--rev", help="revision to check", unset="the branch head")
+def cmd_validate(common: Common, out: Out, rev: str | None) -> int:
+    engine = Engine(common.config())
     try:
-        revision = engine.repo.resolve(args.rev) if args.rev else engine.head()
+        revision = engine.repo.resolve(rev) if rev else engine.head()
         try:
             desired = engine.desired(revision)
         except SpecError as exc:
@@ -390,18 +542,28 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
         engine.close()
 
 
-def cmd_plan(args: argparse.Namespace, out: Out) -> int:
-    engine = Engine(config_from(args))
+@command(
+    cli,
+    "plan",
+    flags=(*GIT, *BACKEND, *OUTPUT),
+    example="reconciler plan --prune -o json",
+    help="Show what apply would change. Exit 0 in sync, 2 changes, 1 error.",
+)
+@REV
+@option("--prune", is_flag=True, help="also plan deleting orphaned managed resources")
+@ALLOW_EMPTY
+def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty: bool) -> int:
+    engine = Engine(common.config(allow_empty))
     try:
-        revision = engine.resolve_target(args.rev)
+        revision = engine.resolve_target(rev)
         pinned = engine.record().pinned
-        if pinned and not args.rev and not out.json:
+        if pinned and not rev and not out.json:
             out.line(
                 f"Pinned to {pinned.revision[:12]} ({pinned.tag or 'revision'}); "
                 "`reconciler resume` to follow the branch."
             )
         try:
-            plan, _, _ = engine.make_plan(revision, prune=args.prune)
+            plan, _, _ = engine.make_plan(revision, prune=prune)
         except SpecError as exc:
             report_spec_error(out, exc)
             return EXIT_ERROR
@@ -452,21 +614,42 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
     return EXIT_OK
 
 
-def cmd_apply(args: argparse.Namespace, out: Out) -> int:
-    engine = Engine(config_from(args))
+@command(
+    cli,
+    "apply",
+    flags=(*GIT, *BACKEND, *OUTPUT),
+    example="reconciler apply --prune",
+    help="One reconcile pass, then exit. Exit 0 ok, 1 error.",
+)
+@REV
+@option("--prune", is_flag=True, help="delete managed resources whose spec is gone")
+@ALLOW_EMPTY
+def cmd_apply(common: Common, out: Out, rev: str | None, prune: bool, allow_empty: bool) -> int:
+    engine = Engine(common.config(allow_empty))
     try:
         with engine.state.writer_lock(f"reconciler apply, instance {engine.instance}", wait=LOCK_WAIT):
-            result = engine.reconcile(args.rev, prune=args.prune)
+            result = engine.reconcile(rev, prune=prune)
         return report_result(out, result, engine)
     finally:
         engine.close()
 
 
-def cmd_rollback(args: argparse.Namespace, out: Out) -> int:
-    engine = Engine(config_from(args))
+@command(
+    cli,
+    "rollback",
+    flags=(*GIT, *BACKEND, *OUTPUT),
+    example="reconciler rollback applied/default/3",
+    help="Apply an earlier revision now and pin the instance to it. Exit 0 ok, 1 error.",
+)
+@click.argument("target", required=False)
+@option("--prune", is_flag=True, help="also delete managed resources the target does not name")
+@ALLOW_EMPTY
+def cmd_rollback(common: Common, out: Out, target: str | None, prune: bool, allow_empty: bool) -> int:
+    """TARGET: an applied tag or a revision (default: the applied tag before the current one)."""
+    engine = Engine(common.config(allow_empty))
     try:
         with engine.state.writer_lock(f"reconciler rollback, instance {engine.instance}", wait=LOCK_WAIT):
-            result = engine.rollback(args.target, prune=args.prune)
+            result = engine.rollback(target, prune=prune)
         code = report_result(out, result, engine)
         if (result.error is None or result.error.temporary) and not out.json:  # pinned (see Engine.rollback)
             retry = "" if result.error is None else " (the failure is temporary: the next reconcile goes on with it)"
@@ -479,8 +662,15 @@ def cmd_rollback(args: argparse.Namespace, out: Out) -> int:
         engine.close()
 
 
-def cmd_resume(args: argparse.Namespace, out: Out) -> int:
-    engine = Engine(config_from(args))
+@command(
+    cli,
+    "resume",
+    flags=(*GIT, *OUTPUT),
+    example="reconciler resume",
+    help="Unpin: follow the branch head again.",
+)
+def cmd_resume(common: Common, out: Out) -> int:
+    engine = Engine(common.config())
     try:
         with engine.state.writer_lock(f"reconciler resume, instance {engine.instance}", wait=LOCK_WAIT):
             record = engine.resume()
@@ -493,8 +683,15 @@ def cmd_resume(args: argparse.Namespace, out: Out) -> int:
         engine.close()
 
 
-def cmd_status(args: argparse.Namespace, out: Out) -> int:
-    engine = Engine(config_from(args))
+@command(
+    cli,
+    "status",
+    flags=(*GIT, *BACKEND, *OUTPUT),
+    example="reconciler status -o json",
+    help="Live state, desired and applied revision, pin, last error.",
+)
+def cmd_status(common: Common, out: Out) -> int:
+    engine = Engine(common.config())
     try:
         status = engine.status()
     finally:
@@ -523,8 +720,15 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
-def cmd_history(args: argparse.Namespace, out: Out) -> int:
-    engine = Engine(config_from(args))
+@command(
+    cli,
+    "history",
+    flags=(*GIT, *OUTPUT),
+    example="reconciler history --instance blue",
+    help="Applied tags, newest first.",
+)
+def cmd_history(common: Common, out: Out) -> int:
+    engine = Engine(common.config())
     try:
         tags = engine.history()
     finally:
@@ -533,7 +737,7 @@ def cmd_history(args: argparse.Namespace, out: Out) -> int:
         out.document([t.as_json() for t in tags])
         return EXIT_OK
     if not tags:
-        out.line(f"No applied tags for instance {args.instance!r} yet.")
+        out.line(f"No applied tags for instance {common.instance!r} yet.")
     for tag in tags:
         row = tag.as_json()
         flag = " (rollback)" if row["rollback"] else ""
@@ -541,42 +745,128 @@ def cmd_history(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
-def cmd_publish_version(args: argparse.Namespace, out: Out) -> int:
-    if args.backend != "local":
-        raise UsageError("publish-version works on the local backend only; publish with the AWS tools")
+@command(
+    local,
+    "publish-version",
+    flags=("repo", "state_dir", *OUTPUT),
+    example="reconciler local publish-version orders-handler --state-dir /tmp/state",
+    help="Publish a new version of FUNCTION in the local backend (creating the function if needed) and print "
+    "its number. With --state-dir it needs no git repository.",
+)
+@click.argument("function")
+def cmd_publish_version(common: Common, out: Out, function: str) -> int:
     from reconciler.backends.local import LocalCloud
 
-    engine = Engine(config_from(args))
-    try:
-        cloud = LocalCloud(engine.state.path)
-        version = cloud.publish_version(args.function)
-        cloud.close()
-    finally:
+    if common.state_dir:
+        state = Path(common.state_dir)
+    else:  # the default state dir is in the repository
+        engine = Engine(common.config())
+        state = engine.state.path
         engine.close()
+    state.mkdir(parents=True, exist_ok=True)
+    cloud = LocalCloud(state)
+    try:
+        version = cloud.publish_version(function)
+    finally:
+        cloud.close()
     if out.json:
-        out.document({"function": args.function, "version": str(version)})
+        out.document({"function": function, "version": str(version)})
     else:
         out.line(str(version))
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, out: Out) -> int:
+@command(
+    cli,
+    "run",
+    flags=(*GIT, *BACKEND, "verbose"),
+    example="reconciler run --listen 0.0.0.0:8080 --prune",
+    help="The daemon: follow the branch until SIGTERM/SIGINT, then exit 0.",
+)
+@option("--listen", metavar="HOST:PORT", default="127.0.0.1:8080", help="HTTP address")
+@option("--interval", type=float, metavar="S", default=30.0, help="seconds between fetches of a remote")
+@option("--resync-interval", type=float, metavar="S", default=300.0, help="seconds between drift checks")
+@option(
+    "--debounce",
+    type=float,
+    metavar="S",
+    default=0.02,
+    help="seconds to wait for git ref changes to settle",
+)
+@option("--no-self-heal", is_flag=True, help="report drift but do not correct it")
+@option("--prune", is_flag=True, help="delete orphaned managed resources")
+@ALLOW_EMPTY
+@option("--once", is_flag=True, help="one reconcile, then exit")
+@option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    help="auto: JSON off a terminal",
+)
+@option("--workdir", metavar="DIR", help="clone of a remote --repo", unset="<state-dir>/repo")
+@option("--push-tags", is_flag=True, help="push applied tags to the remote")
+@option(
+    "--lock",
+    metavar="dynamodb://TABLE",
+    help="leader election among replicas: only the holder of a DynamoDB lease reconciles",
+    unset="none (one daemon per state directory, by a file lock)",
+)
+@option("--lease-duration", type=float, metavar="S", default=15.0, help="seconds a --lock lease lasts")
+@option("--lease-renew-interval", type=float, metavar="S", default=5.0, help="seconds between lease renewals")
+def cmd_run(common: Common, out: Out, **settings: Any) -> int:
     from reconciler.daemon import run_daemon
 
-    return run_daemon(config_from(args), args)
+    config = common.config(settings.pop("allow_empty"))
+    return run_daemon(config, daemon_config({**settings, "verbose": common.verbose}))
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace, Out], int]] = {
-    "validate": cmd_validate,
-    "plan": cmd_plan,
-    "apply": cmd_apply,
-    "run": cmd_run,
-    "status": cmd_status,
-    "history": cmd_history,
-    "rollback": cmd_rollback,
-    "resume": cmd_resume,
-    "publish-version": cmd_publish_version,
-}
+def daemon_config(params: Mapping[str, Any]) -> DaemonConfig:
+    """``run``'s own flags (and --verbose) as the daemon's typed configuration."""
+    from reconciler.daemon import DaemonConfig
+
+    return DaemonConfig(**{f.name: params[f.name] for f in fields(DaemonConfig) if f.name in params})
+
+
+# ------------------------------------------------------------ entry points
+
+
+def parse(argv: Sequence[str]) -> tuple[click.Command, dict[str, Any]]:
+    """The command ``argv`` names and its parameters as the command would get them (common flags merged).
+
+    For tests and tools that want the parsed values without running the command.
+    """
+    ctx = cli.make_context("reconciler", list(argv))
+    group: click.Group = cli
+    with ctx:
+        while True:
+            name, found, rest = group.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+            assert found is not None and name is not None
+            sub = found.make_context(name, rest, parent=ctx)
+            if isinstance(found, click.Group):
+                group, ctx = found, sub
+                continue
+            own = dict(sub.params)
+            with sub:
+                flags = [key for key in FLAGS if key in own]
+                merged = _common_values(sub, flags, {key: own.pop(key) for key in flags})
+            return found, {**merged, **own}
+
+
+def parsed_run(argv: Sequence[str]) -> tuple[Config, DaemonConfig]:
+    """``reconciler run <argv>`` parsed into the engine's and the daemon's configuration (not started)."""
+    _, params = parse(["run", *argv])
+    common = Common(**{key: params.pop(key) for key in FLAGS if key in params})
+    config = common.config(params.pop("allow_empty"))
+    return config, daemon_config({**params, "verbose": common.verbose})
+
+
+def options_of(*path: str) -> set[str]:
+    """Every option spelling of a command, e.g. ``options_of("run")``."""
+    found: click.Command = cli
+    for name in path:
+        assert isinstance(found, click.Group)
+        found = found.commands[name]
+    return {spelling for param in found.params for spelling in (*param.opts, *param.secondary_opts)}
 
 
 def configure_cli_logging(verbose: bool) -> None:
@@ -594,23 +884,26 @@ def configure_cli_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: the exit code of the command, 1 for a usage error (never click's 2)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()
-    except UsageError as exc:  # a RECONCILER_<FLAG> switch with a value that is no yes or no
-        error_line(str(exc))
-        return exc.exit_code
-    args = parser.parse_args(argv)
-    name = args.local_command if args.command == "local" else args.command
-    if name != "run":
-        configure_cli_logging(args.verbose)
-    out = Out(args.output)
-    try:
-        return COMMANDS[name](args, out)
+        code = cli.main(args, prog_name="reconciler", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.format_message(), file=sys.stderr)
+        return EXIT_ERROR
+    except click.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        error_line(exc.format_message() + where)
+        return EXIT_ERROR
+    except click.ClickException as exc:
+        error_line(exc.format_message())
+        return EXIT_ERROR
     except ReconcilerError as exc:
         error_line(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.Abort):
         return 130
     except BrokenPipeError:  # e.g. `reconciler status | head`: the reader left, so do we
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
+    return code if isinstance(code, int) else EXIT_OK

@@ -18,7 +18,6 @@ replica took the number first.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -26,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -52,6 +51,27 @@ from reconciler.plan import Action
 from reconciler.state import InstanceRecord, StateDir
 
 log = structlog.get_logger("reconciler.daemon")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The daemon's own settings (``reconciler run``'s flags, by the same names); the CLI builds it."""
+
+    listen: str = "127.0.0.1:8080"
+    interval: float = 30.0  # seconds between fetches of a remote repository
+    resync_interval: float = 300.0  # seconds between drift checks
+    debounce: float = 0.02  # seconds for git ref changes to settle
+    no_self_heal: bool = False
+    prune: bool = False
+    once: bool = False
+    log_format: str = "auto"
+    workdir: str | None = None
+    push_tags: bool = False
+    lock: str | None = None  # dynamodb://TABLE
+    lease_duration: float = 15.0
+    lease_renew_interval: float = 5.0
+    verbose: bool = False
+
 
 STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "state", "fetch", "webhook", "resync", "retry"
 LEADER = "leader"  # this replica has just taken the --lock lease
@@ -136,12 +156,12 @@ class Daemon:
     def __init__(
         self,
         config: Config,
-        args: argparse.Namespace,
+        settings: DaemonConfig,
         stopping: threading.Event | None = None,
         notify: NotifyConfig | None = None,
     ) -> None:
-        _check_intervals(args)
-        self.args = args
+        _check_intervals(settings)  # here, so that the refusal is logged in the --log-format asked for
+        self.settings = settings
         self.remote = is_remote(config.repo)
         self.engine: Engine | None = None
         if self.remote:
@@ -169,15 +189,15 @@ class Daemon:
         self._pending_tags: list[str] = []
         self._tags_checked = False  # local applied tags compared with the remote's once (after a restart)
         self.elector: Elector | None = None
-        if args.lock:
+        if settings.lock:
             lease = make_lease(
-                args.lock, f"reconciler/{config.instance}", region=config.region, endpoint_url=config.endpoint_url
+                settings.lock, f"reconciler/{config.instance}", region=config.region, endpoint_url=config.endpoint_url
             )
             self.elector = Elector(
                 lease,
                 f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:6]}",
-                duration=args.lease_duration,
-                renew_every=args.lease_renew_interval,
+                duration=settings.lease_duration,
+                renew_every=settings.lease_renew_interval,
                 on_change=self._on_leadership,
             )
         self.metrics.leader.set(1 if self.elector is None else 0)
@@ -189,7 +209,7 @@ class Daemon:
         try:
             with self._daemon_lock():
                 self._install_signals()
-                return self._run_once() if self.args.once else self._serve()
+                return self._run_once() if self.settings.once else self._serve()
         except ReconcilerError as exc:
             log.error("cannot_start", error=str(exc))
             return exc.exit_code
@@ -198,14 +218,14 @@ class Daemon:
 
     def _serve(self) -> int:
         secret = os.environ.get("RECONCILER_WEBHOOK_SECRET", "").strip()  # a mounted file ends in a newline
-        http = HttpApi(self.args.listen, self, WebhookAuth(secret.encode() or None))
+        http = HttpApi(self.settings.listen, self, WebhookAuth(secret.encode() or None))
         self.fire(STARTUP)  # first, so the first pass is the start-up one even when it is also a leader's
         if self.elector is not None:  # the first attempt here: a lease that cannot work at all stops the start
             self.elector.start(self.elector.step())
         http.start()
         if self.remote:
-            self.scheduler.add_job(self.fire, "interval", seconds=self.args.interval, args=[FETCH], id="fetch")
-        self.scheduler.add_job(self.fire, "interval", seconds=self.args.resync_interval, args=[RESYNC], id="resync")
+            self.scheduler.add_job(self.fire, "interval", seconds=self.settings.interval, args=[FETCH], id="fetch")
+        self.scheduler.add_job(self.fire, "interval", seconds=self.settings.resync_interval, args=[RESYNC], id="resync")
         self.scheduler.start()  # before the worker: a pass that fails must find the scheduler to retry with
         self.notifier.start()
         self.worker.start()
@@ -220,11 +240,11 @@ class Daemon:
             backend=self.config.backend,
             state_dir=str(self.state.path),
             listen=http.address,
-            self_heal=not self.args.no_self_heal,
-            resync_interval_s=self.args.resync_interval,
-            fetch_interval_s=self.args.interval if self.remote else None,
+            self_heal=not self.settings.no_self_heal,
+            resync_interval_s=self.settings.resync_interval,
+            fetch_interval_s=self.settings.interval if self.remote else None,
             webhook=bool(secret),
-            lock=self.args.lock,
+            lock=self.settings.lock,
             role=self.role(),
             pid=os.getpid(),
         )
@@ -342,7 +362,7 @@ class Daemon:
         record = self.state.path / "instances" / f"{self.config.instance}.json"
         record.parent.mkdir(parents=True, exist_ok=True)
         refs = RefFilter(self.engine.repo.git_dir, self.engine.repo.common_dir, self.config.branch, record)
-        debounce_ms = max(1, round(self.args.debounce * 1000))
+        debounce_ms = max(1, round(self.settings.debounce * 1000))
         step_ms = max(1, min(10, debounce_ms // 4))  # watchfiles reports a change within 1-2 steps
         while not self.stopping.is_set():
             try:
@@ -360,7 +380,7 @@ class Daemon:
                 self.stopping.wait(1.0)
 
     def _retry_later(self, error: BaseException) -> None:
-        if self.stopping.is_set() or self.args.once:
+        if self.stopping.is_set() or self.settings.once:
             return  # e.g. stopped mid-plan, or --once: the next start re-plans from live state
         self._failures += 1
         delay = backoff_delay(self._failures)
@@ -449,7 +469,7 @@ class Daemon:
         """At the applied revision, any planned action is drift: report it; True if it should be corrected."""
         started = time.monotonic()
         try:
-            plan, _, _ = engine.make_plan(revision, prune=self.args.prune)
+            plan, _, _ = engine.make_plan(revision, prune=self.settings.prune)
         except ReconcilerError:
             return True  # let the reconcile report it
         duration = time.monotonic() - started
@@ -463,7 +483,7 @@ class Daemon:
             self._in_sync(revision)
             return False
         self.metrics.drift.inc(len(plan.actions))
-        heal = not self.args.no_self_heal
+        heal = not self.settings.no_self_heal
         log.warning(
             "drift",
             revision=revision,
@@ -551,7 +571,7 @@ class Daemon:
     def _reconcile(self, engine: Engine, target: str | None) -> ReconcileResult:
         if target is not None:
             self.notifier.observe(Applying(target))  # github: `pending`, once per revision
-        return engine.reconcile(prune=self.args.prune, on_action=self._count_action, stop=self._must_stop)
+        return engine.reconcile(prune=self.settings.prune, on_action=self._count_action, stop=self._must_stop)
 
     def _count_action(self, action: Action, error: BaseException | None) -> None:
         self.metrics.actions.labels(action.action, "failed" if error else "success").inc()
@@ -581,7 +601,7 @@ class Daemon:
                 if lag is not None:
                     m.commit_to_applied.observe(lag)
                 log.info("applied", revision=result.revision, tag=result.tag, commit_to_applied_s=lag)
-            if result.tag and self.args.push_tags and self.remote:
+            if result.tag and self.settings.push_tags and self.remote:
                 self._pending_tags.append(result.tag)
         elif error.temporary:
             self._last_target = result.revision
@@ -598,7 +618,7 @@ class Daemon:
             self._settle(result.revision)
 
     def _pushing(self) -> bool:
-        return bool(self.args.push_tags and self.remote and self.engine is not None)
+        return bool(self.settings.push_tags and self.remote and self.engine is not None)
 
     def _follow_remote_tags(self, engine: Engine) -> None:
         """With --push-tags: fetch the remote's applied tags, so the next number follows them.
@@ -683,7 +703,7 @@ class Daemon:
         data["role"] = self.role()
         data["daemon"] = {
             "ready": self.ready(),
-            "self_heal": not self.args.no_self_heal,
+            "self_heal": not self.settings.no_self_heal,
             "drift": list(self._drift),
             "consecutive_failures": self._failures,
             "unpushed_tags": list(self._pending_tags),
@@ -694,12 +714,12 @@ class Daemon:
         return data
 
 
-def _check_intervals(args: argparse.Namespace) -> None:
+def _check_intervals(settings: DaemonConfig) -> None:
     """Scheduling flags must be positive (a zero or negative interval would spin APScheduler's thread)."""
     for flag, value, zero_ok in (
-        ("--interval", args.interval, False),
-        ("--resync-interval", args.resync_interval, False),
-        ("--debounce", args.debounce, True),
+        ("--interval", settings.interval, False),
+        ("--resync-interval", settings.resync_interval, False),
+        ("--debounce", settings.debounce, True),
     ):
         if not (value >= 0 if zero_ok else value > 0):  # NaN fails both
             env = "RECONCILER_" + flag.removeprefix("--").replace("-", "_").upper()
@@ -758,14 +778,14 @@ def _stop_on_signals() -> threading.Event:
     return stopping
 
 
-def run_daemon(config: Config, args: argparse.Namespace) -> int:
+def run_daemon(config: Config, settings: DaemonConfig) -> int:
     """``reconciler run``: returns the exit code (0 after SIGTERM/SIGINT)."""
-    configure_logging(args.log_format, verbose=args.verbose)
-    if args.workdir:
-        config = replace(config, extra={**config.extra, "workdir": args.workdir})
+    configure_logging(settings.log_format, verbose=settings.verbose)
+    if settings.workdir:
+        config = replace(config, extra={**config.extra, "workdir": settings.workdir})
     stopping = _stop_on_signals()  # from the first moment: a SIGTERM during start-up still exits 0
     try:
-        daemon = Daemon(config, args, stopping)
+        daemon = Daemon(config, settings, stopping)
     except ReconcilerError as exc:
         log.error("cannot_start", error=str(exc))
         return exc.exit_code

@@ -87,7 +87,7 @@ class SpecRepo:
         with redirect_stdout(out), redirect_stderr(err):
             try:
                 code = main(argv)
-            except SystemExit as exc:  # argparse
+            except SystemExit as exc:  # a command that exits (none should: main returns the code)
                 code = int(exc.code or 0)
         return Result(code, out.getvalue(), err.getvalue())
 

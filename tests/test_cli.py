@@ -438,7 +438,11 @@ ERRORS = [
     pytest.param(("apply", "--rev", "f" * 40), "unknown revision", id="apply-unknown-sha"),
     pytest.param(("apply", "--instance", "a/b"), "--instance", id="instance-with-slash"),
     pytest.param(("apply", "--instance", "../up"), "--instance", id="instance-escaping-the-state-dir"),
-    pytest.param(("local", "publish-version", "fn", "--backend", "aws"), "local backend only", id="publish-on-aws"),
+    pytest.param(
+        ("local", "publish-version", "fn", "--backend", "aws"),
+        "--backend does not apply to `reconciler local publish-version`",
+        id="publish-on-aws",
+    ),
 ]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.cli import build_parser
+from reconciler.cli import options_of
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -68,10 +68,7 @@ def image_uid() -> int:
 
 
 def run_options() -> set[str]:
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command")
-    run = commands.choices["run"]  # type: ignore[index]
-    return {option for action in run._actions for option in action.option_strings}
+    return options_of("run")
 
 
 def test_kustomization_lists_every_manifest() -> None:

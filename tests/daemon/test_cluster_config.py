@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from reconciler.cli import build_parser
+from reconciler.cli import parse
 from tests.support import SpecRepo
 
 
@@ -49,7 +49,7 @@ def test_run_flags_come_from_the_environment(
 ) -> None:
     """Every kind of run flag (number, switch, string) takes its RECONCILER_ variable's value."""
     monkeypatch.setenv(variable, value)
-    assert getattr(build_parser().parse_args(["run"]), flag) == expected
+    assert parse(["run"])[1][flag] == expected
 
 
 def test_help_names_each_variable_and_the_effective_default() -> None:
@@ -59,7 +59,7 @@ def test_help_names_each_variable_and_the_effective_default() -> None:
         [sys.executable, "-m", "reconciler", "run", "--help"], capture_output=True, text=True, env=env, timeout=30
     )
     assert done.returncode == 0, done.stderr
-    text = " ".join(done.stdout.split())  # argparse wraps help lines wherever it likes
+    text = " ".join(done.stdout.split())  # help lines wrap wherever the terminal width says
     for option, help_tail in [
         ("--interval S", "[env RECONCILER_INTERVAL; default: 7 from RECONCILER_INTERVAL]"),
         ("--resync-interval S", "[env RECONCILER_RESYNC_INTERVAL; default: 300]"),

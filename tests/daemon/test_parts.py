@@ -18,7 +18,7 @@ import watchfiles
 
 from reconciler import daemon as daemon_module
 from reconciler.backends.local import LocalCloud
-from reconciler.cli import build_parser, config_from
+from reconciler.cli import parsed_run
 from reconciler.daemon import RefFilter, Triggers, backoff_delay
 from reconciler.errors import UsageError
 from reconciler.gitsource import _remote_env, redact
@@ -189,10 +189,9 @@ def test_auto_log_format_is_json_off_a_terminal_and_console_on_one(
 def test_status_reuses_a_backend_read_within_its_ttl(example_repo: SpecRepo, monkeypatch: pytest.MonkeyPatch) -> None:
     """/status answers from one backend read for STATUS_TTL seconds (AWS reads cost quota), then reads anew."""
     assert example_repo.cli("apply").code == 0
-    argv = ["run", "--repo", str(example_repo.path), "--state-dir", str(example_repo.state_dir)]
-    args = build_parser().parse_args(argv)
+    config, settings = parsed_run(["--repo", str(example_repo.path), "--state-dir", str(example_repo.state_dir)])
     monkeypatch.setitem(daemon_module.STATUS_TTL, "local", 60.0)
-    daemon = daemon_module.Daemon(config_from(args), args)
+    daemon = daemon_module.Daemon(config, settings)
     try:
         before = daemon.status()["aliases"]["orders-handler/prod"]["routing"]
         cloud = LocalCloud(example_repo.state_dir)
