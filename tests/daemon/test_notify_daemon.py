@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import build_parser, config_from
+from reconciler.cli import parsed_run
 from reconciler.daemon import Daemon
 from reconciler.errors import UsageError
 from reconciler.notify import NotifyConfig
@@ -18,9 +18,8 @@ TOKEN = "ghp_daemon-token-77c0"
 
 
 def once(repo: SpecRepo, notify: NotifyConfig) -> Daemon:
-    argv = ["run", "--once", "--repo", str(repo.path), "--state-dir", str(repo.state_dir)]
-    args = build_parser().parse_args(argv)
-    return Daemon(config_from(args), args, notify=notify)
+    config, settings = parsed_run(["--once", "--repo", str(repo.path), "--state-dir", str(repo.state_dir)])
+    return Daemon(config, settings, notify=notify)
 
 
 def test_run_once_posts_pending_then_success_on_the_applied_commit(
