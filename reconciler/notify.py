@@ -89,8 +89,8 @@ def rate_limit_wait(status: int, headers: Mapping[str, str], body: bytes, now: f
 
     ``429`` (Slack, GitHub) and ``503`` with ``Retry-After``; GitHub's primary
     limit (``403``/``429`` with ``x-ratelimit-remaining: 0``: until
-    ``x-ratelimit-reset``) and secondary limits (``403`` with ``Retry-After``,
-    or saying so in the body: at least a minute).  A ``403`` that is none of
+    ``x-ratelimit-reset``) and secondary limits (``403``/``429`` with
+    ``Retry-After``, or saying so in the body: at least a minute).  A ``403`` that is none of
     these (a token without ``statuses: write``) is a refusal, not a limit.
     """
     retry_after = headers.get("retry-after")
@@ -100,10 +100,10 @@ def rate_limit_wait(status: int, headers: Mapping[str, str], body: bytes, now: f
     if status in (403, 429) and headers.get("x-ratelimit-remaining") == "0":
         with contextlib.suppress(ValueError):
             return max(1.0, float(headers.get("x-ratelimit-reset", "")) - now)
+    if status in (403, 429) and b"rate limit" in body.lower():
+        return RATE_LIMIT_WAIT
     if status == 429:
         return 0.0  # no hint: the usual backoff
-    if status == 403 and b"rate limit" in body.lower():
-        return RATE_LIMIT_WAIT
     return None
 
 

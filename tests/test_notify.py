@@ -325,6 +325,7 @@ def test_close_gives_queued_events_a_grace_then_drops_them(notifiers: Callable[.
         pytest.param(403, {"retry-after": "30"}, b"", 30.0, id="github-secondary-retry-after"),
         pytest.param(403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1120"}, b"", 120.0, id="github-reset"),
         pytest.param(403, {}, b'{"message":"You have exceeded a secondary rate limit"}', 60.0, id="github-secondary"),
+        pytest.param(429, {}, b'{"message":"You have exceeded a secondary rate limit"}', 60.0, id="github-429"),
         pytest.param(403, {"x-ratelimit-remaining": "12"}, b'{"message":"Bad credentials"}', None, id="403-refusal"),
         pytest.param(404, {}, b"", None, id="404"),
         pytest.param(500, {}, b"", None, id="500-no-hint"),
