@@ -39,6 +39,7 @@ from reconciler import __version__
 from reconciler.engine import Config, Engine, ReconcileResult
 from reconciler.errors import ReconcilerError, SpecError, UsageError
 from reconciler.plan import Action, Plan
+from reconciler.sinks import GITHUB_API
 
 if TYPE_CHECKING:
     from reconciler.daemon import DaemonConfig
@@ -68,11 +69,12 @@ class EnvOption(click.Option):
     """An option that also reads ``RECONCILER_<FLAG>``: its help shows the variable and the default in force
     (and where it came from); a bad value from the variable is an error that names the variable."""
 
-    def __init__(self, *args: Any, unset: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, unset: str | None = None, sensitive: bool = False, **kwargs: Any) -> None:
         kwargs.update(show_default=False, show_envvar=False)
         self.documented_default: Any = kwargs.get("default", False if kwargs.get("is_flag") else None)
         super().__init__(*args, **kwargs)
         self.unset = unset  # describes a None default, e.g. "the current branch"
+        self.sensitive = sensitive  # the value may hold a secret (a Slack URL's path): help only says it is set
 
     @property
     def variable(self) -> str:
@@ -85,7 +87,9 @@ class EnvOption(click.Option):
         raw = os.environ.get(self.variable) or None
         source = f" from {self.variable}" if raw is not None else ""
         value: Any = raw if raw is not None else self.documented_default
-        if value is None:
+        if raw is not None and self.sensitive:
+            effective = "set"
+        elif value is None:
             effective = self.unset or "none"
         elif raw is not None and self.is_flag:
             effective = "on" if raw.strip().lower() in ("1", "true", "yes", "on", "t", "y") else "off"
@@ -813,6 +817,21 @@ def cmd_publish_version(common: Common, out: Out, function: str) -> int:
 )
 @option("--lease-duration", type=float, metavar="S", default=15.0, help="seconds a --lock lease lasts")
 @option("--lease-renew-interval", type=float, metavar="S", default=5.0, help="seconds between lease renewals")
+@option(
+    "--notify",
+    multiple=True,
+    metavar="SINK",
+    sensitive=True,
+    help="tell slack:URL, webhook:URL or github about applies and failures; repeatable (variable: comma-separated)",
+    unset="none",
+)
+@option(
+    "--github-api-url",
+    metavar="URL",
+    default=GITHUB_API,
+    help="GitHub API for --notify github (GitHub Enterprise: https://HOST/api/v3)",
+)
+@option("--status-url", metavar="URL", help="target_url of --notify github commit statuses", unset="none")
 def cmd_run(common: Common, out: Out, **settings: Any) -> int:
     from reconciler.daemon import run_daemon
 

@@ -48,6 +48,7 @@ from reconciler.metrics import Metrics
 from reconciler.notify import RESULTS as NOTIFY_RESULTS
 from reconciler.notify import Notifier, NotifyConfig, make_notifier
 from reconciler.plan import Action
+from reconciler.sinks import GITHUB_API
 from reconciler.state import InstanceRecord, StateDir
 
 log = structlog.get_logger("reconciler.daemon")
@@ -71,6 +72,9 @@ class DaemonConfig:
     lease_duration: float = 15.0
     lease_renew_interval: float = 5.0
     verbose: bool = False
+    notify: tuple[str, ...] = ()  # --notify sinks (each value may list several, comma-separated)
+    github_api_url: str = GITHUB_API
+    status_url: str | None = None  # target_url of GitHub commit statuses
 
 
 STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "state", "fetch", "webhook", "resync", "retry"
@@ -158,7 +162,6 @@ class Daemon:
         config: Config,
         settings: DaemonConfig,
         stopping: threading.Event | None = None,
-        notify: NotifyConfig | None = None,
     ) -> None:
         _check_intervals(settings)  # here, so that the refusal is logged in the --log-format asked for
         self.settings = settings
@@ -201,7 +204,9 @@ class Daemon:
                 on_change=self._on_leadership,
             )
         self.metrics.leader.set(1 if self.elector is None else 0)
-        self.notifier = self._make_notifier(notify or NotifyConfig())
+        self.notifier = self._make_notifier(
+            NotifyConfig(tuple(settings.notify), settings.github_api_url, settings.status_url)
+        )
 
     # ------------------------------------------------------------ lifecycle
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -122,3 +124,67 @@ def wait_for(condition: Any, timeout: float = 15.0, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+class Switch:
+    """A forwarding proxy in front of ``target`` that can be switched off: then every request gets a 503.
+
+    Stands between the daemon and moto_server, so the backend can fail for a
+    while (a temporary error) and come back, with nothing faked on either side.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.up = True
+        self.refused = 0
+        parts = urlsplit(target)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        switch = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not switch.up:
+                    switch.refused += 1
+                    self._answer(503, {"Content-Type": "application/json"}, b'{"message": "switched off"}')
+                    return
+                connection = http.client.HTTPConnection(host, port, timeout=30)
+                try:
+                    connection.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                    response = connection.getresponse()
+                    data = response.read()
+                    headers = {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP}
+                    self._answer(response.status, headers, data)
+                finally:
+                    connection.close()
+
+            def _answer(self, status: int, headers: dict[str, str], data: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"}
