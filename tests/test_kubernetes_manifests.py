@@ -23,7 +23,13 @@ DOCS = ROOT / "README.md"
 DOCKERFILE = ROOT / "Dockerfile"
 
 EXPECTED_KINDS = {"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
-SECRET_ENV = {"RECONCILER_GIT_TOKEN", "RECONCILER_WEBHOOK_SECRET"}
+SECRET_ENV = {
+    "RECONCILER_GIT_TOKEN",
+    "RECONCILER_WEBHOOK_SECRET",
+    "RECONCILER_NOTIFY",  # a Slack URL is a secret
+    "RECONCILER_NOTIFY_SECRET",
+    "RECONCILER_GITHUB_TOKEN",
+}
 
 
 def load_documents() -> dict[str, list[dict[str, Any]]]:
@@ -183,7 +189,7 @@ def test_config_map_keys_are_flags_of_run() -> None:
 
 
 def test_secret_refs_name_keys_the_docs_tell_people_to_create() -> None:
-    """The git token and webhook secret come from Secret keys that the README's Running-in-a-cluster section creates."""
+    """Tokens, secrets and sinks come from Secret keys that the README's Running-in-a-cluster section creates."""
     docs = DOCS.read_text(encoding="utf-8")
     command = re.search(r"kubectl[^\n]*create secret generic (?P<name>[\w-]+)(?P<rest>(?:[^\n]*\\\n)*[^\n]*)", docs)
     assert command, 'the README\'s "Running in a cluster" has no `kubectl create secret generic` command'
