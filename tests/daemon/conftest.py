@@ -125,7 +125,8 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Start daemons (``start_daemon(repo_arg, state_dir, *flags)``); any still running are killed at the end."""
+    """Start daemons (``start_daemon(repo_arg, state_dir, *flags)``); any still running are stopped at the end
+    (SIGTERM, then SIGKILL after 10 s)."""
     started: list[Daemon] = []
     env = {**os.environ, "RECONCILER_WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
 
@@ -137,8 +138,13 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         return daemon
 
     yield start
-    for daemon in started:
+    for daemon in started:  # SIGTERM first: a clean exit writes the coverage data of the process
         if daemon.proc.poll() is None:
+            daemon.proc.terminate()
+    for daemon in started:
+        try:
+            daemon.proc.wait(10)
+        except subprocess.TimeoutExpired:
             daemon.proc.kill()
             daemon.proc.wait(5)
 
