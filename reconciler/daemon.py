@@ -183,6 +183,7 @@ class Daemon:
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self._watcher: threading.Thread | None = None
         self._ready = threading.Event()
+        self._fetching = threading.Event()  # the worker waits on a clone or fetch (no action in flight)
         self._status_engine: Engine | None = None
         self._status_lock = threading.Lock()
         self._status_cache: tuple[float, dict[str, Any]] | None = None  # aws: (when, the backend's answer)
@@ -260,6 +261,8 @@ class Daemon:
         self.triggers.close()
         self.scheduler.shutdown(wait=False)
         http.stop()
+        if self._fetching.is_set():  # a clone or fetch is no action in flight: nothing to finish, end it now
+            _end_child_processes()
         self.worker.join(STOP_GRACE)
         if self.elector is not None:  # after the action in flight: a standby may take over at once
             left = max(0.0, min(STOP_TIMEOUT, deadline - time.monotonic()))
@@ -522,6 +525,7 @@ class Daemon:
             return self.engine
         if self.engine is not None and not reasons & FETCHING:
             return self.engine
+        self._fetching.set()
         try:
             if self.engine is None:
                 self.engine = Engine(self.config)  # clones (or opens) the work dir and fetches
@@ -535,6 +539,8 @@ class Daemon:
             self._last_target = None
             self._retry_later(exc)
             return None
+        finally:
+            self._fetching.clear()
         self.metrics.fetches.labels("success").inc()
         log.debug("fetched", branch=self.config.branch, head=head)
         self._follow_remote_tags(self.engine)
