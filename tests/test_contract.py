@@ -117,9 +117,14 @@ def test_a_document_with_a_bad_name_still_has_its_spec_checked(checkout: SpecRep
 
 
 def test_specs_root_may_be_given_as_a_dot_slash_path(checkout: SpecRepo) -> None:
-    """--path ./deploy_specs names the same specs root as --path deploy_specs."""
-    result = cli(checkout, "validate", "--path", "./deploy_specs")
-    assert result.code == 0, result.stderr
+    """--path ./specs names the same specs root as --path specs (moved away from the default, so --path counts)."""
+    checkout.git("mv", "deploy_specs", "specs")
+    checkout.commit("specs root moved")
+    assert cli(checkout, "validate").code == 1  # the default root is gone: only --path finds the specs
+    plain = cli_json(checkout, "validate", "--path", "specs")
+    dotted = cli_json(checkout, "validate", "--path", "./specs")
+    assert dotted == plain
+    assert (dotted["valid"], dotted["apis"], dotted["stages"], dotted["aliases"]) == (True, 1, 5, 3)
 
 
 def test_a_specs_root_that_is_a_symlink_is_refused(checkout: SpecRepo) -> None:
@@ -152,8 +157,11 @@ def test_an_empty_variables_key_means_no_variables(checkout: SpecRepo) -> None:
         "  variables: {lambdaAlias: prod}\n  canary:\n    percentTraffic: 5\n    variables:\n",
     )
     checkout.commit("a canary with no overrides")
-    result = cli(checkout, "validate")
+    result = cli(checkout, "apply")
     assert result.code == 0, result.stderr
+    stage = cli_json(checkout, "status")["stages"]["orders/empty"]
+    assert stage["variables"] == {"lambdaAlias": "prod"}
+    assert stage["canary"]["percentTraffic"] == 5.0 and stage["canary"]["variables"] == {}
 
 
 def test_unpublished_version_error_names_the_routing_line(live: SpecRepo) -> None:

@@ -20,7 +20,7 @@ from reconciler.engine import Config, Engine
 from tests.aws.conftest import REGION, Aws, AwsRepo, _answers, _free_port
 from tests.aws.test_lease_daemon import lock_table
 from tests.aws.test_lease_dynamodb import create_lock_table
-from tests.daemon.conftest import Daemon, start_daemon, wait_for
+from tests.daemon.conftest import Daemon, set_prod_routing, start_daemon, wait_for
 from tests.support import SpecRepo
 
 pytestmark = [pytest.mark.aws, pytest.mark.daemon]
@@ -88,6 +88,10 @@ def test_catch_up_pass_of_a_lock_leader_is_not_counted_as_commit_to_applied(
     daemon = start_daemon(str(example_repo.path), example_repo.state_dir, *lock)
     daemon.wait_applied(example_repo.head())
     assert daemon.metric("reconciler_commit_to_applied_seconds_count") == 0
+    set_prod_routing(example_repo, 'routing: {"2": 100}')
+    daemon.wait_applied(example_repo.commit("prod: all on version 2"))
+    wait_for(lambda: daemon.metric("reconciler_commit_to_applied_seconds_count") == 1, what="the commit counted")
+    assert daemon.metric("reconciler_reconciles_total", result="success") == 2  # the catch-up pass, and the commit
 
 
 def client_error(code: str, status: int, message: str) -> ClientError:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from reconciler.backends.aws_model import (
+    MANAGED_TAG,
     AliasRef,
     ApiMarker,
     CanaryTarget,
@@ -12,6 +15,7 @@ from reconciler.backends.aws_model import (
     alias_refs,
     api_description,
     deployment_description,
+    live_api,
     parse_alias_description,
     parse_api_description,
     parse_deployment_description,
@@ -111,3 +115,31 @@ def test_alias_refs_resolve_alias_and_function_through_stage_variables() -> None
         AliasRef("billing", "prod", "aws", "123456789012"),
     }
     assert alias_refs(definition, {"fn": "billing"}) == set()
+
+
+# Markers as an earlier release wrote them, spelled out (never built with the code under test): a changed
+# format would orphan every API, alias and deployment made before, so reading these must keep working.
+STORED_API_DESCRIPTION = "Orders service [reconciler:definition-sha256=" + "ab" * 32 + "]"
+STORED_ALIAS_DESCRIPTION = "[reconciler] production"
+STORED_DEPLOYMENT_DESCRIPTION = '{"revision": "r1", "sha256": "' + "ab" * 32 + '"}'
+MANAGED_BY_TAG = {"reconciler:managed": "true"}
+
+
+def test_markers_written_by_an_earlier_release_are_read_back() -> None:
+    """Descriptions and tags exactly as stored in AWS by an earlier release still mean 'ours', with their hash."""
+    assert parse_api_description(STORED_API_DESCRIPTION) == ("Orders service", SHA)
+    assert parse_api_description("[reconciler:definition-sha256=" + "ab" * 32 + "]") == (None, SHA)
+    assert parse_alias_description(STORED_ALIAS_DESCRIPTION) == (True, "production")
+    assert parse_alias_description("[reconciler]") == (True, None)
+    assert parse_deployment_description(STORED_DEPLOYMENT_DESCRIPTION) == (SHA, "r1")
+    api = live_api({"name": "orders", "id": "a1", "description": STORED_API_DESCRIPTION, "tags": MANAGED_BY_TAG})
+    assert (api.managed, api.description, api.definition_sha256) == (True, "Orders service", SHA)
+    assert live_api({"name": "orders", "id": "a1", "description": STORED_API_DESCRIPTION}).managed is False
+
+
+def test_markers_are_written_in_the_stored_format() -> None:
+    """What this release writes is byte for byte the format above (change it only with a migration)."""
+    assert api_description("Orders service", SHA) == STORED_API_DESCRIPTION
+    assert alias_description("production") == STORED_ALIAS_DESCRIPTION
+    assert json.loads(deployment_description(SHA, "r1")) == json.loads(STORED_DEPLOYMENT_DESCRIPTION)
+    assert MANAGED_TAG == "reconciler:managed"

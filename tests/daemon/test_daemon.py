@@ -20,7 +20,7 @@ from tests.support import SpecRepo
 pytestmark = pytest.mark.daemon
 
 PROD = "orders-handler/prod"
-STAGES = 3000  # enough for the apply to take about a second
+STAGES = 50  # many more than the one action in flight when SIGTERM arrives
 
 
 def prod_routing(daemon: Daemon) -> dict[str, float]:
@@ -285,19 +285,30 @@ def test_restart_applies_nothing_and_reports_the_applied_revision(
 def test_sigterm_mid_plan_finishes_the_action_in_flight_and_the_next_start_converges(
     example_repo: SpecRepo, start_daemon: Callable[..., Daemon]
 ) -> None:
-    """SIGTERM during a long apply stops after the action in flight with exit 0; a restart applies the rest."""
+    """SIGTERM during an apply lets the action in flight finish, stops before the next, exits 0; a restart applies
+    the rest."""
+    daemon = start_daemon(str(example_repo.path), example_repo.state_dir)
+    first = example_repo.head()
+    daemon.wait_applied(first)
     stage = "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {{name: s{}}}\n"
     stage += "spec: {{api: orders, variables: {{lambdaAlias: prod}}}}\n"
     example_repo.write("deploy_specs/many.yaml", "---\n".join(stage.format(i) for i in range(STAGES)))
-    head = example_repo.commit("many stages")
-    daemon = start_daemon(str(example_repo.path), example_repo.state_dir, ready=False)
-    wait_for(lambda: daemon.metric("reconciler_actions_total", kind="create_stage", result="success") >= 10)
-    assert daemon.stop(timeout=10) == 0
+    # The test holds the local backend's write lock before the commit lands: the daemon's first action of it
+    # waits on the lock, so SIGTERM finds exactly one action in flight, by construction and not by timing.
+    cloud = LocalCloud(example_repo.state_dir)
+    with cloud.transaction():
+        head = example_repo.commit("many stages")
+        wait_for(lambda: daemon.status()["attempted_revision"] == head, what="the apply to start")
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: daemon.events("stopping"), what="the daemon to stop taking triggers")
+    cloud.close()
+    assert daemon.proc.wait(10) == 0
+    assert daemon.events("stopped")[-1]["clean"] is True
     status = example_repo.cli_json("status")
-    assert status["applied_revision"] is None and "stopped before all actions" in status["last_error"]
-    assert 10 <= len(status["stages"]) < STAGES
+    assert status["applied_revision"] == first and "stopped before all actions" in status["last_error"]
+    assert len(status["stages"]) == 5 + 1  # the action in flight, and not one more
     again = start_daemon(str(example_repo.path), example_repo.state_dir)
-    assert len(again.wait_applied(head, timeout=30)["stages"]) == STAGES + 5
+    assert len(again.wait_applied(head, timeout=30)["stages"]) == 5 + STAGES
 
 
 def test_run_outside_a_git_repository_exits_1_saying_why(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
