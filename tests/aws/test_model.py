@@ -126,20 +126,22 @@ MANAGED_BY_TAG = {"reconciler:managed": "true"}
 
 
 def test_markers_written_by_an_earlier_release_are_read_back() -> None:
-    """Descriptions and tags exactly as stored in AWS by an earlier release still mean 'ours', with their hash."""
-    assert parse_api_description(STORED_API_DESCRIPTION) == ("Orders service", SHA)
-    assert parse_api_description("[reconciler:definition-sha256=" + "ab" * 32 + "]") == (None, SHA)
-    assert parse_alias_description(STORED_ALIAS_DESCRIPTION) == (True, "production")
-    assert parse_alias_description("[reconciler]") == (True, None)
+    """Descriptions and tags exactly as stored in AWS by an earlier release still mean 'ours' (default's)."""
+    assert parse_api_description(STORED_API_DESCRIPTION) == ApiMarker("Orders service", SHA, True, None)
+    assert parse_api_description("[reconciler:definition-sha256=" + "ab" * 32 + "]") == ApiMarker(None, SHA, True, None)
+    assert parse_alias_description(STORED_ALIAS_DESCRIPTION) == (True, None, "production")
+    assert parse_alias_description("[reconciler]") == (True, None, None)
     assert parse_deployment_description(STORED_DEPLOYMENT_DESCRIPTION) == (SHA, "r1")
     api = live_api({"name": "orders", "id": "a1", "description": STORED_API_DESCRIPTION, "tags": MANAGED_BY_TAG})
-    assert (api.managed, api.description, api.definition_sha256) == (True, "Orders service", SHA)
-    assert live_api({"name": "orders", "id": "a1", "description": STORED_API_DESCRIPTION}).managed is False
+    assert (api.managed, api.owner, api.description, api.definition_sha256) == (True, None, "Orders service", SHA)
 
 
 def test_markers_are_written_in_the_stored_format() -> None:
-    """What this release writes is byte for byte the format above (change it only with a migration)."""
+    """What this release writes for ``default`` is byte for byte the format above (change it only with a
+    migration)."""
     assert api_description("Orders service", SHA) == STORED_API_DESCRIPTION
+    assert api_description("Orders service", SHA, "default") == STORED_API_DESCRIPTION
     assert alias_description("production") == STORED_ALIAS_DESCRIPTION
+    assert alias_description("production", "default") == STORED_ALIAS_DESCRIPTION
     assert json.loads(deployment_description(SHA, "r1")) == json.loads(STORED_DEPLOYMENT_DESCRIPTION)
     assert MANAGED_TAG == "reconciler:managed"
