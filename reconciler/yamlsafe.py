@@ -114,6 +114,7 @@ class _Converter:
 
     def _mapping(self, node: MappingNode, path: str) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        merged_keys: set[str] = set()  # from a ``<<`` merge: a key written in the mapping itself overrides them
         for key_node, value_node in node.value:
             if key_node.tag == MERGE_TAG:
                 merged = self.convert(value_node, path)
@@ -126,7 +127,9 @@ class _Converter:
                             path,
                         )
                     for k, v in source.items():
-                        result.setdefault(k, v)
+                        if k not in result:
+                            result[k] = v
+                            merged_keys.add(k)
                 continue
             key = self.convert(key_node, path)
             if isinstance(key, bool) or not isinstance(key, (str, int)):
@@ -137,10 +140,11 @@ class _Converter:
                 )
             key = str(key)
             child = f"{path}.{key}" if path else key
-            if key in result:
+            if key in result and key not in merged_keys:
                 raise YamlProblem(f"duplicate key {key!r}; expected each key once", key_node.start_mark.line + 1, child)
             if self.record:
                 self.lines[child] = key_node.start_mark.line + 1
+            merged_keys.discard(key)
             result[key] = self.convert(value_node, child)
         return result
 
