@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from reconciler.backends.aws import AwsBackend
 from reconciler.backends.aws_calls import to_backend_error
 from reconciler.engine import Config, Engine
-from tests.aws.conftest import REGION, Aws, AwsRepo, _answers, _free_port
+from tests.aws.conftest import REGION, Aws, AwsRepo, _answers, _free_port, without_coverage
 from tests.aws.test_lease_daemon import lock_table
 from tests.aws.test_lease_dynamodb import create_lock_table
 from tests.daemon.conftest import Daemon, set_prod_routing, start_daemon, wait_for
@@ -36,7 +36,10 @@ def own_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, subprocess.
     url = f"http://127.0.0.1:{port}"
     server = Path(sys.executable).parent / "moto_server"
     process = subprocess.Popen(
-        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=without_coverage(),
     )
     try:
         wait_for(lambda: _answers(url), 30, "moto_server")
