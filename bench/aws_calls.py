@@ -183,8 +183,8 @@ def run_step(name: str, repo: Path, state: Path, url: str) -> Step:
     def count(model: Any, **_: Any) -> None:
         step.calls[model.name] += 1
 
-    backend.calls.apigateway.meta.events.register("before-call", count)
-    backend.calls.lambda_.meta.events.register("before-call", count)
+    for client in (backend.calls.apigateway, backend.calls.apigateway_once, backend.calls.lambda_):
+        client.meta.events.register("before-call", count)
     engine = Engine(Config(repo=str(repo), backend="aws", state_dir=str(state)), backend=backend)
     try:
         result = engine.reconcile()

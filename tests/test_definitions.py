@@ -199,3 +199,20 @@ def test_local_backend_refuses_what_api_gateway_refuses(tmp_path: Path) -> None:
             cloud.put_rest_api(api_id, body, "x" * 64, None)
     finally:
         cloud.close()
+
+
+def test_both_examples_apply_on_the_local_backend(repo: SpecRepo) -> None:
+    """The Swagger 2.0 JSON and OpenAPI 3.0 YAML examples import, deploy and settle (plan in sync)."""
+    _examples(repo)
+    repo.write(
+        "deploy_specs/specs.yaml",
+        api("calc", "calc.json")
+        + stage("prod", "calc", "{calcAlias: prod}")
+        + "---\n"
+        + api("pets", "pets.yaml")
+        + stage("prod", "pets", "{petsHost: pets.example.com}"),
+    )
+    repo.commit("examples")
+    result = repo.cli("apply")
+    assert result.code == 0, result.stderr
+    assert repo.cli_json("plan")["in_sync"] is True

@@ -43,7 +43,6 @@ from reconciler.backends.aws_model import (
     api_description,
     copy_live,
     deployment_description,
-    deployment_hashes,
     desired_refs,
     live_alias,
     live_api,
@@ -112,6 +111,7 @@ class AwsBackend:
         self._functions_read: set[str] = set()
         self._imported: dict[str, str] = {}  # api id -> sha256 this process imported last
         self._granted: set[tuple[str, str, str]] = set()
+        self._hashes: dict[str, dict[str, str]] = {}  # api name -> deployment id -> definition sha256
         self._listed = False  # read() has listed every REST API: a name it did not see does not exist
 
     def close(self) -> None:
@@ -122,6 +122,7 @@ class AwsBackend:
     def read(self, desired: DesiredState) -> LiveState:
         """APIs named in ``desired`` or this instance's, their deployments and stages; the functions named."""
         live = LiveState(instance=self.instance)
+        self._hashes = {}
         for item in self._list_apis():
             api = live_api(item)
             if api.name not in desired.apis and owner_of(api) != self.instance:
@@ -187,12 +188,13 @@ class AwsBackend:
             ],
         )
         by_sha = live.deployments.setdefault(api.name, {})
+        hashes = self._hashes.setdefault(api.name, {})  # every deployment id, duplicates of a hash included
         for item in sorted(deployments, key=lambda i: str(i.get("createdDate", ""))):
             sha, revision = parse_deployment_description(item.get("description"))
             if sha is not None:
                 by_sha.setdefault(sha, LiveDeployment(str(item["id"]), sha, revision))
+                hashes[str(item["id"])] = sha
         stages = self.calls.call(resource, "GetStages", lambda: self.calls.apigateway.get_stages(restApiId=api.id))
-        hashes = deployment_hashes(by_sha)
         for item in stages.get("item", []):
             stage = live_stage(api, item, hashes, self.region)
             live.stages[(api.name, stage.name)] = stage
@@ -406,16 +408,35 @@ class AwsBackend:
         keep = api_description(api.description, api.definition_sha256, self.instance)
         if self._imported.get(api.id) != sha:
             self._import(api, action.definition, keep)
-        created = self.calls.call(
-            action.resource,
-            "CreateDeployment",
-            lambda: self.calls.apigateway.create_deployment(
-                restApiId=api.id, description=deployment_description(sha, action.revision)
-            ),
-        )
-        existing[sha] = LiveDeployment(str(created["id"]), sha, action.revision)
+        deployment_id = self._create_deployment_once(api, action)
+        existing[sha] = LiveDeployment(deployment_id, sha, action.revision)
+        self._hashes.setdefault(api.name, {})[deployment_id] = sha
         if action.api_definition.sha256 != sha:
             self._import(api, action.api_definition, keep)
+
+    def _create_deployment_once(self, api: LiveApi, action: CreateDeployment) -> str:
+        """CreateDeployment sent once (never retried blindly); if it fails, the hash is looked for first.
+
+        A lost answer (time-out, reset, 5xx after AWS acted) would otherwise make a second deployment of the
+        same definition; a deployment carrying the hash is the one asked for, whatever happened to the answer.
+        """
+        sha = action.definition.sha256
+        try:
+            created = self.calls.call(
+                action.resource,
+                "CreateDeployment",
+                lambda: self.calls.apigateway_once.create_deployment(
+                    restApiId=api.id, description=deployment_description(sha, action.revision)
+                ),
+            )
+            return str(created["id"])
+        except BackendError as exc:
+            self._read_api(self._live, api)
+            found = self._live.deployments.get(api.name, {}).get(sha)
+            if found is None:
+                raise
+            log.info("deployment_found_after_failed_create", api=api.name, deployment_id=found.id, error=str(exc))
+            return found.id
 
     def _deployment_id(self, api: LiveApi, sha: str) -> str:
         found = self._live.deployments.get(api.name, {}).get(sha)
@@ -459,7 +480,7 @@ class AwsBackend:
                     patchOperations=ops,  # type: ignore[arg-type]
                 ),
             )
-            hashes = deployment_hashes(self._live.deployments.get(api.name, {}))
+            hashes = self._hashes.get(api.name, {})
             self._live.stages[key] = replace(
                 live_stage(api, updated, hashes, self.region), managed=True, owner=self.instance
             )
@@ -484,7 +505,7 @@ class AwsBackend:
                 "deploymentId": canary.deployment_id,
                 "stageVariableOverrides": dict(canary.variables),
             }
-        hashes = deployment_hashes(self._live.deployments.get(api.name, {}))
+        hashes = self._hashes.get(api.name, {})
         try:
             created = self.calls.call(
                 action.resource, "CreateStage", lambda: self.calls.apigateway.create_stage(**params)

@@ -232,12 +232,18 @@ class AwsCalls:
             session = boto3.session.Session(region_name=region)
             self.apigateway: APIGatewayClient = session.client("apigateway", endpoint_url=endpoint_url, config=config)
             self.lambda_: LambdaClient = session.client("lambda", endpoint_url=endpoint_url, config=config)
+            # CreateDeployment is not idempotent: one attempt, and the caller looks for the hash if it fails
+            once = config.merge(Config(retries={"mode": "standard", "total_max_attempts": 1}))
+            self.apigateway_once: APIGatewayClient = session.client(
+                "apigateway", endpoint_url=endpoint_url, config=once
+            )
         except (BotoCoreError, ValueError) as exc:
             if isinstance(exc, NoRegionError):
                 raise BackendError("the aws backend needs a region: pass --region or set AWS_REGION") from None
             raise BackendError(f"cannot create AWS clients: {one_line(str(exc))}") from None
         self.region: str = self.apigateway.meta.region_name
         self.apigateway.meta.events.register("before-call", self._pace_apigateway)
+        self.apigateway_once.meta.events.register("before-call", self._pace_apigateway)
         self.lambda_.meta.events.register("before-call", self._pace_lambda)
 
     def _pace_apigateway(self, model: Any, **_: Any) -> None:
@@ -255,4 +261,5 @@ class AwsCalls:
 
     def close(self) -> None:
         self.apigateway.close()
+        self.apigateway_once.close()
         self.lambda_.close()

@@ -20,7 +20,6 @@ from reconciler.backends.base import (
     LiveAlias,
     LiveApi,
     LiveCanary,
-    LiveDeployment,
     LiveStage,
     LiveState,
 )
@@ -212,10 +211,6 @@ def copy_live(live: LiveState) -> LiveState:
         versions={function: set(versions) for function, versions in live.versions.items()},
         instance=live.instance,
     )
-
-
-def deployment_hashes(by_sha: Mapping[str, LiveDeployment]) -> dict[str, str]:
-    return {d.id: sha for sha, d in by_sha.items()}
 
 
 def _tag_owner(tags: Mapping[str, str]) -> tuple[bool, str | None]:

@@ -40,9 +40,8 @@ def test_writes_are_paced_under_the_quotas(aws_repo: AwsRepo, aws: Aws, tmp_path
     clock = FakeClock()
     backend = AwsBackend(region="us-east-1", endpoint_url=aws.url, rates=Rates(), clock=clock.time, sleep=clock.sleep)
     sent: list[tuple[str, float]] = []
-    backend.calls.apigateway.meta.events.register(
-        "before-call", lambda model, **_: sent.append((model.name, clock.now))
-    )
+    for client in (backend.calls.apigateway, backend.calls.apigateway_once):
+        client.meta.events.register("before-call", lambda model, **_: sent.append((model.name, clock.now)))
     engine = Engine(Config(repo=str(aws_repo.path), backend="aws", state_dir=str(tmp_path / "state")), backend=backend)
     try:
         result = engine.reconcile()

@@ -70,6 +70,7 @@ class Stubbed:
     apigateway: Stubber
     lambda_: Stubber
     live: LiveState
+    once: Stubber  # the apigateway client CreateDeployment goes through (no retries)
 
 
 @pytest.fixture
@@ -130,10 +131,12 @@ def stubs(backend: AwsBackend) -> Iterator[Stubbed]:
         {"Versions": [{"Version": "$LATEST"}, {"Version": "1"}, {"Version": "2"}]},
         {"FunctionName": "orders-handler", "MaxItems": 50},
     )
-    with apigateway, lambda_:
-        yield Stubbed(apigateway, lambda_, backend.read(DESIRED))
+    once = Stubber(backend.calls.apigateway_once)
+    with apigateway, lambda_, once:
+        yield Stubbed(apigateway, lambda_, backend.read(DESIRED), once)
         apigateway.assert_no_pending_responses()
         lambda_.assert_no_pending_responses()
+        once.assert_no_pending_responses()
 
 
 def _stage(cls: Any, canary: DesiredCanary | None, stage: str = "prod") -> Any:
@@ -226,7 +229,7 @@ def test_deployment_is_created_without_stage_name(backend: AwsBackend, stubs: St
     kept = {"id": "a1", "name": "orders", "description": api_description("Orders", SHA1)}
     put = {"restApiId": "a1", "mode": "overwrite", "failOnWarnings": False}
     apigateway.add_response("put_rest_api", kept, {**put, "body": third.body.encode()})
-    apigateway.add_response(
+    stubs.once.add_response(
         "create_deployment",
         {"id": "d3"},
         {"restApiId": "a1", "description": deployment_description(third.sha256, "r2")},
