@@ -466,7 +466,7 @@ def _field_changes(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
     return [(name, old, new)]
 
 
-SYMBOLS = {"create": ("+", "32"), "update": ("~", "33"), "delete": ("-", "31")}
+SYMBOLS = {"create": ("+", "32"), "adopt": ("&", "36"), "update": ("~", "33"), "delete": ("-", "31")}
 
 
 def render_action(out: Out, action: Action) -> None:
@@ -489,8 +489,9 @@ def render_plan(out: Out, plan: Plan) -> None:
         out.line(f"In sync at {revision}: no changes.")
     else:
         counts = {verb: sum(1 for a in plan.actions if a.action.startswith(verb)) for verb in SYMBOLS}
+        adopt = f", {counts['adopt']} to adopt" if counts["adopt"] else ""
         out.line(
-            f"Plan for {revision}: {counts['create']} to create, {counts['update']} to change, "
+            f"Plan for {revision}: {counts['create']} to create{adopt}, {counts['update']} to change, "
             f"{counts['delete']} to delete."
         )
         for action in plan.actions:

@@ -102,6 +102,8 @@ def test_adopt_marks_hand_made_resources_and_keeps_the_api_id(repo: SpecRepo) ->
     actions = [a["action"] for a in plan["actions"]]
     assert actions[0] == "adopt_api" and "adopt_stage" in actions and "adopt_alias" in actions
     assert actions.index("adopt_stage") < actions.index("update_stage")
+    text = repo.cli("plan")
+    assert text.code == 2 and "3 to adopt" in text.stdout and "& RestApi/orders  (adopt_api)" in text.stdout
     assert repo.cli("apply", output="json").code == 0
     status = repo.cli_json("status")
     assert status["stages"]["orders/prod"]["url"].startswith(f"https://{api_id}.")
