@@ -117,9 +117,37 @@ class NotifyState:
     pin_known: bool = False  # False until the first PinSeen (which only seeds: it is no change)
 
 
-def initial_state(applied_revision: str | None) -> NotifyState:
-    """The state of a daemon that starts: the applied revision's status is taken as already said."""
+def initial_state(applied_revision: str | None, saved: object = None) -> NotifyState:
+    """The state of a daemon that starts: what an earlier run saved (``state_json``), if it reads back;
+    else the applied revision's status is taken as already said and the record's pin as known."""
+    if isinstance(saved, dict):
+        try:
+            failing, pin = saved.get("failing"), saved.get("pin")
+            return NotifyState(
+                announced=_text(saved.get("announced")),
+                failing=(str(failing[0]), str(failing[1])) if failing else None,
+                drifting=bool(saved.get("drifting")),
+                pin=(str(pin[0]), _text(pin[1])) if pin else None,
+                pin_known=bool(saved.get("pin_known")),
+            )
+        except (TypeError, IndexError, KeyError):
+            pass  # a record of another shape: start afresh (at worst one notice is sent again)
     return NotifyState(announced=applied_revision)
+
+
+def state_json(state: NotifyState) -> dict[str, Any]:
+    """``state`` as JSON, for the instance record (so a restarted or failed-over daemon does not say it again)."""
+    return {
+        "announced": state.announced,
+        "failing": list(state.failing) if state.failing else None,
+        "drifting": state.drifting,
+        "pin": list(state.pin) if state.pin else None,
+        "pin_known": state.pin_known,
+    }
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def transition(state: NotifyState, seen: Observation) -> tuple[NotifyState, list[Notice]]:

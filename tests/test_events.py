@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from reconciler.events import (
@@ -13,6 +15,7 @@ from reconciler.events import (
     PinSeen,
     initial_state,
     notice_of,
+    state_json,
     transition,
 )
 
@@ -166,3 +169,34 @@ def test_an_engine_event_becomes_a_notice_with_its_fields_as_details() -> None:
     notice = notice_of("rollout_step", fields)
     assert (notice.event, notice.revision, notice.message) == ("rollout_step", B, "10 % on 2")
     assert notice.details == {"resource": "Alias/orders-handler/prod", "step": 1, "weight": 10}
+
+
+@pytest.mark.parametrize(
+    "observations",
+    [
+        pytest.param([Applying(B), failed(B, A)], id="failing"),
+        pytest.param([Applying(B), invalid(B, A)], id="invalid"),
+        pytest.param([ok(A, A)], id="drifting"),
+        pytest.param([PinSeen(None), PinSeen((A, "applied/default/1"))], id="pinned"),
+        pytest.param([], id="fresh"),
+    ],
+)
+def test_a_saved_state_reads_back_the_same(observations: list[Observation]) -> None:
+    """state_json -> initial_state gives the state back, so a restarted daemon says nothing twice."""
+    state = initial_state(A)
+    for seen in observations:
+        state, _ = transition(state, seen)
+    assert initial_state(None, json.loads(json.dumps(state_json(state)))) == state
+
+
+def test_a_restarted_daemon_does_not_repeat_a_failure() -> None:
+    """A failure said before a restart is not said again when the same revision fails after it."""
+    state, _ = transition(initial_state(A), failed(B, A))
+    restored = initial_state(A, state_json(state))
+    assert transition(restored, Applying(B))[1] == [] and transition(restored, failed(B, A))[1] == []
+
+
+@pytest.mark.parametrize("saved", [None, "x", {"failing": 3}, {"pin": [None]}, {"failing": []}], ids=repr)
+def test_a_saved_state_of_another_shape_starts_afresh(saved: object) -> None:
+    """Whatever is in the record, the daemon starts (at worst saying one thing again)."""
+    assert initial_state(A, saved).announced in (A, None)
