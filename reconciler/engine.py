@@ -18,15 +18,27 @@ from typing import Any
 import structlog
 
 from reconciler.backends.base import Backend, LiveState
-from reconciler.errors import BackendError, GitError, ReconcilerError, SpecError, SpecIssue, StateError
+from reconciler.errors import (
+    BackendError,
+    GitError,
+    ReconcilerError,
+    RolloutError,
+    SpecError,
+    SpecIssue,
+    StateError,
+)
 from reconciler.gitsource import AppliedTag, GitRepo, SshIdentity, clone_or_open, is_remote
 from reconciler.plan import Action, DeleteAlias, DeleteStage, Plan, canary_json, make_plan, routing_json
+from reconciler.rollout import COMMANDS, Event, RolloutState
+from reconciler.rollouts import analyses, load_states, save_states, shape
 from reconciler.specs import DesiredState, load_desired
 from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
 UNTAGGED = "untagged"  # instance record key: the message of an applied tag not made yet
+OWED = "rollout_actions"  # instance record key: actions applied by passes of a rollout not finished yet
+MAX_ROUNDS = 64  # decide -> apply rounds in one pass (each round moves at least one rollout one step)
 EventHook = Callable[[str, dict[str, Any]], None]
 
 
@@ -54,6 +66,12 @@ class ReconcileResult:
     tag: str | None = None
     error: ReconcilerError | None = None
     duration: float = 0.0
+    rollouts: list[RolloutState] = field(default_factory=list)  # under way after this pass
+    wake_at: float | None = None  # Unix time a rollout wants the next pass at
+
+    @property
+    def progressing(self) -> bool:
+        return bool(self.rollouts) and self.error is None
 
     @property
     def ok(self) -> bool:
@@ -115,6 +133,7 @@ class Engine:
         self._branch = config.branch
         self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
+        self.clock: Callable[[], float] = time.time
 
     # ----------------------------------------------------------------- parts
 
@@ -171,9 +190,12 @@ class Engine:
             cache.save()
 
     def make_plan(self, revision: str, prune: bool = False) -> tuple[Plan, DesiredState, LiveState]:
+        """The plan of the next pass: rollouts under way shape it (their next share; a failed one: stable)."""
         desired = self.desired(revision)
         live = self.backend.read(desired)
-        plan = make_plan(desired, live, prune=prune)
+        record = self.record()
+        shaped = shape(load_states(record.extra), desired, live, self.clock(), pinned=record.pinned is not None)
+        plan = make_plan(shaped.desired, live, prune=prune)
         if prune and not self.config.allow_empty and not desired.stages and not desired.aliases:
             self._refuse_empty_prune(plan)
         return plan, desired, live
@@ -212,32 +234,23 @@ class Engine:
         late_tag = self._tag_untagged(record)
         record.attempted_revision = revision
         record.last_attempt_at = _now()
+        events: list[Event] = []
         try:
-            plan, _, _ = self.make_plan(revision, prune=prune)
-            result.plan = plan
-            if plan.actions:  # `status` shows the revision being applied while the actions run
-                self.state.save_record(record)
-            for action in plan.actions:
-                if stop is not None and stop():
-                    raise BackendError(
-                        "stopped before all actions were applied; the next reconcile resumes", temporary=True
-                    )
-                try:
-                    self.backend.apply(action)
-                except BackendError as exc:
-                    exc.args = (f"{action.action} {action.resource}: {exc}",)
-                    if on_action:
-                        on_action(action, exc)
-                    raise
-                if on_action:
-                    on_action(action, None)
-                result.applied.append(action)
-            if result.applied:
-                result.tag = self._tag(record, revision, result.applied, rollback)
-            result.tag = result.tag or late_tag
-            record.applied_revision = revision
-            record.applied_at = _now()
-            record.last_error = None
+            try:
+                self._apply_rounds(record, revision, prune, rollback, result, events, on_action, stop)
+            finally:
+                self._emit(events)
+            if result.rollouts:  # under way: applied (and tagged) only when every rollout has succeeded
+                self._owe(record, revision, result.applied)
+                record.last_error = None
+            else:
+                owed = self._owed(record, revision)
+                if result.applied or owed:
+                    result.tag = self._tag(record, revision, result.applied, rollback, owed)
+                result.tag = result.tag or late_tag
+                record.applied_revision = revision
+                record.applied_at = _now()
+                record.last_error = None
         except ReconcilerError as exc:
             result.error = exc
             record.last_error = str(exc)
@@ -253,20 +266,110 @@ class Engine:
             result=result.result,
             tag=result.tag,
             error=str(result.error) if result.error else None,
+            rollouts_under_way=len(result.rollouts),
         )
         return result
 
-    def _tag(self, record: InstanceRecord, revision: str, applied: list[Action], rollback: bool) -> str | None:
+    def _apply_rounds(
+        self,
+        record: InstanceRecord,
+        revision: str,
+        prune: bool,
+        rollback: bool,
+        result: ReconcileResult,
+        events: list[Event],
+        on_action: Callable[[Action, BaseException | None], None] | None,
+        stop: Callable[[], bool] | None,
+    ) -> None:
+        """Plan and apply; while a rollout moved a weight and needs no wait, read live back and go on."""
+        desired = self.desired(revision)
+        pinned = rollback or record.pinned is not None
+        states = load_states(record.extra)
+        planned: list[Action] = []
+        for _ in range(MAX_ROUNDS):
+            live = self.backend.read(desired)
+            now = self.clock()
+            done = {} if pinned else analyses(states, desired, now, self.backend)
+            shaped = shape(states, desired, live, now, done, pinned=pinned)
+            plan = make_plan(shaped.desired, live, prune=prune)
+            if prune and not self.config.allow_empty and not desired.stages and not desired.aliases:
+                self._refuse_empty_prune(plan)
+            planned += plan.actions
+            result.plan = Plan(plan.revision, tuple(planned), plan.orphans)
+            states = shaped.states
+            changed = load_states(record.extra) != states
+            save_states(record.extra, states)
+            if plan.actions or changed:  # the rollout's step is recorded before its weight goes live
+                self.state.save_record(record)
+            events += shaped.events
+            for action in plan.actions:
+                if stop is not None and stop():
+                    raise BackendError(
+                        "stopped before all actions were applied; the next reconcile resumes", temporary=True
+                    )
+                try:
+                    self.backend.apply(action)
+                except BackendError as exc:
+                    exc.args = (f"{action.action} {action.resource}: {exc}",)
+                    if on_action:
+                        on_action(action, exc)
+                    raise
+                if on_action:
+                    on_action(action, None)
+                result.applied.append(action)
+            if shaped.failed:
+                raise RolloutError(
+                    "; ".join(f"rollout of {s.resource} {s.phase}: {s.message}" for s in shaped.failed)
+                    + " (the commit stays failed until git changes)"
+                )
+            if not shaped.again:
+                result.rollouts = shaped.pending
+                result.wake_at = shaped.wake_at
+                return
+        raise BackendError(f"rollouts did not settle within {MAX_ROUNDS} rounds; the next reconcile goes on", True)
+
+    def _emit(self, events: list[Event]) -> None:
+        for name, fields in events:
+            log.info(name, instance=self.instance, **fields)
+            if self.on_event is not None:
+                try:
+                    self.on_event(name, fields)
+                except Exception as exc:  # a listener never breaks a reconcile
+                    log.warning("event_hook_failed", event=name, error=str(exc))
+
+    def _owe(self, record: InstanceRecord, revision: str, applied: list[Action]) -> None:
+        """Remember actions of an unfinished rollout's passes, for the tag made when it succeeds."""
+        owed = self._owed(record, revision)
+        owed += [{"action": a.action, "resource": a.resource} for a in applied]
+        record.extra[OWED] = {"revision": revision, "actions": owed[:TAG_ACTIONS_LISTED]}
+
+    @staticmethod
+    def _owed(record: InstanceRecord, revision: str) -> list[dict[str, str]]:
+        raw = record.extra.get(OWED)
+        if not isinstance(raw, dict) or raw.get("revision") != revision:
+            return []
+        return [a for a in raw.get("actions", []) if isinstance(a, dict)]
+
+    def _tag(
+        self,
+        record: InstanceRecord,
+        revision: str,
+        applied: list[Action],
+        rollback: bool,
+        owed: list[dict[str, str]] | None = None,
+    ) -> str | None:
         """Tag ``revision``; the tag's message is recorded first, so a kill or a git failure
         before the tag exists leaves it owed, and the next reconcile makes it (``_tag_untagged``)."""
+        listed = [*(owed or []), *({"action": a.action, "resource": a.resource} for a in applied)]
+        record.extra.pop(OWED, None)
         record.extra[UNTAGGED] = {
             "time": _now(),
             "revision": revision,
             "instance": self.instance,
             "backend": self.config.backend,
             "rollback": rollback,
-            "action_count": len(applied),
-            "actions": [{"action": a.action, "resource": a.resource} for a in applied[:TAG_ACTIONS_LISTED]],
+            "action_count": len(listed),
+            "actions": listed[:TAG_ACTIONS_LISTED],
         }
         self.state.save_record(record)
         return self._tag_untagged(record)
@@ -325,6 +428,34 @@ class Engine:
             raise StateError(f"there is no applied tag before {current.name} to roll back to")
         return older.revision, older.name
 
+    def rollouts(self) -> dict[str, RolloutState]:
+        """Every rollout the instance record holds (under way, or finished and still named by the specs)."""
+        return load_states(self.record().extra)
+
+    def rollout_command(self, resource: str, command: str) -> RolloutState:
+        """Leave ``command`` (promote, promote_full, abort) on a rollout under way; the next pass carries it out.
+
+        It goes through the instance record, so it works beside a running daemon
+        (whose watcher wakes on the record; the caller holds the writer lock).
+        """
+        if command not in COMMANDS:
+            raise StateError(f"unknown rollout command {command!r}; expected one of {', '.join(COMMANDS)}")
+        record = self.record()
+        states = load_states(record.extra)
+        state = states.get(resource)
+        if state is None:
+            under_way = ", ".join(sorted(r for r, s in states.items() if s.active)) or "none"
+            raise StateError(
+                f"no rollout of {resource}; expected Alias/<function>/<alias> or Stage/<api>/<stage> "
+                f"of a rollout under way (under way: {under_way})"
+            )
+        if not state.active:
+            raise StateError(f"the rollout of {resource} is {state.phase}; expected a rollout under way")
+        state.command = command
+        save_states(record.extra, states)
+        self.state.save_record(record)
+        return state
+
     def resume(self) -> InstanceRecord:
         record = self.record()
         record.pinned = None
@@ -354,6 +485,7 @@ class Engine:
                 "pinned_at": record.pinned.pinned_at,
             },
             "last_error": record.last_error,
+            "rollouts": {r: state.view() for r, state in sorted(load_states(record.extra).items())},
             "stages": {
                 f"{api}/{name}": {
                     "deployment_id": s.deployment_id,

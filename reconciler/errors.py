@@ -82,3 +82,7 @@ class StateError(ReconcilerError):
 
 class UsageError(ReconcilerError):
     """The command line asked for something impossible (exit 1, as 2 means "changes")."""
+
+
+class RolloutError(ReconcilerError):
+    """A rollout failed or halted: its commit stays failed (and untagged) until git changes."""

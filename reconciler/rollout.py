@@ -52,6 +52,7 @@ class RolloutState:
     inconclusive: str | None = None  # why the last analysis could not be completed
     blocked_since: float | None = None  # since when the rollout cannot progress (progressDeadline)
     command: str | None = None  # promote | promote_full | abort, left by `reconciler rollout ...`
+    retired: bool = False  # finished, and git has since moved on from its target: shown, never resumed
     labels: dict[str, str] = field(default_factory=dict)  # stable/target as shown (Stage: deployment ids)
 
     def as_json(self) -> dict[str, Any]:
@@ -164,25 +165,28 @@ def decide(
     can drive, e.g. two versions written by hand); ``live`` is the split live
     serves now (None: the resource does not exist yet).
     """
+    if prior is not None and (prior.active or prior.phase == HALTED) and target == prior.stable and live is not None:
+        ended = replace(
+            prior,
+            phase=FAILED,
+            previous_weight=prior.weight,
+            weight=0.0,
+            command=None,
+            message=f"the commit {short(revision)} makes the stable version the target again (a revert): "
+            "rolled back at once",
+        )
+        return Decision(ended, weight=0.0, events=[_event("rollout_failed", ended)], again=True)
     if spec is None or target is None or live is None:
+        if prior is not None and prior.active:  # the rollout block is gone: the spec applies as written
+            ended = replace(prior, phase=FAILED, command=None, message="ended: the spec no longer asks for a rollout")
+            return Decision(ended, events=[_event("rollout_failed", ended)])
         return Decision(_history(prior))
-    if prior is not None and prior.target == target and prior.fingerprint == spec.fingerprint:
+    if prior is not None and prior.target == target and prior.fingerprint == spec.fingerprint and not prior.retired:
         if not prior.active:
             return _settled(prior)
         return _advance(replace(prior, labels=dict(prior.labels)), spec, live, now, analysis)
     if prior is not None and (prior.active or prior.phase == HALTED) and set(live) <= {prior.stable, prior.target}:
         # git changed while the rollout was under way (or halted there)
-        if target == prior.stable:
-            ended = replace(
-                prior,
-                phase=FAILED,
-                previous_weight=prior.weight,
-                weight=0.0,
-                command=None,
-                message=f"the commit {short(revision)} makes the stable version the target again (a revert): "
-                "rolled back at once",
-            )
-            return Decision(ended, weight=0.0, events=[_event("rollout_failed", ended)], again=True)
         why = "new target" if prior.target != target else "rollout block changed"
         return _start(resource, prior.stable, target, spec, now, revision, f"restarted from the stable version: {why}")
     stable = _single(live)
@@ -196,8 +200,9 @@ def short(revision: str | None) -> str:
 
 
 def _history(prior: RolloutState | None) -> RolloutState | None:
-    """A finished rollout stays in the record to be shown; an unfinished one that no longer applies ends."""
-    return prior if prior is not None and not prior.active else None
+    """A finished rollout stays in the record to be shown, retired: when git names its target again
+    (a revert of the revert), that is a new attempt, not the old failure."""
+    return replace(prior, retired=True) if prior is not None and not prior.active else None
 
 
 def _settled(state: RolloutState) -> Decision:

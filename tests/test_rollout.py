@@ -232,3 +232,31 @@ def test_stage_split_reads_a_canary_as_a_share() -> None:
     assert stage_split("a", None, None) == {"a": 100}
     assert stage_split("a", "b", 10) == {"a": 90, "b": 10}
     assert stage_split(None, None, None) is None
+
+
+def test_revert_of_a_halted_rollout_rolls_back() -> None:
+    """Halted at 10 %, then reverted in git: the stable version alone."""
+    w = World(HALTING).tick(0).tick(60, Analysis(failures=2, details=("x",)))
+    assert w.phase == HALTED
+    w.target = "1"
+    w.tick(70)
+    assert w.live == {"1": 100} and w.phase == FAILED
+
+
+def test_rollout_block_removed_under_way_ends_it() -> None:
+    """The spec no longer asks for a rollout: it ends (shown), and the spec applies as written."""
+    w = World(CANARY).tick(0)
+    w.spec = None
+    w.tick(5)
+    assert w.phase == FAILED and w.live == {"2": 100} and "no longer" in (w.state.message or "")  # type: ignore[union-attr]
+
+
+def test_the_same_target_after_git_moved_away_is_a_new_attempt() -> None:
+    """Failed, reverted, then re-applied (a revert of the revert): the rollout runs again."""
+    w = World(CANARY).tick(0).tick(5, command=ABORT)
+    w.target = "1"
+    w.tick(10)
+    assert w.phase == FAILED and w.live == {"1": 100}
+    w.target = "2"
+    w.tick(20)
+    assert w.phase == PROGRESSING and w.live == {"1": 90, "2": 10}

@@ -6,8 +6,9 @@ Pure data and protocols, no I/O.  ``plan.py`` diffs a ``DesiredState`` against a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from reconciler.plan import Action
@@ -101,3 +102,20 @@ class Backend(Protocol):
     def apply(self, action: Action) -> None: ...
 
     def close(self) -> None: ...
+
+
+ALARM_STATES = ("OK", "ALARM", "INSUFFICIENT_DATA")
+
+
+@dataclass(frozen=True)
+class AlarmState:
+    name: str
+    state: str  # OK | ALARM | INSUFFICIENT_DATA
+    updated_at: float  # Unix seconds of the last state change
+
+
+@runtime_checkable
+class AlarmReader(Protocol):
+    """A backend that can read alarms for rollout analysis (local: simulated; aws: CloudWatch ``DescribeAlarms``)."""
+
+    def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]: ...

@@ -14,15 +14,18 @@ import json
 import secrets
 import sqlite3
 import string
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, assert_never
 
 from reconciler.backends.base import (
+    ALARM_STATES,
     DEFAULT_INSTANCE,
+    AlarmState,
     LiveAlias,
     LiveApi,
     LiveCanary,
@@ -77,6 +80,7 @@ CREATE TABLE IF NOT EXISTS aliases (
     function TEXT NOT NULL REFERENCES functions(name), name TEXT NOT NULL, description TEXT,
     function_version TEXT NOT NULL, additional_weights TEXT NOT NULL, revision_id TEXT NOT NULL,
     managed INTEGER NOT NULL, PRIMARY KEY (function, name));
+CREATE TABLE IF NOT EXISTS alarms (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL);
 """
 
 
@@ -380,6 +384,28 @@ class LocalCloud:
     def delete_alias(self, function: str, name: str) -> None:
         self.db.execute("DELETE FROM aliases WHERE function = ? AND name = ?", (function, name))
 
+    # ------------------------------------------------------------- CloudWatch
+
+    def set_alarm(self, name: str, state: str) -> bool:
+        """Set a simulated alarm (created on first use); True if its state changed (the time moves only then)."""
+        if state not in ALARM_STATES:
+            raise _error("ValidationException", f"state {state!r}; expected one of {', '.join(ALARM_STATES)}")
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM alarms WHERE name = ?", (name,)).fetchone()
+            if row is not None and row["state"] == state:
+                return False
+            db.execute(
+                "INSERT INTO alarms (name, state, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (name, state, time.time()),
+            )
+        return True
+
+    def alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
+        marks = ",".join("?" * len(names))
+        rows = self.db.execute(f"SELECT name, state, updated_at FROM alarms WHERE name IN ({marks})", tuple(names))
+        return {row["name"]: AlarmState(row["name"], row["state"], float(row["updated_at"])) for row in rows}
+
 
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
@@ -464,6 +490,12 @@ class LocalBackend:
                 owner=row["owner"],
             )
         return live
+
+    def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
+        try:
+            return self.cloud.alarms(names)
+        except sqlite3.Error as exc:
+            raise BackendError(f"local backend: {exc}", temporary=True, code="SQLiteError") from None
 
     def apply(self, action: Action) -> None:
         try:
