@@ -79,7 +79,8 @@ class DaemonConfig:
 
 STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "state", "fetch", "webhook", "resync", "retry"
 LEADER = "leader"  # this replica has just taken the --lock lease
-REASONS = (STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY, LEADER)
+ROLLOUT = "rollout"  # a rollout's next step (or analysis) is due
+REASONS = (STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY, LEADER, ROLLOUT)
 NEWS = frozenset({GIT, STATE, FETCH, WEBHOOK})  # reasons that only matter if the target revision moved
 FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY, LEADER})  # reasons that fetch a remote repository first
 RENUMBER_ROUNDS = 3  # times in a row pending tags are renumbered before the push waits for the next fetch
@@ -189,6 +190,7 @@ class Daemon:
         self._status_cache: tuple[float, dict[str, Any]] | None = None  # aws: (when, the backend's answer)
         self._failures = 0
         self._last_target: str | None = None  # what the last pass settled on or is retrying
+        self._rollouts_under_way = False  # then every trigger (a promote in the record too) makes a pass
         self._drift: list[str] = []
         self._pending_tags: list[str] = []
         self._tags_checked = False  # local applied tags compared with the remote's once (after a restart)
@@ -449,7 +451,7 @@ class Daemon:
         record = self._seen(engine.record())
         self.metrics.pinned.set(1 if record.pinned else 0)
         previous = record.applied_revision
-        if reasons <= NEWS and target is not None and target == self._last_target:
+        if reasons <= NEWS and target is not None and target == self._last_target and not self._rollouts_under_way:
             log.debug("no_new_revision", revision=target)  # a retry, if one is due, is already scheduled
             return
         if target is not None and target == previous and not self._drifted(engine, target):
@@ -584,25 +586,62 @@ class Daemon:
             self.notifier.observe(Applying(target))  # github: `pending`, once per revision
         return engine.reconcile(prune=self.settings.prune, on_action=self._count_action, stop=self._must_stop)
 
+    def _schedule_rollout(self, result: ReconcileResult) -> None:
+        """Wake at the next step's due time (not by polling); an indefinite pause waits for a promote."""
+        self._rollouts_under_way = result.progressing
+        if not self.scheduler.running or self.stopping.is_set():
+            return
+        if result.progressing and result.wake_at is not None:
+            run_date = datetime.fromtimestamp(result.wake_at, UTC)
+            self.scheduler.add_job(
+                self.fire,
+                "date",
+                run_date=run_date,
+                args=[ROLLOUT],
+                id=ROLLOUT,
+                replace_existing=True,
+                misfire_grace_time=None,
+            )
+            log.debug("rollout_wake_scheduled", at=run_date.isoformat())
+        else:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(ROLLOUT)
+
+    def _show_rollouts(self, engine: Engine) -> None:
+        try:
+            states = engine.rollouts()
+        except ReconcilerError:
+            return
+        self.metrics.show_rollouts({r: (s.phase, s.weight) for r, s in states.items()})
+
     def _count_action(self, action: Action, error: BaseException | None) -> None:
         self.metrics.actions.labels(action.action, "failed" if error else "success").inc()
 
     def _observe(self, engine: Engine, result: ReconcileResult, previous: str | None, reasons: set[str]) -> None:
-        self.notifier.observe(
-            Outcome(
-                result.revision,
-                result.result,
-                previous=previous,
-                tag=result.tag,
-                actions=action_pairs(result.applied),
-                message=str(result.error) if result.error else "",
+        if not result.progressing:  # a rollout's passes are told by its rollout_* events; `applied` comes at its end
+            self.notifier.observe(
+                Outcome(
+                    result.revision,
+                    result.result,
+                    previous=previous,
+                    tag=result.tag,
+                    actions=action_pairs(result.applied),
+                    message=str(result.error) if result.error else "",
+                )
             )
-        )
         m = self.metrics
         m.reconciles.labels(result.result).inc()
         m.reconcile_duration.labels(result.result).observe(result.duration)
+        self._schedule_rollout(result)
+        self._show_rollouts(engine)
         error = result.error
-        if error is None:
+        if result.progressing:  # applied as far as the rollouts allow; the commit is applied when they succeed
+            self._last_target = None
+            self._succeeded()
+            self._ready.set()
+            m.ready.set(1)
+            log.info("rollouts_under_way", revision=result.revision, resources=[s.resource for s in result.rollouts])
+        elif error is None:
             self._in_sync(result.revision)
             if result.revision != previous and STARTUP not in reasons:
                 try:

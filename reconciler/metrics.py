@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from reconciler.plan import ACTION_ORDER
+from reconciler.rollout import PHASES
 
 RESULTS = ("success", "noop", "invalid", "failed")
 
@@ -80,6 +81,19 @@ class Metrics:
             ["sink", "result"],
             registry=r,
         )
+        self.rollout_weight = Gauge(
+            "reconciler_rollout_weight",
+            "Percent of traffic a rollout gives its target now, by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.rollout_phase = Gauge(
+            "reconciler_rollout_phase",
+            "1 for the phase a resource's rollout is in (progressing, paused, succeeded, failed, halted), else 0.",
+            ["resource", "phase"],
+            registry=r,
+        )
+        self._rollouts: set[str] = set()
         for result in RESULTS:
             self.reconciles.labels(result)
             self.reconcile_duration.labels(result)
@@ -92,6 +106,18 @@ class Metrics:
             self.fetches.labels(result)
         for result in ("accepted", "rejected"):
             self.webhooks.labels(result)
+
+    def show_rollouts(self, rollouts: dict[str, tuple[str, float]]) -> None:
+        """Set the rollout gauges to ``resource -> (phase, weight)``; resources gone lose their series."""
+        for resource in self._rollouts - set(rollouts):
+            self.rollout_weight.remove(resource)
+            for phase in PHASES:
+                self.rollout_phase.remove(resource, phase)
+        for resource, (current, weight) in rollouts.items():
+            self.rollout_weight.labels(resource).set(weight)
+            for phase in PHASES:
+                self.rollout_phase.labels(resource, phase).set(1 if phase == current else 0)
+        self._rollouts = set(rollouts)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -21,7 +21,7 @@ parsing: ``aws_model.py``; calls, pacing and errors: ``aws_calls.py``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, assert_never
 
@@ -53,6 +53,7 @@ from reconciler.backends.aws_model import (
 )
 from reconciler.backends.base import (
     DEFAULT_INSTANCE,
+    AlarmState,
     LiveAlias,
     LiveApi,
     LiveDeployment,
@@ -78,6 +79,8 @@ from reconciler.plan import (
     routing_to_lambda,
 )
 from reconciler.specs import Definition, DesiredState
+
+ALARM_BATCH = 100  # DescribeAlarms takes at most 100 AlarmNames
 
 log = structlog.get_logger("reconciler.backends.aws")
 
@@ -113,6 +116,27 @@ class AwsBackend:
         self._granted: set[tuple[str, str, str]] = set()
         self._hashes: dict[str, dict[str, str]] = {}  # api name -> deployment id -> definition sha256
         self._listed = False  # read() has listed every REST API: a name it did not see does not exist
+
+    def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
+        """CloudWatch ``DescribeAlarms`` for rollout analysis, 100 names per request (its limit)."""
+        found: dict[str, AlarmState] = {}
+        unique = sorted(set(names))
+        paginator = self.calls.cloudwatch.get_paginator("describe_alarms")
+        for start in range(0, len(unique), ALARM_BATCH):
+            batch = unique[start : start + ALARM_BATCH]
+            pages = self.calls.call(
+                "CloudWatch",
+                "DescribeAlarms",
+                lambda batch=batch: list(  # type: ignore[misc]
+                    paginator.paginate(AlarmNames=batch, AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+                ),
+            )
+            for page in pages:
+                for alarm in [*page.get("MetricAlarms", []), *page.get("CompositeAlarms", [])]:
+                    name, stamp = str(alarm["AlarmName"]), alarm.get("StateUpdatedTimestamp")
+                    updated = stamp.timestamp() if stamp is not None else 0.0
+                    found[name] = AlarmState(name, str(alarm.get("StateValue", "INSUFFICIENT_DATA")), updated)
+        return found
 
     def close(self) -> None:
         self.calls.close()

@@ -34,6 +34,7 @@ from reconciler.errors import BackendError, ConflictError
 
 if TYPE_CHECKING:
     from mypy_boto3_apigateway import APIGatewayClient
+    from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_lambda import LambdaClient
 
 T = TypeVar("T")
@@ -228,8 +229,10 @@ class AwsCalls:
             user_agent_extra="reconciler",
         )
         self.limiter = make_limiter(rates, clock, sleep)
+        self._endpoint_url, self._config = endpoint_url, config
+        self._cloudwatch: CloudWatchClient | None = None
         try:
-            session = boto3.session.Session(region_name=region)
+            session = self._session = boto3.session.Session(region_name=region)
             self.apigateway: APIGatewayClient = session.client("apigateway", endpoint_url=endpoint_url, config=config)
             self.lambda_: LambdaClient = session.client("lambda", endpoint_url=endpoint_url, config=config)
             # CreateDeployment is not idempotent: one attempt, and the caller looks for the hash if it fails
@@ -259,7 +262,18 @@ class AwsCalls:
         except (ClientError, BotoCoreError) as exc:
             raise to_backend_error(exc, resource, operation) from None
 
+    @property
+    def cloudwatch(self) -> CloudWatchClient:
+        """The CloudWatch client (rollout alarms), made on first use: most passes never read an alarm."""
+        if self._cloudwatch is None:
+            self._cloudwatch = self._session.client(
+                "cloudwatch", region_name=self.region, endpoint_url=self._endpoint_url, config=self._config
+            )
+        return self._cloudwatch
+
     def close(self) -> None:
         self.apigateway.close()
         self.apigateway_once.close()
         self.lambda_.close()
+        if self._cloudwatch is not None:
+            self._cloudwatch.close()
