@@ -39,7 +39,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
-from reconciler.events import Applying, Outcome, PinSeen, action_pairs, notice_of
+from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
 from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
 from reconciler.lease import STOP_TIMEOUT, Elector, make_lease
@@ -89,6 +89,7 @@ STATUS_TTL = {"aws": 2.0}  # seconds /status reuses a backend read between passe
 STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
 STOP_BUDGET = 9.0  # seconds from SIGTERM to the return of run(), whatever hangs (worker, lease store, watcher)
 NOTIFY_GRACE = 2.0  # seconds queued notifications get at SIGTERM (within STOP_BUDGET) or after --once
+NOTIFIED = "notified"  # instance record key: what the notifier has said (events.state_json), kept across restarts
 
 
 def backoff_delay(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -302,6 +303,7 @@ class Daemon:
                     return 0  # in sync, or drift only reported (--no-self-heal)
                 result = self._reconcile(engine, target)
             self._observe(engine, result, previous, {STARTUP})
+            self._remember_notified(engine)
             self._push_pending_tags()
         finally:
             if self.elector is not None:
@@ -444,6 +446,7 @@ class Daemon:
                 self._retry_later(exc)
                 return
             self._locked_pass(engine, reasons)
+            self._remember_notified(engine)
         self._status_cache = None  # whatever the pass did, /status reads afresh
 
     def _locked_pass(self, engine: Engine, reasons: set[str]) -> None:
@@ -555,15 +558,17 @@ class Daemon:
         """The ``--notify`` sinks (a ``UsageError`` naming ``--notify`` if one cannot work), not started yet."""
         remote = self.config.repo if self.remote else self.engine.repo.remote_url() if self.engine else None
         try:
-            applied = self.state.load_record(self.config.instance).applied_revision
+            record = self.state.load_record(self.config.instance)
+            state = initial_state(record.applied_revision, record.extra.get(NOTIFIED))
         except StateError:
-            applied = None
+            state = None
         counter = self.metrics.notifications
 
         def count(kind: str, result: str) -> None:
             counter.labels(kind, result).inc()
 
-        notifier = make_notifier(notify, self.config.instance, remote, os.environ, count, applied)
+        notifier = make_notifier(notify, self.config.instance, remote, os.environ, count, state)
+        self._notified = state_json(notifier.state)
         for kind in {name.partition(":")[0] for name in notifier.sinks}:
             for result in NOTIFY_RESULTS:
                 counter.labels(kind, result)
@@ -574,6 +579,21 @@ class Daemon:
     def _engine_event(self, name: str, fields: dict[str, Any]) -> None:
         """``Engine.on_event``: the events only the engine sees (a rollout's steps), told as they are."""
         self.notifier.publish(notice_of(name, fields))
+
+    def _remember_notified(self, engine: Engine) -> None:
+        """Keep what the notifier has said in the instance record when it changed, so a restart does not repeat it."""
+        said = state_json(self.notifier.state)
+        if said == self._notified:
+            return
+        try:
+            record = engine.record()
+            if record.extra.get(NOTIFIED) != said:
+                record.extra[NOTIFIED] = said
+                engine.state.save_record(record)
+        except (StateError, OSError) as exc:  # only costs a repeated notice after a restart
+            log.warning("notify_state_not_saved", error=str(exc))
+            return
+        self._notified = said
 
     def _seen(self, record: InstanceRecord) -> InstanceRecord:
         """Tell the notifier the record's pin (a rollback or resume shows here); returns ``record``."""

@@ -240,7 +240,7 @@ class Notifier:
         sinks: Sequence[Sink] = (),
         count: Counter | None = None,
         *,
-        applied_revision: str | None = None,
+        state: NotifyState | None = None,
         retry_for: float = RETRY_FOR,
         queue_size: int = QUEUE_SIZE,
         backoff: float = BACKOFF_BASE,
@@ -249,7 +249,7 @@ class Notifier:
         self.instance = instance
         self._count = count or (lambda kind, result: None)
         self._lock = threading.Lock()
-        self._state: NotifyState = initial_state(applied_revision)
+        self._state: NotifyState = state or initial_state(None)
         logging.getLogger("urllib3").setLevel(logging.WARNING)  # its debug lines show URL paths (Slack's secret)
         self._deliveries = [
             Delivery(
@@ -273,6 +273,11 @@ class Notifier:
             self._started = True
             for delivery in self._deliveries:
                 delivery.start()
+
+    @property
+    def state(self) -> NotifyState:
+        """What has been said so far (``events.state_json`` makes it JSON for the instance record)."""
+        return self._state
 
     def observe(self, seen: Observation) -> None:
         """What a pass saw; sends what ``events.transition`` says is news."""
@@ -308,11 +313,11 @@ def make_notifier(
     remote_url: str | None,
     env: Mapping[str, str],
     count: Counter | None = None,
-    applied_revision: str | None = None,
+    state: NotifyState | None = None,
 ) -> Notifier:
     """The notifier for ``config``; a ``UsageError`` naming ``--notify`` if a sink cannot work."""
     sinks = make_sinks(config.sinks, env, remote_url, config.github_api_url, config.status_url)
     for sink in sinks:
         if sink.kind == "webhook" and not getattr(sink, "secret", None):
             log.warning("notify_unsigned", sink=sink.name, hint="set RECONCILER_NOTIFY_SECRET to sign webhooks")
-    return Notifier(instance, sinks, count, applied_revision=applied_revision)
+    return Notifier(instance, sinks, count, state=state)

@@ -254,3 +254,25 @@ def test_run_help_does_not_show_a_slack_url_from_the_environment() -> None:
     )
     assert done.returncode == 0 and "--notify" in done.stdout and "RECONCILER_NOTIFY" in done.stdout
     assert "HELPSECRET" not in done.stdout + done.stderr
+
+
+def test_a_restarted_daemon_does_not_repeat_what_it_said(
+    example_repo: SpecRepo, notify_env: None, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """`invalid` said, the daemon restarted, the commit re-read: nothing again; the fix is then `recovered`."""
+    with stand_in() as hook:
+        flags = ("--resync-interval", "0.2", "--notify", f"webhook:{hook.url}")
+        daemon = start_daemon(str(example_repo.path), example_repo.state_dir, *flags)
+        daemon.wait_applied(example_repo.head())
+        set_prod_routing(example_repo, 'routing: {"1": 95, "2": 4}')
+        bad = example_repo.commit("broken routing")
+        wait_for(lambda: ("invalid", bad) in events_of(hook), what="the invalid event")
+        assert daemon.stop() == 0
+        again = start_daemon(str(example_repo.path), example_repo.state_dir, *flags)
+        wait_for(lambda: sum(e["revision"] == bad for e in again.events("reconcile")) >= 3, what="three re-reads")
+        set_prod_routing(example_repo, 'routing: {"1": 90, "2": 10}')
+        fixed = example_repo.commit("fixed routing")
+        again.wait_applied(fixed)
+        wait_for(lambda: ("recovered", fixed) in events_of(hook), what="recovered")
+        told = events_of(hook)
+    assert told == [("applied", told[0][1]), ("invalid", bad), ("recovered", fixed)]
