@@ -61,13 +61,31 @@ def notice_of(name: str, fields: Mapping[str, Any]) -> Notice:
     """
     details = {k: v for k, v in fields.items() if k not in ("revision", "tag", "message", "event", "instance")}
     revision, tag = fields.get("revision"), fields.get("tag")
+    message = _rollout_text(name, fields) if name.startswith("rollout_") else str(fields.get("message") or name)
     return Notice(
         name,
         str(revision) if revision else None,
         tag=str(tag) if tag else None,
-        message=str(fields.get("message") or name.replace("_", " ")),
+        message=message,
         details=details,
     )
+
+
+def _rollout_text(name: str, fields: Mapping[str, Any]) -> str:
+    """One line for a rollout event: what, where it stands, and the rollout's own message if any."""
+    resource = fields.get("resource") or "?"
+    verb = {ROLLOUT_STARTED: "started", ROLLOUT_STEP: "step", ROLLOUT_SUCCEEDED: "succeeded"}.get(
+        name, str(fields.get("phase") or "failed")
+    )
+    where = []
+    if name == ROLLOUT_STARTED and fields.get("stable") is not None and fields.get("target") is not None:
+        where.append(f"{str(fields['stable'])[:12]} -> {str(fields['target'])[:12]}")
+    if name == ROLLOUT_STEP and fields.get("step") is not None and fields.get("steps") is not None:
+        where.append(f"{fields['step']}/{fields['steps']}")
+    if name != ROLLOUT_FAILED and fields.get("weight") is not None:
+        where.append(f"{fields['weight']} % on the target")
+    text = f"rollout of {resource} {verb}" + (f": {', '.join(where)}" if where else "")
+    return text + (f" ({fields['message']})" if fields.get("message") else "")
 
 
 # ----------------------------------------------------------------- what a pass saw

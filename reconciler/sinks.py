@@ -34,9 +34,8 @@ GITHUB_STATES = {  # event -> commit status state; events not listed post no sta
     "recovered": "success",
     "failed": "failure",
     "invalid": "error",
-    "rollout_started": "pending",
-    "rollout_succeeded": "success",
-    "rollout_failed": "failure",
+    "rollout_started": "pending",  # the commit is live only when its rollouts end: `applied` (or `failed`) then
+    "rollout_step": "pending",
 }
 DESCRIPTION_MAX = 140  # GitHub refuses a longer commit status description
 SLACK_ICONS = {

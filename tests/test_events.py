@@ -165,10 +165,52 @@ def test_a_huge_apply_lists_a_bounded_number_of_actions() -> None:
 
 def test_an_engine_event_becomes_a_notice_with_its_fields_as_details() -> None:
     """A rollout event (name and fields, from Engine.on_event) keeps revision and message; the rest is detail."""
-    fields = {"resource": "Alias/orders-handler/prod", "step": 1, "weight": 10, "message": "10 % on 2", "revision": B}
+    fields = {
+        "resource": "Alias/orders-handler/prod",
+        "step": 1,
+        "steps": 4,
+        "weight": 10,
+        "message": None,
+        "revision": B,
+    }
     notice = notice_of("rollout_step", fields)
-    assert (notice.event, notice.revision, notice.message) == ("rollout_step", B, "10 % on 2")
-    assert notice.details == {"resource": "Alias/orders-handler/prod", "step": 1, "weight": 10}
+    assert (notice.event, notice.revision) == ("rollout_step", B)
+    assert notice.message == "rollout of Alias/orders-handler/prod step: 1/4, 10 % on the target"
+    assert notice.details == {"resource": "Alias/orders-handler/prod", "step": 1, "steps": 4, "weight": 10}
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "message"),
+    [
+        pytest.param(
+            "rollout_started",
+            {"resource": "Alias/f/prod", "stable": "1", "target": "2", "weight": 0},
+            "rollout of Alias/f/prod started: 1 -> 2, 0 % on the target",
+            id="started",
+        ),
+        pytest.param(
+            "rollout_succeeded",
+            {"resource": "Stage/orders/prod", "weight": 100, "message": None},
+            "rollout of Stage/orders/prod succeeded: 100 % on the target",
+            id="succeeded",
+        ),
+        pytest.param(
+            "rollout_failed",
+            {"resource": "Alias/f/prod", "phase": "halted", "weight": 10, "message": "orders-5xx in ALARM"},
+            "rollout of Alias/f/prod halted (orders-5xx in ALARM)",
+            id="halted",
+        ),
+        pytest.param(
+            "rollout_failed",
+            {"resource": "Alias/f/prod", "message": "ended: the spec no longer asks for a rollout"},
+            "rollout of Alias/f/prod failed (ended: the spec no longer asks for a rollout)",
+            id="failed-without-phase",
+        ),
+    ],
+)
+def test_rollout_events_say_what_happened_in_a_line(name: str, fields: dict[str, object], message: str) -> None:
+    """A rollout event's message names the resource, what happened and where it stands."""
+    assert notice_of(name, fields).message == message
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ from tests.daemon.conftest import set_prod_routing, wait_for
 from tests.httpsink import Answer, StandIn, stand_in
 from tests.support import SpecRepo
 from tests.test_notify import readme_verify
+from tests.test_rollout_engine import ALIAS, alias_spec
+from tests.test_specs import BASE
 
 SECRET = "notify-secret-31aa"
 TOKEN = "ghp_daemon-token-77c0"
@@ -280,3 +282,59 @@ def test_a_restarted_daemon_does_not_repeat_what_it_said(
         wait_for(lambda: ("recovered", fixed) in events_of(hook), what="recovered")
         told = events_of(hook)
     assert told == [("applied", told[0][1]), ("invalid", bad), ("recovered", fixed)]
+
+
+def test_a_rollout_is_told_step_by_step_and_the_commit_is_applied_at_its_end(
+    repo: SpecRepo, notify_env: None, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Webhook: rollout_started, its steps, rollout_succeeded, then applied with the tag; GitHub: pending until then."""
+    for path, text in BASE.items():
+        repo.write(path, text)
+    repo.git("remote", "add", "origin", "https://github.com/acme/orders")
+    base = repo.commit("base")
+    repo.publish("orders-handler", 2)
+    with stand_in() as hook, stand_in() as api:
+        flags = ("--notify", f"webhook:{hook.url}", "--notify", "github", "--github-api-url", api.url)
+        daemon = start_daemon(str(repo.path), repo.state_dir, *flags)
+        daemon.wait_applied(base)
+        steps = "[{setWeight: 10}, {pause: {duration: 1s}}, {setWeight: 50}]"
+        repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}', f"    steps: {steps}\n"))
+        target = repo.commit("version 2, rolled out")
+        daemon.wait_applied(target, timeout=20)
+        wait_for(lambda: events_of(hook)[-1:] == [("applied", target)], what="applied at the end")
+        told = [r.json for r in hook.delivered()]
+        statuses = [r.json for r in api.delivered() if r.path.endswith(target)]
+    names = [e["event"] for e in told]
+    assert names[0] == "applied" and names[1] == "rollout_started" and names[-2:] == ["rollout_succeeded", "applied"]
+    assert set(names[2:-2]) == {"rollout_step"}
+    assert all(e["resource"] == ALIAS for e in told[1:-1])
+    assert told[-1]["tag"] == "applied/default/2"
+    assert [s["state"] for s in statuses] == ["pending"] * (len(statuses) - 1) + ["success"]
+    assert any("rollout of Alias/orders-handler/prod" in s["description"] for s in statuses)
+
+
+def test_a_failed_rollout_is_told_once_with_the_commit_failed_once(
+    repo: SpecRepo, notify_env: None, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """An alarm aborts the rollout: rollout_failed and failed, once each, however often resyncs look again."""
+    for path, text in BASE.items():
+        repo.write(path, text)
+    base = repo.commit("base")
+    repo.publish("orders-handler", 2)
+    with stand_in() as hook:
+        flags = ("--resync-interval", "0.3", "--notify", f"webhook:{hook.url}")
+        daemon = start_daemon(str(repo.path), repo.state_dir, *flags)
+        daemon.wait_applied(base)
+        rollout = "    steps: [{setWeight: 10}, {pause: {}}]\n    analysis: {interval: 1s, alarms: [orders-5xx]}\n"
+        repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}', rollout))
+        target = repo.commit("version 2, watched")
+        wait_for(lambda: ("rollout_started", target) in events_of(hook), what="the rollout to start")
+        cloud = LocalCloud(repo.state_dir)
+        cloud.set_alarm("orders-5xx", "ALARM")
+        cloud.close()
+        wait_for(lambda: ("failed", target) in events_of(hook), timeout=20, what="the failure")
+        passes = len(daemon.events("reconcile"))
+        wait_for(lambda: len(daemon.events("reconcile")) >= passes + 3, what="three more passes")
+        names = [name for name, _ in events_of(hook)]
+    assert names.count("rollout_failed") == 1 and names.count("failed") == 1
+    assert names.index("rollout_failed") < names.index("failed")
