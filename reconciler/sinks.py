@@ -143,7 +143,9 @@ def slack_message(event: Mapping[str, Any]) -> dict[str, Any]:
     revision = str(event.get("revision") or "")[:12]
     head = f"{SLACK_ICONS.get(name, '')} *{name.replace('_', ' ')}* · reconciler/{event['instance']}".strip()
     message = str(event.get("message") or "")
-    text = f"{name}: reconciler/{event['instance']} {revision} {message}".strip()
+    word = name.replace("_", " ")
+    said = message if message.startswith((word, "rollout")) else f"{word} {revision}: {message}".strip(": ")
+    text = f"reconciler/{event['instance']}: {said}"
     facts = [f"revision `{revision}`"] if revision else []
     if event.get("tag"):
         facts.append(f"tag `{event['tag']}`")

@@ -153,7 +153,7 @@ def test_slack_gets_text_and_blocks(notifiers: Callable[..., Notifier]) -> None:
         [got] = wait_for(server.delivered, what="the slack message")
     message = got.json
     assert set(message) == {"text", "blocks"}
-    assert message["text"].startswith(f"failed: reconciler/default {B[:12]}")
+    assert message["text"].startswith(f"reconciler/default: failed {B[:12]}: update_alias")
     assert "&lt;Alias/x&gt;" in message["text"]  # Slack's control characters escaped
     rendered = json.dumps(message["blocks"])
     assert B[:12] in rendered and "update_alias" in rendered
