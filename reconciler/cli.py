@@ -392,6 +392,11 @@ def local() -> None:
     """Local backend tools."""
 
 
+@cli.group("rollout", cls=Group, context_settings=CONTEXT)
+def rollout_group() -> None:
+    """Act on a rollout under way: promote it or abort it (through the instance record, beside a daemon)."""
+
+
 # ------------------------------------------------------------------- output
 
 
@@ -590,7 +595,8 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
                 "applied": [a.as_json() for a in result.applied],
                 "tag": result.tag,
                 "error": str(result.error) if result.error else None,
-                "in_sync": result.ok,
+                "in_sync": result.ok and not result.progressing,
+                "rollouts": {s.resource: s.view() for s in result.rollouts},
             }
         )
     else:
@@ -609,6 +615,13 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
                     out.line(f"Made {result.tag}, owed by an earlier apply whose tag git could not create then.")
             if result.plan and result.plan.orphans:
                 out.line(f"{len(result.plan.orphans)} orphaned resource(s) kept; run with --prune to delete them.")
+            if result.progressing:
+                for line in rollout_lines({s.resource: s.view() for s in result.rollouts}):
+                    out.line(line)
+                out.line(
+                    "Rollouts under way: the commit is tagged when they succeed; "
+                    "the daemon drives them in time, or run `reconciler apply` again."
+                )
     if result.error is not None:
         if isinstance(result.error, SpecError):
             for issue in result.error.issues:
@@ -688,6 +701,50 @@ def cmd_resume(common: Common, out: Out) -> int:
         engine.close()
 
 
+def _rollout_command(common: Common, out: Out, resource: str, what: str) -> int:
+    engine = Engine(common.config())
+    try:
+        with engine.state.writer_lock(f"reconciler rollout {what}, instance {engine.instance}", wait=LOCK_WAIT):
+            state = engine.rollout_command(resource, what)
+    finally:
+        engine.close()
+    if out.json:
+        out.document({"resource": resource, "command": what, "rollout": state.view()})
+    else:
+        doing = {"promote": "leaves its current pause", "promote_full": "goes to 100 %", "abort": "rolls back"}
+        out.line(
+            f"{resource}: the next reconcile {doing[what]} (a running daemon does it now; else `reconciler apply`)."
+        )
+    return EXIT_OK
+
+
+@command(
+    rollout_group,
+    "promote",
+    flags=(*GIT, *OUTPUT),
+    example="reconciler rollout promote Alias/orders-handler/prod --full",
+    help="Leave the current pause of RESOURCE's rollout now (--full: go to 100 % at once).",
+)
+@click.argument("resource")
+@option("--full", is_flag=True, help="skip every remaining step: the target takes 100 %")
+def cmd_rollout_promote(common: Common, out: Out, resource: str, full: bool) -> int:
+    """RESOURCE: Alias/<function>/<alias> or Stage/<api>/<stage>."""
+    return _rollout_command(common, out, resource, "promote_full" if full else "promote")
+
+
+@command(
+    rollout_group,
+    "abort",
+    flags=(*GIT, *OUTPUT),
+    example="reconciler rollout abort Stage/orders/prod",
+    help="Abort RESOURCE's rollout as a failure with onFailure: rollback (the stable version alone).",
+)
+@click.argument("resource")
+def cmd_rollout_abort(common: Common, out: Out, resource: str) -> int:
+    """RESOURCE: Alias/<function>/<alias> or Stage/<api>/<stage>."""
+    return _rollout_command(common, out, resource, "abort")
+
+
 @command(
     cli,
     "status",
@@ -717,12 +774,31 @@ def cmd_status(common: Common, out: Out) -> int:
         extra = f", canary {canary['percentTraffic']:g}% → {canary['deployment_id']}" if canary else ""
         unmanaged = "" if stage["managed"] else " [unmanaged]"
         out.line(f"  {name}: deployment {stage['deployment_id']}{extra} {stage['url']}{unmanaged}")
+    for line in rollout_lines(status.get("rollouts", {})):
+        out.line(line)
     out.line(f"aliases ({len(status['aliases'])}):")
     for name, alias in status["aliases"].items():
         routing = ", ".join(f"{v}: {p}%" for v, p in alias["routing"].items())
         unmanaged = "" if alias["managed"] else " [unmanaged]"
         out.line(f"  {name}: {routing}{unmanaged}")
     return EXIT_OK
+
+
+def rollout_lines(rollouts: Mapping[str, Any]) -> list[str]:
+    """One line per rollout: ``Alias/orders-handler/prod  progressing  step 2/4  10 % → 2  failures 0``."""
+    if not rollouts:
+        return []
+    lines = [f"rollouts ({len(rollouts)}):"]
+    for resource, r in rollouts.items():
+        line = (
+            f"  {resource}  {r['phase']}  step {r['step']}/{r['steps']}  {r['weight']:g} % → {r['target']}"
+            f"  failures {r['failures']}"
+        )
+        for extra in (r.get("message"), r.get("inconclusive") and f"unread: {r['inconclusive']}"):
+            if extra:
+                line += f"  ({extra})"
+        lines.append(line)
+    return lines
 
 
 @command(
@@ -750,6 +826,18 @@ def cmd_history(common: Common, out: Out) -> int:
     return EXIT_OK
 
 
+def local_state_dir(common: Common) -> Path:
+    """The local backend's directory: ``--state-dir``, else the repository's default (made if missing)."""
+    if common.state_dir:
+        state = Path(common.state_dir)
+    else:  # the default state dir is in the repository
+        engine = Engine(common.config())
+        state = engine.state.path
+        engine.close()
+    state.mkdir(parents=True, exist_ok=True)
+    return state
+
+
 @command(
     local,
     "publish-version",
@@ -762,14 +850,7 @@ def cmd_history(common: Common, out: Out) -> int:
 def cmd_publish_version(common: Common, out: Out, function: str) -> int:
     from reconciler.backends.local import LocalCloud
 
-    if common.state_dir:
-        state = Path(common.state_dir)
-    else:  # the default state dir is in the repository
-        engine = Engine(common.config())
-        state = engine.state.path
-        engine.close()
-    state.mkdir(parents=True, exist_ok=True)
-    cloud = LocalCloud(state)
+    cloud = LocalCloud(local_state_dir(common))
     try:
         version = cloud.publish_version(function)
     finally:
@@ -778,6 +859,30 @@ def cmd_publish_version(common: Common, out: Out, function: str) -> int:
         out.document({"function": function, "version": str(version)})
     else:
         out.line(str(version))
+    return EXIT_OK
+
+
+@command(
+    local,
+    "set-alarm",
+    flags=("repo", "state_dir", *OUTPUT),
+    example="reconciler local set-alarm orders-5xx ALARM",
+    help="Set the simulated CloudWatch alarm NAME (created on first use) that rollouts of the local backend watch.",
+)
+@click.argument("name")
+@click.argument("state", type=click.Choice(["OK", "ALARM", "INSUFFICIENT_DATA"]))
+def cmd_set_alarm(common: Common, out: Out, name: str, state: str) -> int:
+    from reconciler.backends.local import LocalCloud
+
+    cloud = LocalCloud(local_state_dir(common))
+    try:
+        changed = cloud.set_alarm(name, state)
+    finally:
+        cloud.close()
+    if out.json:
+        out.document({"alarm": name, "state": state, "changed": changed})
+    else:
+        out.line(f"alarm {name}: {state}" + ("" if changed else " (unchanged)"))
     return EXIT_OK
 
 

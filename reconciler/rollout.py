@@ -67,11 +67,16 @@ class RolloutState:
     def active(self) -> bool:
         return self.phase in ACTIVE
 
+    @property
+    def shown_step(self) -> int:
+        """1-based: the step under way, or the one a failure stopped at; all of them once succeeded."""
+        return self.steps if self.phase == SUCCEEDED else min(self.step + 1, self.steps)
+
     def view(self) -> dict[str, Any]:
         """The ``status`` JSON of this rollout (DESIGN §9)."""
         return {
             "phase": self.phase,
-            "step": min(self.step + 1, self.steps) if self.active else self.step,
+            "step": self.shown_step,
             "steps": self.steps,
             "weight": percent_json(self.weight),
             "stable": self.labels.get("stable", self.stable),
@@ -374,7 +379,7 @@ def _event(name: str, s: RolloutState) -> Event:
             "resource": s.resource,
             "rollout_id": s.id,
             "phase": s.phase,
-            "step": min(s.step + 1, s.steps) if s.active else s.step,
+            "step": s.shown_step,
             "steps": s.steps,
             "weight": percent_json(s.weight),
             "stable": s.labels.get("stable", s.stable),
