@@ -180,8 +180,8 @@ AUDIT = (
     HandMutant(
         "the local backend read outside one transaction (the /status 500 flake)",
         "reconciler/backends/local.py",
-        r"with self\.cloud\.snapshot\(\) as db:\n(\s+)return self\._read\(db\)",
-        r"db = self.cloud.db\n\1return self._read(db)",
+        r"(\n[ ]+)with self\.cloud\.snapshot\(\) as db:\n[ ]+return self\._read\(db\)",
+        r"\1return self._read(self.cloud.db)",
         ("tests/test_local_read.py",),
     ),
     HandMutant(
