@@ -152,11 +152,19 @@ def test_webhook_without_valid_signature_gets_401_and_triggers_nothing(remote: D
 def test_remote_repository_is_fetched_every_interval(
     example_repo: SpecRepo, start_daemon: Callable[..., Daemon]
 ) -> None:
-    """A commit pushed to a remote repository is applied at the next interval fetch, no webhook needed."""
+    """Commits pushed to a remote repository are applied at the next interval fetches, no webhook needed."""
     daemon = start_daemon(example_repo.path.as_uri(), example_repo.state_dir, "--interval", "0.2")
     daemon.wait_applied(example_repo.head())
-    set_prod_routing(example_repo, 'routing: {"2": 100}')
-    daemon.wait_applied(example_repo.commit("prod: all on version 2"))
+    heads = []
+    for routing in ('routing: {"2": 100}', 'routing: {"1": 50, "2": 50}'):
+        set_prod_routing(example_repo, routing)
+        heads.append(example_repo.commit(f"prod: {routing}"))
+        daemon.wait_applied(heads[-1])
+    passes = {e["revision"]: e.get("trigger", "") for e in daemon.events("reconcile")}
+    assert all("fetch" in passes[head] for head in heads), passes
+    assert daemon.metric("reconciler_triggers_total", source="fetch") >= 2
+    assert daemon.metric("reconciler_fetches_total", result="success") >= 3  # the clone, then each interval
+    assert daemon.metric("reconciler_triggers_total", source="webhook") == 0
 
 
 def test_unreachable_remote_is_retried_until_it_answers(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
