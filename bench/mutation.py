@@ -95,6 +95,27 @@ def function_lines(path: Path, names: tuple[str, ...]) -> list[tuple[int, int]]:
     return [found[name] for name in names]
 
 
+Span = tuple[tuple[int, int], tuple[int, int]]
+
+
+def annotation_spans(path: Path) -> list[Span]:
+    """Where the module's type annotations are: never evaluated (``from __future__ import annotations``),
+    so a mutant inside one is equivalent and is not run."""
+    spans: list[Span] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        found: list[ast.expr | None] = []
+        if isinstance(node, ast.arg):
+            found.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+        for expr in found:
+            if expr is not None and expr.end_lineno is not None and expr.end_col_offset is not None:
+                spans.append(((expr.lineno, expr.col_offset), (expr.end_lineno, expr.end_col_offset)))
+    return spans
+
+
 def copy_tree(dest: Path) -> None:
     """The working tree's tracked (and new, unignored) files, copied to ``dest``."""
     if dest.exists():
@@ -252,8 +273,16 @@ def config_text(target: Target, timeout: float) -> str:
     )
 
 
-def select(session: Path, ranges: list[tuple[int, int]] | None, sample: int | None, seed: int, only: int | None) -> int:
-    """Mark mutants outside ``ranges`` (or beyond the sample) as skipped; return how many are left to run."""
+def select(
+    session: Path,
+    ranges: list[tuple[int, int]] | None,
+    annotations: list[Span],
+    sample: int | None,
+    seed: int,
+    only: int | None,
+) -> int:
+    """Mark mutants outside ``ranges``, inside annotations (or beyond the sample) as skipped; return how many
+    are left to run."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -264,7 +293,11 @@ def select(session: Path, ranges: list[tuple[int, int]] | None, sample: int | No
             inside = ranges is None or any(a <= end and start <= b for a, b in lines for start, end in ranges)
             if only is not None:
                 inside = any(a <= only <= b for a, b in lines)
-            if inside:
+            in_annotation = all(
+                any(start <= tuple(m.start_pos) and tuple(m.end_pos) <= end for start, end in annotations)
+                for m in item.mutations
+            )
+            if inside and not in_annotation:
                 keep.append(item.job_id)
         chosen = set(keep)
         if sample is not None and len(keep) > sample:
@@ -326,7 +359,7 @@ def run_target(name: str, args: argparse.Namespace) -> Outcome:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # "python" is this venv's
     cosmic = [sys.executable, "-m", "cosmic_ray.cli"]
     subprocess.run([*cosmic, "init", str(config), str(session)], cwd=src, env=env, check=True)
-    count = select(session, ranges, args.sample, args.seed, args.only_line)
+    count = select(session, ranges, annotation_spans(src / target.module), args.sample, args.seed, args.only_line)
     print(f"{name}: {target.module} — {count} mutants to run", flush=True)
     started = time.monotonic()
     subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=src, env=env, check=True)

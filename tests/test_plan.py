@@ -344,6 +344,18 @@ def test_missing_alias_version_is_refused_naming_file_and_field() -> None:
     (issue,) = caught.value.issues
     assert (issue.file, issue.line, issue.field) == (SPEC_FILE, 33, "spec.routing")
     assert "version 7" in issue.message and "not published" in issue.message
+    assert "published versions (1, 2)" in issue.message  # what there is to choose from, $LATEST aside
+
+
+def test_missing_alias_version_lists_published_versions_in_numeric_order() -> None:
+    """The error lists the versions that do exist numerically (2 before 10), or "none"."""
+    desired = desired_state(desired_alias("prod", {"7": 100.0}))
+    with pytest.raises(PlanError) as caught:
+        make_plan(desired, live_state(versions={"orders-handler": {"$LATEST", "10", "2"}}))
+    assert "published versions (2, 10)" in caught.value.issues[0].message
+    with pytest.raises(PlanError) as caught:
+        make_plan(desired, live_state(versions={"orders-handler": {"$LATEST"}}))
+    assert "published versions (none)" in caught.value.issues[0].message
 
 
 def test_alias_of_missing_function_is_refused_at_spec_function() -> None:
