@@ -305,7 +305,7 @@ def test_close_gives_queued_events_a_grace_then_drops_them(notifiers: Callable[.
     """Closing waits at most its timeout for a stuck sink, and counts what was still queued as dropped."""
     counts = Counts()
     with stand_in(default=Answer(hang=True)) as server:
-        notifier = Notifier("default", [WebhookSink(server.url)], counts, **FAST)
+        notifier = Notifier("default", [WebhookSink(server.url)], counts, backoff=0.02, timeout=urllib3.Timeout(30, 30))
         notifier.start()
         for revision in (A, B):
             notifier.publish(Notice("failed", revision))
