@@ -36,7 +36,7 @@ import structlog
 from click.core import ParameterSource
 
 from reconciler import __version__
-from reconciler.engine import Config, Engine, ReconcileResult
+from reconciler.engine import WORKTREE, Config, Engine, ReconcileResult
 from reconciler.errors import ReconcilerError, SpecError, UsageError
 from reconciler.plan import Action, Plan
 from reconciler.sinks import GITHUB_API
@@ -201,12 +201,19 @@ FLAGS: dict[str, Flag] = {
             {"type": click.Choice(["auto", "always", "never"]), "default": "auto"},
         ),
         Flag(("-v", "--verbose"), "log engine events to stderr", {"is_flag": True}),
+        Flag(
+            ("--lock",),
+            "DynamoDB table holding the daemon's lease and the instance record (pin, applied revision, rollout "
+            "progress); give it to rollback/resume/status too, to act on a cluster's instance from anywhere",
+            {"metavar": "dynamodb://TABLE"},
+            unset="none (one daemon per state directory, records in the state directory)",
+        ),
     )
 }
 
 # Flag sets: which common flags a command takes.
 SOURCE = ("repo", "branch", "path", "ssh_key", "known_hosts")  # where the specs come from
-GIT = (*SOURCE, "state_dir", "instance")  # ... and the instance's records and tags
+GIT = (*SOURCE, "state_dir", "instance", "lock")  # ... and the instance's records and tags
 BACKEND = ("backend", "region", "endpoint_url")
 OUTPUT = ("output", "color", "verbose")
 
@@ -228,6 +235,7 @@ class Common:
     output: str = "text"
     color: str = "auto"
     verbose: bool = False
+    lock: str | None = None
 
     def config(self, allow_empty: bool = False) -> Config:
         """The engine's configuration; ``--instance`` is checked here, as it names tags and files."""
@@ -247,6 +255,7 @@ class Common:
             endpoint_url=self.endpoint_url,
             extra={key: value for key in ("ssh_key", "known_hosts") if (value := getattr(self, key))},
             allow_empty=allow_empty,
+            lock=self.lock,
         )
 
 
@@ -520,6 +529,20 @@ REV = option("--rev", help="revision (default: the pin, else the branch head)", 
 ALLOW_EMPTY = option(
     "--allow-empty", is_flag=True, help="let --prune delete every managed resource when the specs declare none"
 )
+WORKTREE_FLAG = option(
+    "--worktree",
+    is_flag=True,
+    help="read the working tree (uncommitted edits, untracked files not ignored) instead of a commit",
+)
+
+
+def _read_what(engine: Engine, rev: str | None, worktree: bool, pinned: bool) -> str:
+    """The revision validate/plan read: the working tree, ``--rev``, or the preview target."""
+    if worktree:
+        if rev is not None:
+            raise UsageError("--worktree and --rev: expected one of them (the working tree, or a commit)")
+        return WORKTREE
+    return engine.preview_target(rev, pinned=pinned)  # any branch, a detached HEAD: a PR's preview
 
 
 @command(
@@ -530,10 +553,11 @@ ALLOW_EMPTY = option(
     help="Parse and check the specs at a revision (no backend). Exit 0 valid, 1 invalid.",
 )
 @option("--rev", help="revision to check", unset="the branch head")
-def cmd_validate(common: Common, out: Out, rev: str | None) -> int:
+@WORKTREE_FLAG
+def cmd_validate(common: Common, out: Out, rev: str | None, worktree: bool) -> int:
     engine = Engine(common.config())
     try:
-        revision = engine.repo.resolve(rev) if rev else engine.head()
+        revision = _read_what(engine, rev, worktree, pinned=False)
         try:
             desired = engine.desired(revision)
         except SpecError as exc:
@@ -544,7 +568,8 @@ def cmd_validate(common: Common, out: Out, rev: str | None) -> int:
             out.document({"valid": True, "revision": revision, "errors": [], **summary})
         else:
             out.line(
-                f"Valid at {revision[:12]}: {summary['apis']} APIs, {summary['stages']} stages, "
+                f"Valid {'in the working tree' if worktree else 'at ' + revision[:12]}: {summary['apis']} APIs, "
+                f"{summary['stages']} stages, "
                 f"{summary['aliases']} aliases."
             )
         return EXIT_OK
@@ -562,12 +587,13 @@ def cmd_validate(common: Common, out: Out, rev: str | None) -> int:
 @REV
 @option("--prune", is_flag=True, help="also plan deleting orphaned managed resources")
 @ALLOW_EMPTY
-def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty: bool) -> int:
+@WORKTREE_FLAG
+def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty: bool, worktree: bool) -> int:
     engine = Engine(common.config(allow_empty))
     try:
-        revision = engine.resolve_target(rev)
+        revision = _read_what(engine, rev, worktree, pinned=True)
         pinned = engine.record().pinned
-        if pinned and not rev and not out.json:
+        if pinned and not rev and pinned.revision == revision and not out.json:
             out.line(
                 f"Pinned to {pinned.revision[:12]} ({pinned.tag or 'revision'}); "
                 "`reconciler resume` to follow the branch."
@@ -683,7 +709,7 @@ def cmd_rollback(common: Common, out: Out, target: str | None, prune: bool, allo
 @command(
     cli,
     "resume",
-    flags=(*GIT, *OUTPUT),
+    flags=(*GIT, *BACKEND, *OUTPUT),
     example="reconciler resume",
     help="Unpin: follow the branch head again.",
 )
@@ -804,7 +830,7 @@ def rollout_lines(rollouts: Mapping[str, Any]) -> list[str]:
 @command(
     cli,
     "history",
-    flags=(*GIT, *OUTPUT),
+    flags=(*GIT, *BACKEND, *OUTPUT),
     example="reconciler history --instance blue",
     help="Applied tags, newest first.",
 )
@@ -915,12 +941,6 @@ def cmd_set_alarm(common: Common, out: Out, name: str, state: str) -> int:
 )
 @option("--workdir", metavar="DIR", help="clone of a remote --repo", unset="<state-dir>/repo")
 @option("--push-tags", is_flag=True, help="push applied tags to the remote")
-@option(
-    "--lock",
-    metavar="dynamodb://TABLE",
-    help="leader election among replicas: only the holder of a DynamoDB lease reconciles",
-    unset="none (one daemon per state directory, by a file lock)",
-)
 @option("--lease-duration", type=float, metavar="S", default=15.0, help="seconds a --lock lease lasts")
 @option("--lease-renew-interval", type=float, metavar="S", default=5.0, help="seconds between lease renewals")
 @option(
@@ -938,11 +958,18 @@ def cmd_set_alarm(common: Common, out: Out, name: str, state: str) -> int:
     help="GitHub API for --notify github (GitHub Enterprise: https://HOST/api/v3)",
 )
 @option("--status-url", metavar="URL", help="target_url of --notify github commit statuses", unset="none")
+@option(
+    "--worker-deadline",
+    type=float,
+    metavar="S",
+    default=900.0,
+    help="seconds a pass may go without progress (an action, a fetch) before /healthz fails",
+)
 def cmd_run(common: Common, out: Out, **settings: Any) -> int:
     from reconciler.daemon import run_daemon
 
     config = common.config(settings.pop("allow_empty"))
-    return run_daemon(config, daemon_config({**settings, "verbose": common.verbose}))
+    return run_daemon(config, daemon_config({**settings, "verbose": common.verbose, "lock": common.lock}))
 
 
 def daemon_config(params: Mapping[str, Any]) -> DaemonConfig:

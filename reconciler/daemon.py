@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import threading
@@ -37,6 +38,7 @@ import watchfiles
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from reconciler.backends.local import DB_NAME
 from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
@@ -50,6 +52,7 @@ from reconciler.notify import Notifier, NotifyConfig, make_notifier
 from reconciler.plan import Action
 from reconciler.sinks import GITHUB_API
 from reconciler.state import InstanceRecord, StateDir
+from reconciler.statewatch import StateWatch
 
 log = structlog.get_logger("reconciler.daemon")
 
@@ -75,6 +78,7 @@ class DaemonConfig:
     notify: tuple[str, ...] = ()  # --notify sinks (each value may list several, comma-separated)
     github_api_url: str = GITHUB_API
     status_url: str | None = None  # target_url of GitHub commit statuses
+    worker_deadline: float = 900.0  # seconds a pass may go without progress before /healthz fails
 
 
 STARTUP, GIT, STATE, FETCH, WEBHOOK, RESYNC, RETRY = "startup", "git", "state", "fetch", "webhook", "resync", "retry"
@@ -85,6 +89,7 @@ NEWS = frozenset({GIT, STATE, FETCH, WEBHOOK})  # reasons that only matter if th
 FETCHING = frozenset({STARTUP, FETCH, WEBHOOK, RETRY, LEADER})  # reasons that fetch a remote repository first
 RENUMBER_ROUNDS = 3  # times in a row pending tags are renumbered before the push waits for the next fetch
 BACKOFF_BASE, BACKOFF_CAP = 1.0, 300.0
+RECORD_POLL = 5.0  # seconds between reads of the record for pins made elsewhere (remote repo or --lock)
 STATUS_TTL = {"aws": 2.0}  # seconds /status reuses a backend read between passes (AWS reads count against quotas)
 STOP_GRACE = 8.0  # seconds the worker gets to finish the action in flight (the contract says exit within 10 s)
 STOP_BUDGET = 9.0  # seconds from SIGTERM to the return of run(), whatever hangs (worker, lease store, watcher)
@@ -93,8 +98,14 @@ NOTIFIED = "notified"  # instance record key: what the notifier has said (events
 
 
 def backoff_delay(failures: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Seconds to wait after ``failures`` consecutive temporary failures: 1, 2, 4 … capped."""
-    return float(min(cap, base * 2 ** max(0, failures - 1)))
+    """Seconds to wait after ``failures`` consecutive failures: 1, 2, 4 … capped (the exponent too: no overflow)."""
+    exponent = min(max(0, failures - 1), 64)
+    return float(min(cap, base * 2.0**exponent))
+
+
+def jittered(delay: float) -> float:
+    """``delay`` spread over its upper half ("equal jitter"), so replicas that failed together retry apart."""
+    return delay / 2 + random.uniform(0, delay / 2)
 
 
 class Triggers:
@@ -167,6 +178,8 @@ class Daemon:
     ) -> None:
         _check_intervals(settings)  # here, so that the refusal is logged in the --log-format asked for
         self.settings = settings
+        if settings.lock and config.lock is None:
+            config = replace(config, lock=settings.lock)  # the instance record lives in the lock table too
         self.remote = is_remote(config.repo)
         self.engine: Engine | None = None
         if self.remote:
@@ -176,8 +189,12 @@ class Daemon:
         else:
             self.engine = Engine(config)
             config = replace(config, branch=self.engine.branch)  # followed even if the checkout switches
+            self.engine.config = config  # so a later checkout of another branch is no refusal: it is not followed
             self.state = self.engine.state
+            self.engine.records.watch(self._record_changed)
         self.config = config
+        self.state_watch: StateWatch | None = None  # set once the daemon holds its lock
+        self._broken: str | None = None  # why this daemon stopped writing (its state directory was replaced)
         self.metrics = Metrics(REASONS)
         self.triggers = Triggers()
         self.stopping = stopping or threading.Event()
@@ -190,6 +207,9 @@ class Daemon:
         self._status_lock = threading.Lock()
         self._status_cache: tuple[float, dict[str, Any]] | None = None  # aws: (when, the backend's answer)
         self._failures = 0
+        self._beat = time.monotonic()  # the worker's last sign of progress (a pass started, an action done, a fetch)
+        self._busy = False  # the worker is in a pass
+        self._not_ready: str | None = "no pass has reached the backend yet"
         self._last_target: str | None = None  # what the last pass settled on or is retrying
         self._rollouts_under_way = False  # then every trigger (a promote in the record too) makes a pass
         self._drift: list[str] = []
@@ -217,6 +237,10 @@ class Daemon:
     def run(self) -> int:
         try:
             with self._daemon_lock():
+                path = self.state.path
+                self.state_watch = StateWatch(
+                    path, [path / "daemon" / "writer.lock", path / "instances", path / DB_NAME]
+                )
                 self._install_signals()
                 return self._run_once() if self.settings.once else self._serve()
         except ReconcilerError as exc:
@@ -235,6 +259,8 @@ class Daemon:
         if self.remote:
             self.scheduler.add_job(self.fire, "interval", seconds=self.settings.interval, args=[FETCH], id="fetch")
         self.scheduler.add_job(self.fire, "interval", seconds=self.settings.resync_interval, args=[RESYNC], id="resync")
+        if self.remote or self.config.lock:  # no watcher sees the record: look for pins made elsewhere
+            self.scheduler.add_job(self._check_record, "interval", seconds=RECORD_POLL, id="record")
         self.scheduler.start()  # before the worker: a pass that fails must find the scheduler to retry with
         self.notifier.start()
         self.worker.start()
@@ -386,17 +412,47 @@ class Daemon:
                     stop_event=self.stopping,
                     raise_interrupt=False,
                 ):
-                    self.fire(STATE if all(path == refs.record for _, path in changes) else GIT)
+                    if all(path == refs.record for _, path in changes):
+                        self._check_record()  # fires only for a write of another process (a pin, a resume)
+                    else:
+                        self.fire(GIT)
             except Exception as exc:  # e.g. .git replaced under us: watch again shortly
                 log.warning("watch_failed", error=str(exc))
                 self.stopping.wait(1.0)
 
+    def _state_replaced(self) -> bool:
+        """True (for good: this process never writes again) once the state directory was deleted or replaced."""
+        if self._broken is None and self.state_watch is not None and (problem := self.state_watch.problem()):
+            self._broken = problem
+            self.metrics.ready.set(0)
+            log.error("state_dir_replaced", error=problem)
+        return self._broken is not None
+
+    def _record_changed(self, instance: str) -> None:
+        """The record store saw a version this process did not write: a pin, a resume, a rollout command."""
+        log.info("record_changed", instance=instance)
+        self.fire(STATE)
+
+    def _check_record(self) -> None:
+        """Read the record so that its store reports a foreign write (``_record_changed``); never raises."""
+        if self.engine is None:
+            return
+        try:
+            self.engine.records.load(self.config.instance)
+        except Exception as exc:  # a half-written or damaged record: the next pass says so
+            log.debug("record_check_failed", error=str(exc))
+
+    def _count_failure(self) -> None:
+        self._failures += 1
+        self.metrics.consecutive_failures.set(self._failures)
+
     def _retry_later(self, error: BaseException) -> None:
+        if not self._ready.is_set():
+            self._not_ready = str(error)
         if self.stopping.is_set() or self.settings.once:
             return  # e.g. stopped mid-plan, or --once: the next start re-plans from live state
-        self._failures += 1
-        delay = backoff_delay(self._failures)
-        self.metrics.consecutive_failures.set(self._failures)
+        self._count_failure()
+        delay = round(jittered(backoff_delay(self._failures)), 3)
         log.warning("retry_scheduled", error=str(error), failures=self._failures, retry_in_s=delay)
         if self.scheduler.running and not self.stopping.is_set():
             self.scheduler.add_job(
@@ -421,13 +477,18 @@ class Daemon:
     def _work(self) -> None:
         while (reasons := self.triggers.take()) is not None:
             structlog.contextvars.bind_contextvars(trigger=",".join(sorted(reasons)))
+            self._busy, self._beat = True, time.monotonic()
             try:
                 self._pass(reasons)
             except Exception as exc:  # the daemon outlives any bug in a pass; retry it later
-                log.exception("pass_crashed", error=str(exc))
-                self._last_target = None
-                self._retry_later(exc)
+                try:
+                    log.exception("pass_crashed", error=str(exc))
+                    self._last_target = None
+                    self._retry_later(exc)
+                except Exception as worse:  # not even the retry could be scheduled: the resync still comes
+                    log.error("retry_failed", error=str(worse))
             finally:
+                self._busy = False
                 structlog.contextvars.clear_contextvars()
 
     def _pass(self, reasons: set[str]) -> None:
@@ -436,6 +497,8 @@ class Daemon:
             return
         if not self.leading():
             self._follow(engine)
+            return
+        if self._state_replaced():
             return
         with contextlib.ExitStack() as stack:
             try:
@@ -447,6 +510,8 @@ class Daemon:
                 return
             self._locked_pass(engine, reasons)
             self._remember_notified(engine)
+        if self.state_watch is not None:
+            self.state_watch.note()  # files the pass made (the local backend's database)
         self._status_cache = None  # whatever the pass did, /status reads afresh
 
     def _locked_pass(self, engine: Engine, reasons: set[str]) -> None:
@@ -468,9 +533,7 @@ class Daemon:
     def _follow(self, engine: Engine) -> None:
         """A standby's pass: the branch is fetched (for a URL) and nothing is applied; ready to take over."""
         self._last_target = None  # whatever this replica applied before, the leader may have moved on since
-        if not self._ready.is_set():
-            self._ready.set()
-            self.metrics.ready.set(1)
+        self._probe_backend(engine)  # ready to take over only if it could reach the backend itself
         try:
             head: str | None = engine.head()
         except ReconcilerError:
@@ -519,10 +582,27 @@ class Daemon:
         self._settle(revision)
 
     def _settle(self, revision: str) -> None:
+        """A pass that reached the backend and settled on ``revision``: success, and ready."""
         self._last_target = revision
         self._succeeded()
+        self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        self._not_ready = None
         self._ready.set()
         self.metrics.ready.set(1)
+
+    def _probe_backend(self, engine: Engine) -> None:
+        """Ready once the backend answers a read (for a pass that did not read it: an invalid commit, a standby)."""
+        if self._ready.is_set():
+            return
+        try:
+            engine.probe_backend()
+        except ReconcilerError as exc:
+            self._not_ready = str(exc)
+            log.warning("backend_unreachable", error=str(exc))
+            return
+        self._mark_ready()
 
     def _prepare(self, reasons: set[str]) -> Engine | None:
         """The engine, after a fetch when the repository is remote; None (retry scheduled) if git failed."""
@@ -535,6 +615,7 @@ class Daemon:
             if self.engine is None:
                 self.engine = Engine(self.config)  # clones (or opens) the work dir and fetches
                 self.engine.on_event = self._engine_event
+                self.engine.records.watch(self._record_changed)
                 head = self.engine.head()
             else:
                 head = self.engine.repo.fetch(self.engine.branch)
@@ -547,6 +628,7 @@ class Daemon:
         finally:
             self._fetching.clear()
         self.metrics.fetches.labels("success").inc()
+        self._beat = time.monotonic()
         log.debug("fetched", branch=self.config.branch, head=head)
         self._follow_remote_tags(self.engine)
         self._push_pending_tags()
@@ -586,10 +668,12 @@ class Daemon:
         if said == self._notified:
             return
         try:
-            record = engine.record()
-            if record.extra.get(NOTIFIED) != said:
-                record.extra[NOTIFIED] = said
-                engine.state.save_record(record)
+            if engine.record().extra.get(NOTIFIED) != said:
+
+                def remember(record: InstanceRecord) -> None:
+                    record.extra[NOTIFIED] = said
+
+                engine.records.update(engine.instance, remember)  # versioned: never loses a pin made meanwhile
         except (StateError, OSError) as exc:  # only costs a repeated notice after a restart
             log.warning("notify_state_not_saved", error=str(exc))
             return
@@ -635,6 +719,7 @@ class Daemon:
         self.metrics.show_rollouts({r: (s.phase, s.weight) for r, s in states.items()})
 
     def _count_action(self, action: Action, error: BaseException | None) -> None:
+        self._beat = time.monotonic()
         self.metrics.actions.labels(action.action, "failed" if error else "success").inc()
 
     def _observe(self, engine: Engine, result: ReconcileResult, previous: str | None, reasons: set[str]) -> None:
@@ -663,11 +748,13 @@ class Daemon:
             log.info("rollouts_under_way", revision=result.revision, resources=[s.resource for s in result.rollouts])
         elif error is None:
             self._in_sync(result.revision)
-            if result.revision != previous and STARTUP not in reasons:
-                try:
-                    lag = max(0.0, time.time() - engine.repo.commit_time(result.revision))
-                except (ValueError, GitError):
-                    lag = None
+            if result.applied and result.revision != previous:  # a takeover's no-op first pass applied nothing
+                lag = None
+                if not reasons & {STARTUP, LEADER}:  # after a restart or a failover the lag measures downtime
+                    try:
+                        lag = max(0.0, time.time() - engine.repo.commit_time(result.revision))
+                    except (ValueError, GitError):
+                        lag = None
                 if lag is not None:
                     m.commit_to_applied.observe(lag)
                 log.info("applied", revision=result.revision, tag=result.tag, commit_to_applied_s=lag)
@@ -685,7 +772,9 @@ class Daemon:
                 keeps=previous,
                 waits_for="the next commit",
             )
-            self._settle(result.revision)
+            self._last_target = result.revision
+            self._count_failure()  # a failure all the same, only not retried
+            self._probe_backend(engine)
 
     def _pushing(self) -> bool:
         return bool(self.settings.push_tags and self.remote and self.engine is not None)
@@ -742,7 +831,19 @@ class Daemon:
     # ------------------------------------------------------ what HTTP reads
 
     def healthy(self) -> bool:
-        return self.worker.is_alive()
+        return self.health_problem() is None
+
+    def health_problem(self) -> str | None:
+        """Why the process should be restarted (the worker died, or is stuck in one pass), else None."""
+        if self._state_replaced():
+            return self._broken
+        if not self.worker.is_alive():
+            return "the worker thread is not running"
+        deadline = self.settings.worker_deadline
+        stuck = time.monotonic() - self._beat
+        if self._busy and stuck > deadline:
+            return f"the worker has made no progress for {stuck:.0f} s (deadline {deadline:g} s)"
+        return None
 
     def ready(self) -> bool:
         return self._ready.is_set()
@@ -773,6 +874,8 @@ class Daemon:
         data["role"] = self.role()
         data["daemon"] = {
             "ready": self.ready(),
+            "not_ready_reason": None if self.ready() else self._not_ready,
+            "health": self.health_problem() or "ok",
             "self_heal": not self.settings.no_self_heal,
             "drift": list(self._drift),
             "consecutive_failures": self._failures,
@@ -790,6 +893,7 @@ def _check_intervals(settings: DaemonConfig) -> None:
         ("--interval", settings.interval, False),
         ("--resync-interval", settings.resync_interval, False),
         ("--debounce", settings.debounce, True),
+        ("--worker-deadline", settings.worker_deadline, False),
     ):
         if not (value >= 0 if zero_ok else value > 0):  # NaN fails both
             env = "RECONCILER_" + flag.removeprefix("--").replace("-", "_").upper()

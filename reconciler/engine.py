@@ -8,8 +8,12 @@ action succeeded.  Called by ``cli.py`` and ``daemon.py``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from reconciler import failpoints
 from reconciler.backends.base import Backend, LiveState
 from reconciler.errors import (
     BackendError,
@@ -26,9 +31,21 @@ from reconciler.errors import (
     SpecError,
     SpecIssue,
     StateError,
+    UsageError,
 )
-from reconciler.gitsource import AppliedTag, GitRepo, SshIdentity, clone_or_open, is_remote
+from reconciler.gitsource import (
+    WORKTREE as WORKTREE,  # re-exported: the CLI names the working tree with it
+)
+from reconciler.gitsource import (
+    AppliedTag,
+    GitRepo,
+    SshIdentity,
+    WorktreeSpecSource,
+    clone_or_open,
+    is_remote,
+)
 from reconciler.plan import Action, DeleteAlias, DeleteStage, Plan, canary_json, make_plan, routing_json
+from reconciler.records import RecordStore, make_record_store
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
 from reconciler.specs import DesiredState, load_desired
@@ -55,6 +72,7 @@ class Config:
     region: str | None = None
     endpoint_url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    lock: str | None = None  # --lock dynamodb://TABLE: the instance record lives in that table too (DESIGN §13)
     allow_empty: bool = False  # let prune empty the backend when the specs declare nothing (Argo CD's allowEmpty)
 
 
@@ -125,15 +143,25 @@ def open_repo(config: Config) -> GitRepo:
 class Engine:
     """Reconciles one instance of one repository/branch/specs root against one backend."""
 
-    def __init__(self, config: Config, repo: GitRepo | None = None, backend: Backend | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        repo: GitRepo | None = None,
+        backend: Backend | None = None,
+        records: RecordStore | None = None,
+    ) -> None:
         self.config = config
         self.repo = repo or open_repo(config)
         self.state = StateDir(default_state_path(config, self.repo))
+        self.records: RecordStore = records or make_record_store(
+            config.lock, self.state, region=config.region, endpoint_url=config.endpoint_url
+        )
         self._backend = backend
         self._branch = config.branch
         self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
+        self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
 
     # ----------------------------------------------------------------- parts
 
@@ -145,9 +173,54 @@ class Engine:
 
     @property
     def branch(self) -> str:
+        """The followed branch: ``--branch``, else the one the first apply recorded, else the current branch."""
         if self._branch is None:
-            self._branch = self.repo.current_branch()
+            self._branch = self.record().branch or self.repo.current_branch()
         return self._branch
+
+    def check_checkout(self) -> None:
+        """``apply``/``rollback`` without ``--branch`` refuse while another branch than the followed one is checked out.
+
+        Otherwise unmerged work on a feature branch would go live (and be tagged).
+        A detached HEAD follows the recorded branch, as the daemon does.
+        """
+        if self.config.branch is not None or is_remote(self.config.repo):
+            return
+        recorded = self.record().branch
+        current = self.repo.checked_out_branch()
+        if recorded is not None and current is not None and current != recorded:
+            raise UsageError(
+                f"instance {self.instance!r} follows branch {recorded!r} (recorded at its first apply), but "
+                f"{current!r} is checked out; check out {recorded!r}, or pass --branch to say which to apply"
+            )
+
+    def preview_target(self, rev: str | None, pinned: bool = True) -> str:
+        """What ``plan``/``validate`` read: ``rev``; else, on the followed branch, the pin (if ``pinned``) or the
+        head; else the checked-out commit, even a detached HEAD (a PR preview: what merging it would change)."""
+        if rev is not None or self.config.branch is not None or is_remote(self.config.repo):
+            return self.resolve_target(rev) if pinned or rev is not None else self.head()
+        current = self.repo.checked_out_branch()
+        followed = self.record().branch or current
+        if current is not None and current == followed:
+            return self.resolve_target(None) if pinned else self.head()
+        return self.repo.resolve_head()
+
+    @property
+    def spec_root(self) -> str:
+        """``--path`` relative to the repository root; an absolute one must lie inside the checkout."""
+        path = self.config.path
+        if not os.path.isabs(path):
+            return path
+        if is_remote(self.config.repo) or self.repo.repo.working_tree_dir is None:
+            raise UsageError(f"--path {path}: expected a folder relative to the repository root")
+        root = self.repo.root.resolve()
+        target = Path(path).resolve()
+        if not target.is_relative_to(root):
+            raise UsageError(
+                f"--path {path}: outside the repository {root}; expected a folder inside it "
+                "(or a path relative to its root)"
+            )
+        return target.relative_to(root).as_posix() or "."
 
     @property
     def instance(self) -> str:
@@ -156,10 +229,15 @@ class Engine:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+        self.records.close()
         self.repo.close()
 
+    def probe_backend(self) -> None:
+        """Read the backend once (managed resources only); raises what the backend raises."""
+        self.backend.read(DesiredState())
+
     def record(self) -> InstanceRecord:
-        return self.state.load_record(self.instance)
+        return self.records.load(self.instance)
 
     def head(self) -> str:
         return self.repo.branch_head(self.branch)
@@ -185,7 +263,9 @@ class Engine:
             self._cache = self.state.load_cache()
         cache = self._cache
         try:
-            return load_desired(self.repo.spec_source(revision, self.config.path), cache)
+            if revision == WORKTREE:  # validate/plan --worktree: uncommitted edits (never applied)
+                return load_desired(WorktreeSpecSource(self.repo, self.spec_root), cache)
+            return load_desired(self.repo.spec_source(revision, self.spec_root), cache)
         finally:
             cache.save()
 
@@ -208,7 +288,7 @@ class Engine:
                 f"declares no stage and no alias, so --prune would delete all {len(deletes)} managed "
                 "stages and aliases; expected specs, or --allow-empty to empty the backend on purpose"
             )
-            raise SpecError([SpecIssue(f"{self.config.path.strip('/')}/", None, "", message)], plan.revision)
+            raise SpecError([SpecIssue(f"{self.spec_root.strip('/')}/", None, "", message)], plan.revision)
 
     # ------------------------------------------------------------- reconcile
 
@@ -220,22 +300,30 @@ class Engine:
         on_action: Callable[[Action, BaseException | None], None] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> ReconcileResult:
-        """One pass; never raises an expected error, it is returned in the result."""
+        """One pass; never raises an expected error, it is returned in the result.
+
+        Crash safety of the applied tag: the tag this pass will owe is recorded
+        (``pending``) *before* the last action that completes the commit, so a
+        kill right after that action commits still leaves it owed; the next pass
+        settles it (``_settle_owed_tag``): it makes the tag only if the live state
+        matches that revision and no tag of this apply (same ``apply_id``) exists.
+        """
         started = time.monotonic()
-        record = self.record()
+        self._pending_apply = None
         try:
+            self.check_checkout()
             revision = self.resolve_target(rev)
         except ReconcilerError as exc:
-            record.last_error = str(exc)
-            record.last_attempt_at = _now()
-            self.state.save_record(record)
+            error = str(exc)
+            self.records.update(self.instance, lambda r: _failed(r, error))
             return ReconcileResult(revision="", error=exc, duration=time.monotonic() - started)
         result = ReconcileResult(revision=revision)
-        late_tag = self._tag_untagged(record)
-        record.attempted_revision = revision
-        record.last_attempt_at = _now()
         events: list[Event] = []
         try:
+            late_tag = self._settle_owed_tag(prune)
+            record = self.record()
+            record.attempted_revision = revision
+            record.last_attempt_at = _now()
             try:
                 self._apply_rounds(record, revision, prune, rollback, result, events, on_action, stop)
             finally:
@@ -243,20 +331,22 @@ class Engine:
             if result.rollouts:  # under way: applied (and tagged) only when every rollout has succeeded
                 self._owe(record, revision, result.applied)
                 record.last_error = None
+                self._save(record)
             else:
-                owed = self._owed(record, revision)
-                if result.applied or owed:
-                    result.tag = self._tag(record, revision, result.applied, rollback, owed)
+                failpoints.hit("after_last_action")
+                message = self._tag_message(record, revision, result.applied, rollback)
+                _applied(record, revision, self.branch_name(), message)
+                self._save(record)
+                failpoints.hit("after_applied_record")
+                if message is not None:
+                    result.tag = self._make_owed_tag(message)
                 result.tag = result.tag or late_tag
-                record.applied_revision = revision
-                record.applied_at = _now()
-                record.last_error = None
         except ReconcilerError as exc:
             result.error = exc
-            record.last_error = str(exc)
+            text, unowe = str(exc), self._pending_apply
+            self.records.update(self.instance, lambda r: _failed(r, text, revision, unowe))
         finally:
             result.duration = time.monotonic() - started
-            self.state.save_record(record)
         log.info(
             "reconcile",
             revision=revision,
@@ -269,6 +359,16 @@ class Engine:
             rollouts_under_way=len(result.rollouts),
         )
         return result
+
+    def _save(self, record: InstanceRecord) -> None:
+        """Write what a pass owns of ``record`` (everything but the pin, which rollback/resume own) through the
+        store's conditional update, so a pin made meanwhile by another process is kept, never overwritten."""
+
+        def change(current: InstanceRecord) -> None:
+            for name in PASS_FIELDS:
+                setattr(current, name, copy.deepcopy(getattr(record, name)))
+
+        self.records.update(self.instance, change)
 
     def _apply_rounds(
         self,
@@ -300,13 +400,18 @@ class Engine:
             changed = load_states(record.extra) != states
             save_states(record.extra, states)
             if plan.actions or changed:  # the rollout's step is recorded before its weight goes live
-                self.state.save_record(record)
+                self._save(record)
             events += shaped.events
-            for action in plan.actions:
+            final = not shaped.failed and not shaped.again and not shaped.pending  # these actions finish the commit
+            for index, action in enumerate(plan.actions):
                 if stop is not None and stop():
                     raise BackendError(
                         "stopped before all actions were applied; the next reconcile resumes", temporary=True
                     )
+                if final and index == len(plan.actions) - 1:  # owed before the last action commits, not after
+                    listed = [*self._owed(record, revision), *_listed([*result.applied, action])]
+                    self._owe_tag(record, revision, listed, rollback, prune)
+                failpoints.hit("before_action")
                 try:
                     self.backend.apply(action)
                 except BackendError as exc:
@@ -340,7 +445,7 @@ class Engine:
     def _owe(self, record: InstanceRecord, revision: str, applied: list[Action]) -> None:
         """Remember actions of an unfinished rollout's passes, for the tag made when it succeeds."""
         owed = self._owed(record, revision)
-        owed += [{"action": a.action, "resource": a.resource} for a in applied]
+        owed += _listed(applied)
         record.extra[OWED] = {"revision": revision, "actions": owed[:TAG_ACTIONS_LISTED]}
 
     @staticmethod
@@ -350,19 +455,17 @@ class Engine:
             return []
         return [a for a in raw.get("actions", []) if isinstance(a, dict)]
 
-    def _tag(
-        self,
-        record: InstanceRecord,
-        revision: str,
-        applied: list[Action],
-        rollback: bool,
-        owed: list[dict[str, str]] | None = None,
-    ) -> str | None:
-        """Tag ``revision``; the tag's message is recorded first, so a kill or a git failure
-        before the tag exists leaves it owed, and the next reconcile makes it (``_tag_untagged``)."""
-        listed = [*(owed or []), *({"action": a.action, "resource": a.resource} for a in applied)]
-        record.extra.pop(OWED, None)
-        record.extra[UNTAGGED] = {
+    def branch_name(self) -> str | None:
+        """The followed branch if known without asking git to guess (None for a detached HEAD)."""
+        try:
+            return self.branch
+        except GitError:
+            return None
+
+    def _new_tag_message(
+        self, revision: str, listed: list[dict[str, str]], rollback: bool, pending: bool, prune: bool = False
+    ) -> dict[str, Any]:
+        return {
             "time": _now(),
             "revision": revision,
             "instance": self.instance,
@@ -370,21 +473,77 @@ class Engine:
             "rollback": rollback,
             "action_count": len(listed),
             "actions": listed[:TAG_ACTIONS_LISTED],
+            "apply_id": uuid.uuid4().hex,
+            "pending": pending,
+            "prune": prune,
         }
-        self.state.save_record(record)
-        return self._tag_untagged(record)
 
-    def _tag_untagged(self, record: InstanceRecord) -> str | None:
-        """Make the tag the record still owes, if any (the record is saved by the caller)."""
-        message = record.extra.get(UNTAGGED)
-        if not isinstance(message, dict):
+    def _owe_tag(
+        self, record: InstanceRecord, revision: str, listed: list[dict[str, str]], rollback: bool, prune: bool
+    ) -> None:
+        """Record the tag this apply will owe, marked pending until its last action is known to have committed."""
+        owed = self._new_tag_message(revision, listed, rollback, pending=True, prune=prune)
+        failpoints.hit("before_owed_record")
+        record.extra[UNTAGGED] = owed
+        self._save(record)
+        self._pending_apply = owed["apply_id"]
+        failpoints.hit("after_owed_record")
+
+    def _tag_message(
+        self, record: InstanceRecord, revision: str, applied: list[Action], rollback: bool
+    ) -> dict[str, Any] | None:
+        """The tag this pass owes now that the commit is applied: the pending one recorded before its last action,
+        else one for what this pass (and a finished rollout's earlier passes) applied; None if nothing was."""
+        current = record.extra.get(UNTAGGED)
+        if self._pending_apply is not None and isinstance(current, dict):
+            return {**current, "pending": False}
+        listed = [*self._owed(record, revision), *_listed(applied)]
+        if not listed:
             return None
+        return self._new_tag_message(revision, listed, rollback, pending=False)
+
+    def _settle_owed_tag(self, prune: bool) -> str | None:
+        """Make the tag an earlier pass owes; a pending one only if its apply turned out complete."""
+        record = self.record()
+        owed = record.extra.get(UNTAGGED)
+        if not isinstance(owed, dict) or "revision" not in owed:
+            return None
+        revision = str(owed["revision"])
+        apply_id = owed.get("apply_id")
+        if owed.get("pending"):  # killed around its last action: did that action commit?
+            try:
+                plan, _, _ = self.make_plan(revision, prune=bool(owed.get("prune", prune)))
+                complete = not plan.actions
+            except ReconcilerError:
+                complete = False
+            if not complete:
+                log.info("owed_tag_dropped", revision=revision, reason="its apply did not complete")
+                self.records.update(self.instance, lambda r: _unowe(r, apply_id))
+                return None
+            owed = {**owed, "pending": False}
+            _applied(record, revision, self.branch_name(), owed)
+            self._save(record)
+        return self._make_owed_tag(owed)
+
+    def _make_owed_tag(self, owed: dict[str, Any]) -> str | None:
+        """The tag of one apply, made once: a tag of this instance carrying its ``apply_id`` counts as made."""
+        revision, apply_id = str(owed["revision"]), owed.get("apply_id")
+        message = {k: v for k, v in owed.items() if k not in ("pending", "prune")}
         try:
-            name = self.repo.create_applied_tag(self.instance, str(message["revision"]), message)
+            made = next(
+                (
+                    t
+                    for t in self.repo.applied_tags(self.instance)
+                    if apply_id is not None and t.revision == revision and t.message.get("apply_id") == apply_id
+                ),
+                None,
+            )
+            name = made.name if made is not None else self.repo.create_applied_tag(self.instance, revision, message)
         except GitError as exc:  # the apply happened; a tag failure must not undo "applied"
-            log.warning("tag_failed", revision=message["revision"], error=str(exc), retried="at the next reconcile")
+            log.warning("tag_failed", revision=revision, error=str(exc), retried="at the next reconcile")
             return None
-        del record.extra[UNTAGGED]
+        failpoints.hit("after_tag")
+        self.records.update(self.instance, lambda r: _unowe(r, apply_id))
         return name
 
     # ------------------------------------------------------------ operations
@@ -399,12 +558,15 @@ class Engine:
         that the next reconcile (the daemon's retry) goes on toward ``target``
         instead of re-applying the branch head; a permanent one pins nothing.
         """
+        self.check_checkout()
         revision, tag = self._rollback_target(target)
         result = self.reconcile(revision, prune=prune, rollback=True)
         if result.error is None or result.error.temporary:
-            record = self.record()
-            record.pinned = Pin(revision=revision, tag=tag, pinned_at=_now())
-            self.state.save_record(record)
+
+            def pin(record: InstanceRecord) -> None:
+                record.pinned = Pin(revision=revision, tag=tag, pinned_at=_now())
+
+            self.records.update(self.instance, pin)
         return result
 
     def _rollback_target(self, target: str | None) -> tuple[str, str | None]:
@@ -440,27 +602,31 @@ class Engine:
         """
         if command not in COMMANDS:
             raise StateError(f"unknown rollout command {command!r}; expected one of {', '.join(COMMANDS)}")
-        record = self.record()
-        states = load_states(record.extra)
-        state = states.get(resource)
-        if state is None:
-            under_way = ", ".join(sorted(r for r, s in states.items() if s.active)) or "none"
-            raise StateError(
-                f"no rollout of {resource}; expected Alias/<function>/<alias> or Stage/<api>/<stage> "
-                f"of a rollout under way (under way: {under_way})"
-            )
-        if not state.active:
-            raise StateError(f"the rollout of {resource} is {state.phase}; expected a rollout under way")
-        state.command = command
-        save_states(record.extra, states)
-        self.state.save_record(record)
-        return state
+        left: list[RolloutState] = []
+
+        def leave(record: InstanceRecord) -> None:
+            states = load_states(record.extra)
+            state = states.get(resource)
+            if state is None:
+                under_way = ", ".join(sorted(r for r, s in states.items() if s.active)) or "none"
+                raise StateError(
+                    f"no rollout of {resource}; expected Alias/<function>/<alias> or Stage/<api>/<stage> "
+                    f"of a rollout under way (under way: {under_way})"
+                )
+            if not state.active:
+                raise StateError(f"the rollout of {resource} is {state.phase}; expected a rollout under way")
+            state.command = command
+            save_states(record.extra, states)
+            left.append(state)
+
+        self.records.update(self.instance, leave)
+        return left[-1]
 
     def resume(self) -> InstanceRecord:
-        record = self.record()
-        record.pinned = None
-        self.state.save_record(record)
-        return record
+        def unpin(record: InstanceRecord) -> None:
+            record.pinned = None
+
+        return self.records.update(self.instance, unpin)
 
     def status(self) -> dict[str, Any]:
         record = self.record()
@@ -468,7 +634,11 @@ class Engine:
             desired_revision: str | None = self.head()
         except GitError:
             desired_revision = None
-        live = self.backend.read(self._desired_for_status(record, desired_revision))
+        live_error: str | None = None
+        try:
+            live = self.backend.read(self._desired_for_status(record, desired_revision))
+        except BackendError as exc:  # e.g. no credentials: the record still says what happened
+            live, live_error = LiveState(), str(exc)
         return {
             "instance": self.instance,
             "backend": self.config.backend,
@@ -485,6 +655,7 @@ class Engine:
                 "pinned_at": record.pinned.pinned_at,
             },
             "last_error": record.last_error,
+            "live_error": live_error,
             "rollouts": {r: state.view() for r, state in sorted(load_states(record.extra).items())},
             "stages": {
                 f"{api}/{name}": {
@@ -518,3 +689,45 @@ class Engine:
                 except (SpecError, GitError):
                     continue
         return DesiredState()
+
+
+def _failed(record: InstanceRecord, error: str, attempted: str | None = None, unowe: str | None = None) -> None:
+    """A pass that failed: its error, and (if it wrote anything) the revision it attempted; an owed tag withdrawn."""
+    record.last_error = error
+    record.last_attempt_at = _now()
+    if attempted is not None:
+        record.attempted_revision = attempted
+    if unowe is not None:
+        _unowe(record, unowe)
+
+
+def _applied(record: InstanceRecord, revision: str, branch: str | None, message: dict[str, Any] | None) -> None:
+    """Every action of ``revision`` succeeded: applied (the first apply records the branch followed), and the
+    tag ``message`` owed (no longer pending) until the tag exists."""
+    record.attempted_revision = revision
+    record.applied_revision = revision
+    record.applied_at = _now()
+    record.last_attempt_at = record.applied_at
+    record.last_error = None
+    if record.branch is None and branch is not None:
+        record.branch = branch
+    if message is not None:
+        record.extra.pop(OWED, None)
+        record.extra[UNTAGGED] = {**message, "pending": False}
+
+
+def _listed(actions: Iterable[Action]) -> list[dict[str, str]]:
+    return [{"action": a.action, "resource": a.resource} for a in actions]
+
+
+# what a pass writes of the instance record: everything but the pin (rollback/resume) and the store's own fields
+PASS_FIELDS = tuple(
+    f.name for f in dataclasses.fields(InstanceRecord) if f.name not in ("instance", "pinned", "version")
+)
+
+
+def _unowe(record: InstanceRecord, apply_id: Any) -> None:
+    """Forget the owed tag of the apply ``apply_id`` (a newer one owed meanwhile stays)."""
+    current = record.extra.get(UNTAGGED)
+    if isinstance(current, dict) and current.get("apply_id") == apply_id:
+        del record.extra[UNTAGGED]

@@ -1,8 +1,10 @@
 """Git access (GitPython): revisions, the spec files of a commit, applied tags.
 
-The only module that runs git.  Specs are always read from commit objects
+The only module that runs git.  Specs are read from commit objects
 (``git ls-tree`` + blob streams), never from the working tree, so an
-uncommitted edit or a symlink in the checkout can never leak into a plan.
+uncommitted edit or a symlink in the checkout can never leak into an apply;
+only ``validate``/``plan --worktree`` read the working tree on purpose
+(``WorktreeSpecSource``, for pre-commit hooks and editors).
 Used by the engine.  Remote access (clone, fetch, tag push) runs git with
 an environment of its own: no prompts, the HTTPS token through a credential
 helper, the SSH key and known_hosts through ``GIT_SSH_COMMAND`` (only for the
@@ -11,6 +13,7 @@ git processes started here).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -25,6 +28,7 @@ from typing import Any
 import git
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
+from reconciler import failpoints
 from reconciler.errors import GitError
 from reconciler.specs import MODE_SYMLINK, SourceFile
 
@@ -193,10 +197,32 @@ class GitRepo:
     # ------------------------------------------------------------- revisions
 
     def current_branch(self) -> str:
+        branch = self.checked_out_branch()
+        if branch is None:
+            raise GitError("HEAD is detached; pass --branch to say which branch to follow")
+        return branch
+
+    def checked_out_branch(self) -> str | None:
+        """The branch HEAD names (even one with no commit yet), None for a detached HEAD."""
         try:
             return self.repo.active_branch.name
         except TypeError:
-            raise GitError("HEAD is detached; pass --branch to say which branch to follow") from None
+            return None
+
+    def has_commits(self) -> bool:
+        try:
+            return bool(self.repo.git.rev_list("-n", "1", "--all").strip())
+        except GitCommandError:
+            return False
+
+    def _no_commits(self) -> GitError:
+        return GitError(f"the repository {self.root} has no commits yet; commit the specs first")
+
+    def resolve_head(self) -> str:
+        """The commit checked out (a branch's head or a detached HEAD)."""
+        if not self.has_commits():
+            raise self._no_commits()
+        return self.resolve("HEAD")
 
     def resolve(self, rev: str) -> str:
         """The full commit sha that ``rev`` (branch, tag, sha) names."""
@@ -214,6 +240,8 @@ class GitRepo:
         try:
             return self.repo.commit(f"refs/remotes/origin/{branch}").hexsha
         except (BadName, ValueError, GitCommandError):
+            if not self.has_commits():
+                raise self._no_commits() from None
             raise GitError(f"branch {branch!r} does not exist in {self.root}; expected --branch to name one") from None
 
     def commit_time(self, revision: str) -> float:
@@ -416,6 +444,7 @@ class GitRepo:
                     handle.flush()
                     # --no-sign: a user's tag.gpgSign must not stop (or prompt for) an applied tag
                     self.repo.git.tag("-a", "--no-sign", name, revision, "-F", handle.name)
+                failpoints.hit("tag_created")  # a kill here: the tag exists, its maker never learnt it
                 return name
             except OSError as exc:
                 raise GitError(f"cannot create tag {name}: {exc}") from None
@@ -433,6 +462,77 @@ class GitRepo:
         if not reader.has_option("user", "email") and "GIT_COMMITTER_EMAIL" not in os.environ:
             env["GIT_COMMITTER_EMAIL"] = "reconciler@localhost"
         return env
+
+
+WORKTREE = "worktree"  # the "revision" of specs read from the working tree (``--worktree``)
+
+
+def _blob_sha(data: bytes) -> str:
+    """The id git would give ``data`` as a blob (so the parse cache serves working-tree files too)."""
+    return hashlib.sha1(b"blob %d\x00" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+class WorktreeSpecSource:
+    """The files below the specs root in the working tree, as ``git add -A`` would see them (``--worktree``).
+
+    Tracked and untracked files that ``.gitignore`` does not exclude, read from
+    disk; a symlink is reported as one (and refused by the loader, as in a commit).
+    For pre-commit hooks and editors: what would the specs be if this were committed.
+    """
+
+    revision = WORKTREE
+
+    def __init__(self, repo: GitRepo, root: str) -> None:
+        if repo.repo.working_tree_dir is None:
+            raise GitError(f"{repo.root} has no working tree (a bare clone); --worktree needs a checkout")
+        self.repo = repo
+        self.root = posixpath.normpath(root.strip("/") or ".")
+        self._files: dict[str, SourceFile] | None = None
+        self._data: dict[str, bytes] = {}
+
+    def _list(self, pathspec: str) -> list[str]:
+        try:
+            out = self.repo.repo.git.ls_files("-z", "--cached", "--others", "--exclude-standard", "--", pathspec)
+        except GitCommandError as exc:
+            raise GitError(f"cannot list {pathspec} in the working tree: {exc.stderr.strip()}") from None
+        return sorted({path for path in out.split("\x00") if path})
+
+    def _entry(self, path: str) -> SourceFile | None:
+        full = self.repo.root / path
+        try:
+            if full.is_symlink():
+                target = os.readlink(full).encode()
+                return SourceFile(path=path, sha=_blob_sha(target), size=len(target), mode=MODE_SYMLINK)
+            if not full.is_file():
+                return None  # deleted in the working tree, or a submodule's folder
+            data = full.read_bytes()
+        except OSError as exc:
+            raise GitError(f"cannot read {path} in the working tree: {exc.strerror}") from None
+        sha = _blob_sha(data)
+        self._data[sha] = data
+        return SourceFile(path=path, sha=sha, size=len(data), mode=0o100755 if os.access(full, os.X_OK) else 0o100644)
+
+    def files(self) -> Iterator[SourceFile]:
+        if self._files is None:
+            found = {path: entry for path in self._list(self.root) if (entry := self._entry(path)) is not None}
+            if not found and self.root != ".":
+                raise GitError(
+                    f"the specs root {self.root}/ does not exist in the working tree; expected --path to name a folder"
+                )
+            self._files = found
+        return iter(self._files.values())
+
+    def read(self, file: SourceFile) -> bytes:
+        data = self._data.get(file.sha)
+        if data is None:
+            raise GitError(f"{file.path} changed while it was being read; run again")
+        return data
+
+    def lookup(self, path: str) -> SourceFile | None:
+        """A file anywhere in the working tree (a definition outside the specs root)."""
+        if self._files is not None and path in self._files:
+            return self._files[path]
+        return self._entry(path) if path in self._list(path) else None
 
 
 class GitSpecSource:

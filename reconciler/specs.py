@@ -492,7 +492,7 @@ def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = No
     unreadable: dict[str, list[SpecIssue]] = {}  # files that are no spec file; fine if they are definitions
     for path in sorted(files):
         entry = files[path]
-        if not path.endswith((".yaml", ".yml")):
+        if not path.endswith((".yaml", ".yml", ".json")):  # JSON is YAML: read the same way
             continue
         own = _Issues()
         found = _read_spec_file(source, entry, cache, own)

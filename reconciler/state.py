@@ -59,9 +59,20 @@ class InstanceRecord:
     last_attempt_at: str | None = None
     pinned: Pin | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    branch: str | None = None  # the branch this instance follows, recorded at its first apply
+    version: int = 0  # raised by every write (records.RecordStore's conditional writes)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def record_from_json(raw: Any) -> InstanceRecord:
+    """A record from its JSON form (``InstanceRecord.as_json``); ValueError or TypeError if it has another shape."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+    raw = dict(raw)
+    pin = raw.pop("pinned", None)
+    return InstanceRecord(**raw, pinned=Pin(**pin) if pin else None)
 
 
 class StateDir:
@@ -87,9 +98,7 @@ class StateDir:
         if not path.exists():
             return InstanceRecord(instance=instance)
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            pin = raw.pop("pinned", None)
-            return InstanceRecord(**raw, pinned=Pin(**pin) if pin else None)
+            return record_from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as exc:
             raise StateError(f"the record {path} is unreadable ({exc}); delete it to start afresh") from None
 

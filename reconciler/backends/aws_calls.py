@@ -5,7 +5,8 @@ chain, botocore's ``standard``/``adaptive`` retry mode for throttling and 5xx),
 paces every request with a client-side ``RateLimiter`` under AWS's
 control-plane quotas, and turns every AWS failure into a one-line
 ``BackendError`` naming the resource and the AWS error code (``temporary`` for
-throttling, 5xx, timeouts and connection errors).  Used by ``aws.py`` only;
+throttling, 5xx, timeouts and connection errors, and for missing credentials
+or access denied, which a role or policy change can fix without a restart).  Used by ``aws.py`` only;
 together they are the only modules that import boto3.
 """
 
@@ -60,6 +61,24 @@ TEMPORARY_CODES = frozenset(
         "ServiceException",
         "RequestTimeout",
         "RequestTimeoutException",
+    }
+)
+# credentials or permissions that are wrong *now* and may be fixed without a restart (an IRSA role, a policy):
+# retried with capped backoff, and they keep the daemon not ready (DESIGN §13)
+ACCESS_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "MissingAuthenticationTokenException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
     }
 )
 CONFLICT_CODES = frozenset({"PreconditionFailedException"})
@@ -187,13 +206,14 @@ def to_backend_error(exc: Exception, resource: str, operation: str) -> BackendEr
         if code in CONFLICT_CODES or status == 412:
             return ConflictError(f"{text}; re-plan from live state", code=code)
         busy = code in BUSY_CODES and any(words in message.lower() for words in BUSY_MESSAGES)
-        temporary = code in TEMPORARY_CODES or status == 429 or status >= 500 or busy
+        temporary = code in TEMPORARY_CODES | ACCESS_CODES or status == 429 or status >= 500 or busy
         return BackendError(text, temporary=temporary, code=code)
     code = type(exc).__name__
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return BackendError(
             f"{resource}: {operation} failed: {code}: no usable AWS credentials in the standard chain "
             "(environment, shared config/credentials files, SSO, container or instance role)",
+            temporary=True,  # a role or a mounted secret may appear without a restart
             code=code,
         )
     if isinstance(exc, NoRegionError):

@@ -117,5 +117,11 @@ class DynamoDbLease:
                     "'id' (see the README, Running in a cluster)",
                     temporary=False,
                 )
+            if code == "ValidationException" and "key" in message.lower():
+                return LeaseError(
+                    f"cannot {what} {where}: the table's key schema does not fit ({' '.join(message.split())}); "
+                    "expected a string partition key 'id' and no sort key",
+                    temporary=False,
+                )
             return LeaseError(f"cannot {what} {where}: {code}: {message}".rstrip(": "))
         return LeaseError(f"cannot {what} {where}: {' '.join(str(exc).split())}")

@@ -310,13 +310,14 @@ def test_revision_mismatch_is_a_conflict_not_an_overwrite(backend: AwsBackend, s
         pytest.param("TooManyRequestsException", 429, True, id="throttled"),
         pytest.param("ServiceUnavailableException", 503, True, id="unavailable-5xx"),
         pytest.param("BadRequestException", 400, False, id="bad-request"),
-        pytest.param("AccessDeniedException", 403, False, id="access-denied"),
+        pytest.param("AccessDeniedException", 403, True, id="access-denied-retried"),
+        pytest.param("UnrecognizedClientException", 403, True, id="bad-credentials-retried"),
     ],
 )
 def test_aws_errors_become_one_line_backend_errors(
     backend: AwsBackend, code: str, status: int, temporary: bool
 ) -> None:
-    """Every AWS error is one line naming the resource and the code; throttling and 5xx are temporary."""
+    """Every AWS error is one line naming the resource and the code; throttling, 5xx and access are temporary."""
     apigateway = Stubber(backend.calls.apigateway)
     apigateway.add_client_error(
         "get_rest_apis", service_error_code=code, service_message="no\nway", http_status_code=status

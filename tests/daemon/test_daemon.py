@@ -180,7 +180,8 @@ def test_unreachable_remote_is_retried_until_it_answers(tmp_path: Path, start_da
     wait_for(lambda: daemon.request("/readyz")[0] == 200, timeout=15, what="ready after a retry")
     assert daemon.status()["applied_revision"] == origin.head()
     delays = [e["retry_in_s"] for e in daemon.events("retry_scheduled")]
-    assert delays[:2] == [1.0, 2.0] and delays == [1.0, 2.0, 4.0, 8.0][: len(delays)]
+    assert len(delays) >= 2
+    assert all(full / 2 <= delay <= full for delay, full in zip(delays, [1.0, 2.0, 4.0, 8.0], strict=False))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -1,0 +1,122 @@
+"""Where instance records live: the ``RecordStore`` protocol and its state-directory implementation.
+
+A record (``state.InstanceRecord``: pin, attempted and applied revision, owed
+tag, rollout progress) is changed only through ``update(instance, change)``:
+the store reads the newest record, applies ``change`` and writes it back only
+if nobody wrote in between (a version number, checked under a file lock here,
+with a DynamoDB condition in ``backends/aws_records.py``), trying again
+otherwise.  So the daemon and a ``rollback``/``resume`` run beside it (or, with
+``--lock``, from a laptop) never lose each other's changes.  A store also tells
+its owner when it sees a version it did not write (``on_foreign``): that is how
+the daemon wakes for a pin made elsewhere, and never for its own writes.
+Used by the engine and the daemon.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from reconciler.errors import StateError, UsageError
+from reconciler.state import InstanceRecord, StateDir
+
+UPDATE_ATTEMPTS = 10  # conditional writes tried before an update gives up (each lost race re-reads)
+
+
+class RecordStore(Protocol):
+    """Instance records with versioned, conditional writes."""
+
+    where: str  # for messages: "the state directory /x", "DynamoDB table t"
+
+    def load(self, instance: str) -> InstanceRecord: ...
+
+    def update(self, instance: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
+        """Apply ``change`` to the newest record and write it (version + 1) unless another writer won; retry then."""
+        ...
+
+    def watch(self, on_foreign: Callable[[str], None]) -> None:
+        """Call ``on_foreign(instance)`` whenever a load sees a version newer than any this store wrote or saw."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class VersionTracker:
+    """The newest version of each record this process has seen or written; reports versions it did not make."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._on_foreign: Callable[[str], None] | None = None
+
+    def watch(self, on_foreign: Callable[[str], None]) -> None:
+        self._on_foreign = on_foreign
+
+    def _saw(self, record: InstanceRecord) -> None:
+        with self._lock:
+            known = self._known.get(record.instance)
+            self._known[record.instance] = max(known or 0, record.version)
+            foreign = known is not None and record.version > known
+        if foreign and self._on_foreign is not None:
+            self._on_foreign(record.instance)
+
+    def _wrote(self, record: InstanceRecord) -> None:
+        with self._lock:
+            self._known[record.instance] = max(self._known.get(record.instance, 0), record.version)
+
+
+def make_record_store(
+    lock: str | None, state: StateDir, region: str | None = None, endpoint_url: str | None = None
+) -> RecordStore:
+    """With ``--lock dynamodb://TABLE`` the records live in that table (boto3 imported only then); else in ``state``."""
+    if lock is None:
+        return FileRecordStore(state)
+    scheme, sep, table = lock.partition("://")
+    if scheme != "dynamodb" or not sep or not table or "/" in table:
+        raise UsageError(f"--lock {lock!r}: expected dynamodb://TABLE")
+    from reconciler.backends.aws_records import DynamoDbRecordStore
+
+    return DynamoDbRecordStore(table, region=region, endpoint_url=endpoint_url)
+
+
+class FileRecordStore(VersionTracker):
+    """Records as JSON files in the state directory; an update holds ``instances/<instance>.lock`` (flock)."""
+
+    def __init__(self, state: StateDir) -> None:
+        super().__init__()
+        self.state = state
+        self.where = f"the state directory {state.path}"
+
+    def load(self, instance: str) -> InstanceRecord:
+        record = self.state.load_record(instance)
+        self._saw(record)
+        return record
+
+    def update(self, instance: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
+        with self._locked(instance):
+            record = self.load(instance)
+            change(record)
+            record.version += 1
+            self.state.save_record(record)
+            self._wrote(record)
+        return record
+
+    @contextmanager
+    def _locked(self, instance: str) -> Iterator[None]:
+        path = self.state.path / "instances" / f"{instance}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+b")  # noqa: SIM115 - held for the with-block
+        except OSError as exc:
+            raise StateError(f"cannot lock the record of {instance!r} in {self.where}: {exc.strerror}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # held for one read-change-write: microseconds
+            yield
+        finally:
+            handle.close()
+
+    def close(self) -> None:
+        return None
