@@ -8,10 +8,13 @@ and a damaged instance record that ends in a traceback instead of one line.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciler.engine import Config, make_backend
+from reconciler.errors import StateError
 from tests.support import SpecRepo
 
 SPEC = "deploy_specs/zz-extra.yaml"
@@ -206,3 +209,11 @@ def test_a_key_written_twice_beside_a_merge_is_still_a_duplicate(example_repo: S
     committed(example_repo, {SPEC: text})
     [error] = [e for e in errors_of(example_repo) if e["file"] == SPEC]
     assert error["line"] == 9 and "duplicate key 'tier'" in error["message"], error
+
+
+@pytest.mark.parametrize("name", ["abc", "aw", "azure", ""])
+def test_an_unknown_backend_name_is_refused(tmp_path: Path, name: str) -> None:
+    """Only "local" and "aws" name a backend: anything else (even one sorting before "aws") is a StateError."""
+    with pytest.raises(StateError) as caught:
+        make_backend(Config(backend=name), tmp_path)
+    assert "unknown backend" in str(caught.value) and "expected local or aws" in str(caught.value)

@@ -82,6 +82,8 @@ def test_a_large_signed_body_under_the_cap_is_accepted(running: Daemon) -> None:
     body = json.dumps({"ref": "refs/heads/main", "commits": ["x" * 1024] * 2048}).encode()
     assert post(running, "/hooks/git", signed(body), body)[0] == 202
     wait_for(lambda: webhook_triggers(running) == 1, what="the webhook trigger")
+    [accepted] = wait_for(lambda: running.events("webhook_accepted"), what="the delivery logged")
+    assert accepted["client"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
