@@ -300,3 +300,19 @@ def test_status_lists_rollouts_in_the_instance_record(world: tuple[SpecRepo, Eng
     pass_at(engine, clock, 0)
     raw = engine.record().as_json()["extra"]["rollouts"][ALIAS]
     assert raw["phase"] == "progressing" and raw["step"] == 1 and raw["weight"] == 10
+
+
+def test_weights_changed_by_hand_halt_the_rollout_and_stay(world: tuple[SpecRepo, Engine, Clock]) -> None:
+    """Someone moves the alias in the console mid-rollout: the rollout halts, says so, and leaves it."""
+    repo, engine, clock = world
+    repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}', f"    steps: {STEPS}\n"))
+    repo.commit("version 2")
+    pass_at(engine, clock, 0)
+    cloud = LocalCloud(repo.state_dir)
+    with cloud.transaction():
+        cloud.update_alias("orders-handler", "prod", "1", {"2": 0.3}, None)
+    cloud.close()
+    result = pass_at(engine, clock, 5)
+    assert isinstance(result.error, RolloutError) and "out of band" in str(result.error)
+    assert routing(engine) == {"1": 70, "2": 30} and engine.rollouts()[ALIAS].phase == "halted"
+    assert not pass_at(engine, clock, 500).applied, "halted: the weights stay frozen"

@@ -10,8 +10,15 @@ from __future__ import annotations
 import pytest
 
 from reconciler.specs import DesiredRollout, RolloutStep, parse_duration
+from tests import test_specs
 from tests.support import SpecRepo
-from tests.test_specs import BAD, alias, marked_line, spec_repo, stage, validate
+from tests.test_specs import (
+    BAD,
+    alias,
+    spec_repo,
+    stage,
+    validate,
+)
 
 __all__ = ["spec_repo"]  # the fixture, shared with test_specs
 
@@ -113,16 +120,7 @@ def test_bad_rollout_is_reported_at_file_line_and_field(
     spec_repo: SpecRepo, text: str, field: str, fragment: str
 ) -> None:
     """A bad rollout block fails validate with file, line, field and what was expected."""
-    spec_repo.write(BAD, text)
-    spec_repo.commit("a bad rollout")
-    code, report = validate(spec_repo)
-    assert code == 1 and report["valid"] is False
-    errors = [e for e in report["errors"] if e["file"] == BAD and e["field"] == field]
-    assert errors, report["errors"]
-    (error,) = errors
-    assert error["line"] == marked_line(text), error
-    assert fragment in error["message"], error
-    assert "expected" in error["message"], error
+    test_specs.test_bad_input_is_reported_at_file_line_and_field(spec_repo, text, field, fragment)
 
 
 def test_invalid_rollout_applies_nothing_of_the_commit(spec_repo: SpecRepo) -> None:

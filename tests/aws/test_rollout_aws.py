@@ -3,7 +3,6 @@ stage canary request shapes with botocore's ``Stubber`` (moto ignores canary set
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from reconciler.rollouts import shape
 from reconciler.specs import DesiredRollout, DesiredStage, DesiredState, RolloutStep
 from tests.aws.conftest import REGION, Aws, AwsRepo
 from tests.aws.test_requests_stubbed import HERE, MAIN, MANAGED, OTHER, SHA1, SHA2, DesiredApi
+from tests.test_rollout_engine import Clock
 
 PROD_ROLLOUT = """  routing: {"1": 95, "2": 5}"""
 STEPS = """  routing: {"2": 100}
@@ -29,14 +29,6 @@ STEPS = """  routing: {"2": 100}
     steps: [{setWeight: 10}, {pause: {duration: 60}}, {setWeight: 50}, {pause: {}}]
     analysis: {interval: 10s, alarms: [orders-5xx]}
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 @pytest.fixture
