@@ -603,11 +603,15 @@ def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty
         except SpecError as exc:
             report_spec_error(out, exc)
             return EXIT_ERROR
+        # a rollout under way: live is not yet what git says, though its next step may need only time
+        under_way = {r: s.view() for r, s in engine.rollouts().items() if s.active and not rev}
         if out.json:
-            out.document(plan.as_json())
+            out.document({**plan.as_json(), "in_sync": plan.in_sync and not under_way, "rollouts": under_way})
         else:
             render_plan(out, plan)
-        return EXIT_OK if plan.in_sync else EXIT_CHANGES
+            for line in rollout_lines(under_way):
+                out.line(line)
+        return EXIT_OK if plan.in_sync and not under_way else EXIT_CHANGES
     finally:
         engine.close()
 

@@ -123,3 +123,12 @@ def test_readme_rollout_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert "aborted" in status["rollouts"][ALIAS]["message"]
     tags = [t["tag"] for t in reconciler_json("history")]
     assert len(tags) == 2, tags  # the example with prod at 2, then prod at 3 (the rollout); never the failed ones
+
+
+def test_plan_during_a_pause_is_not_in_sync_and_shows_the_rollout(rolling: SpecRepo) -> None:
+    """Mid-rollout nothing needs applying right now, yet live is not what git says: exit 2, the rollout shown."""
+    rolling.cli("apply")
+    result = rolling.cli("plan")
+    assert result.code == 2 and f"  {ALIAS}  progressing  step 2/4" in result.stdout
+    data = rolling.cli("plan", output="json").json
+    assert data["in_sync"] is False and data["actions"] == [] and data["rollouts"][ALIAS]["weight"] == 10
