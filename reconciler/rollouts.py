@@ -30,7 +30,7 @@ from reconciler.rollout import (
     stage_override,
     stage_split,
 )
-from reconciler.specs import Definition, DesiredCanary, DesiredRollout, DesiredState
+from reconciler.specs import LATEST, Definition, DesiredCanary, DesiredRollout, DesiredState
 
 ROLLOUTS = "rollouts"  # instance record key: resource -> RolloutState JSON
 
@@ -111,6 +111,8 @@ def shape(
         current = live.aliases.get(key)
         split = dict(current.routing) if current is not None and current.managed else None
         target = alias_target(alias)
+        if target == LATEST or (split is not None and LATEST in split):
+            target = None  # $LATEST never takes a weight (Lambda's rule): such a change applies at once
         d = decide(
             states.get(resource), resource, alias.rollout, target, split, now, desired.revision, analyses.get(resource)
         )

@@ -316,3 +316,15 @@ def test_weights_changed_by_hand_halt_the_rollout_and_stay(world: tuple[SpecRepo
     assert isinstance(result.error, RolloutError) and "out of band" in str(result.error)
     assert routing(engine) == {"1": 70, "2": 30} and engine.rollouts()[ALIAS].phase == "halted"
     assert not pass_at(engine, clock, 500).applied, "halted: the weights stay frozen"
+
+
+def test_latest_never_takes_a_weight_so_moving_from_it_applies_at_once(world: tuple[SpecRepo, Engine, Clock]) -> None:
+    """From $LATEST to a version (Lambda cannot weight $LATEST): no rollout, the change applies at once."""
+    repo, engine, clock = world
+    repo.write("deploy_specs/aliases.yaml", alias_spec('{"$LATEST": 100}'))
+    repo.commit("prod follows $LATEST")
+    assert pass_at(engine, clock, 0).ok
+    repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}', f"    steps: {STEPS}\n"))
+    repo.commit("version 2")
+    result = pass_at(engine, clock, 1)
+    assert result.ok and not result.progressing and routing(engine) == {"2": 100}
