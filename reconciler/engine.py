@@ -390,6 +390,9 @@ class Engine:
             live = self.backend.read(desired)
             now = self.clock()
             done = {} if pinned else analyses(states, desired, now, self.backend)
+            for resource, analysis in done.items():
+                if analysis.errors:  # neither pass nor failure: retried within seconds, shown in status
+                    log.warning("rollout_analysis_inconclusive", resource=resource, errors=list(analysis.errors))
             shaped = shape(states, desired, live, now, done, pinned=pinned)
             plan = make_plan(shaped.desired, live, prune=prune)
             if prune and not self.config.allow_empty and not desired.stages and not desired.aliases:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from reconciler.backends.local import LocalCloud
 from reconciler.engine import Config, Engine, ReconcileResult
@@ -195,7 +196,10 @@ def test_an_alarm_that_does_not_exist_holds_the_rollout(world: tuple[SpecRepo, E
     repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}', f"    steps: {STEPS}\n{extra}"))
     repo.commit("watching a missing alarm")
     pass_at(engine, clock, 0)
-    pass_at(engine, clock, 11)
+    with capture_logs() as logs:
+        pass_at(engine, clock, 11)
+    (logged,) = [e for e in logs if e["event"] == "rollout_analysis_inconclusive"]
+    assert logged["resource"] == ALIAS and "nobody-made-me" in logged["errors"][0]
     assert pass_at(engine, clock, 100).progressing and routing(engine) == {"1": 90, "2": 10}
     assert "nobody-made-me" in (engine.status()["rollouts"][ALIAS]["inconclusive"] or "")
     result = pass_at(engine, clock, 400)
