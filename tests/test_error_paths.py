@@ -217,3 +217,11 @@ def test_an_unknown_backend_name_is_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(StateError) as caught:
         make_backend(Config(backend=name), tmp_path)
     assert "unknown backend" in str(caught.value) and "expected local or aws" in str(caught.value)
+
+
+def test_status_before_any_apply_of_an_invalid_head_still_answers(example_repo: SpecRepo) -> None:
+    """Nothing applied and an invalid head: ``status`` shows the live state (empty) instead of failing."""
+    committed(example_repo, {SPEC: STAGE_HEAD + "spec: {api: orders, colour: red}\n"})
+    result = example_repo.cli("status", output="json")
+    assert result.code == 0, result.stderr
+    assert result.json["applied_revision"] is None and result.json["stages"] == {}

@@ -443,3 +443,13 @@ def test_update_alias_carries_the_live_revision_id() -> None:
     plan = make_plan(desired_state(desired_alias("prod", {"2": 100.0})), live_state(live_alias("prod", {"1": 100.0})))
     (action,) = plan.actions
     assert getattr(action, "revision_id", None) == "rev-prod"
+
+
+def test_every_new_api_is_created_not_only_the_first() -> None:
+    """Two APIs the backend lacks each get a create_api, in name order."""
+    desired = desired_state(desired_api(V1, name="alpha"), desired_api(V2, name="beta"))
+    plan = make_plan(desired, live_state())
+    assert [(a.action, a.resource) for a in plan.actions] == [
+        ("create_api", "RestApi/alpha"),
+        ("create_api", "RestApi/beta"),
+    ]

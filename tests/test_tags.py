@@ -128,3 +128,17 @@ def test_numbers_taken_again_and_again_leave_the_tag_owed_to_the_next_reconcile(
     taken = example_repo.git("tag", "--list", "applied/*").split()
     assert len(taken) == 5  # five attempts, each number taken by the stand-in
     assert example_repo.cli_json("apply")["tag"] == "applied/default/6"
+
+
+def test_rollback_after_an_in_sync_apply_goes_before_the_newest_tag(example_repo: SpecRepo) -> None:
+    """A docs-only commit applies nothing and is tagged nothing; rollback then goes to the tag before the newest."""
+    assert example_repo.cli("apply").code == 0
+    first = example_repo.head()
+    apply_shift(example_repo, 20)
+    example_repo.write("README.md", "docs only\n")
+    docs = example_repo.commit("docs only")
+    assert example_repo.cli_json("apply")["result"] == "noop"
+    assert example_repo.cli_json("status")["applied_revision"] == docs
+    assert example_repo.cli("rollback").code == 0
+    pinned = example_repo.cli_json("status")["pinned"]
+    assert pinned["tag"] == "applied/default/1" and pinned["revision"] == first
