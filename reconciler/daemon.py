@@ -50,6 +50,7 @@ from reconciler.metrics import Metrics
 from reconciler.notify import RESULTS as NOTIFY_RESULTS
 from reconciler.notify import Notifier, NotifyConfig, make_notifier
 from reconciler.plan import Action
+from reconciler.records import make_record_store
 from reconciler.sinks import GITHUB_API
 from reconciler.state import InstanceRecord, StateDir
 from reconciler.statewatch import StateWatch
@@ -640,7 +641,12 @@ class Daemon:
         """The ``--notify`` sinks (a ``UsageError`` naming ``--notify`` if one cannot work), not started yet."""
         remote = self.config.repo if self.remote else self.engine.repo.remote_url() if self.engine else None
         try:
-            record = self.state.load_record(self.config.instance)
+            if self.engine is not None:
+                record = self.engine.record()  # with --lock: the record in DynamoDB, which outlives pods
+            else:
+                records = make_record_store(self.config.lock, self.state, self.config.region, self.config.endpoint_url)
+                record = records.load(self.config.instance)
+                records.close()
             state = initial_state(record.applied_revision, record.extra.get(NOTIFIED))
         except StateError:
             state = None

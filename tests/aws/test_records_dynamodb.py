@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
+from pathlib import Path
 
 import boto3
 import pytest
@@ -13,6 +16,7 @@ from reconciler.lease import LeaseError
 from reconciler.state import InstanceRecord, Pin
 from tests.aws.conftest import REGION
 from tests.aws.test_lease_dynamodb import create_lock_table
+from tests.support import RECONCILER, SpecRepo
 
 pytestmark = pytest.mark.aws
 
@@ -96,3 +100,24 @@ def test_a_table_with_another_key_is_a_permanent_error_naming_id(moto_url: str) 
     with pytest.raises(LeaseError, match=r"partition key 'id'") as refused:
         lease.acquire("me", 15)
     assert refused.value.temporary is False
+
+
+def test_the_daemon_refuses_to_start_on_a_lock_table_with_another_key(moto_url: str, tmp_path: Path) -> None:
+    """`run --lock` on a table keyed on `pk`: exit 1 and one cannot_start line naming the expected key `id`."""
+    name = f"wrong-key-{uuid.uuid4().hex[:6]}"
+    boto3.client("dynamodb", endpoint_url=moto_url, region_name=REGION).create_table(
+        TableName=name,
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    repo = SpecRepo(tmp_path / "repo")
+    repo.copy_example()
+    repo.commit("specs")
+    argv = [str(RECONCILER), "run", "--repo", str(repo.path), "--state-dir", str(repo.state_dir)]
+    argv += ["--lock", f"dynamodb://{name}", "--endpoint-url", moto_url, "--region", REGION, "--log-format", "json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if line.startswith("{")]
+    [refusal] = [e for e in lines if e["event"] == "cannot_start"]
+    assert "partition key 'id'" in refusal["error"]
