@@ -751,7 +751,7 @@ def _rollout_command(common: Common, out: Out, resource: str, what: str) -> int:
 @command(
     rollout_group,
     "promote",
-    flags=(*GIT, *OUTPUT),
+    flags=(*GIT, *BACKEND, *OUTPUT),  # the backend flags give --lock its region and endpoint
     example="reconciler rollout promote Alias/orders-handler/prod --full",
     help="Leave the current pause of RESOURCE's rollout now (--full: go to 100 % at once).",
 )
@@ -765,7 +765,7 @@ def cmd_rollout_promote(common: Common, out: Out, resource: str, full: bool) -> 
 @command(
     rollout_group,
     "abort",
-    flags=(*GIT, *OUTPUT),
+    flags=(*GIT, *BACKEND, *OUTPUT),  # the backend flags give --lock its region and endpoint
     example="reconciler rollout abort Stage/orders/prod",
     help="Abort RESOURCE's rollout as a failure with onFailure: rollback (the stable version alone).",
 )
