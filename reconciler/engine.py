@@ -674,6 +674,7 @@ class Engine:
                     },
                     "url": s.url,
                     "managed": s.managed,
+                    **(s.settings.as_json() if s.settings is not None else {}),
                 }
                 for (api, name), s in sorted(live.stages.items())
             },

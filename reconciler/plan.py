@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveStage, LiveState, owner_of
 from reconciler.errors import PlanError, SpecIssue
+from reconciler.settings import StageSettings
 from reconciler.specs import (
     LATEST,
     Definition,
@@ -141,6 +142,7 @@ class CreateStage(_StageAction):
     definition: Definition
     variables: dict[str, str]
     canary: DesiredCanary | None
+    settings: StageSettings | None = None  # None: leave the stage's settings as they are
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class UpdateStage(_StageAction):
     definition: Definition
     variables: dict[str, str]
     canary: DesiredCanary | None
+    settings: StageSettings | None = None  # None: leave the stage's settings as they are
 
 
 @dataclass(frozen=True)
@@ -402,6 +405,7 @@ def canary_json(canary: DesiredCanary | LiveCanary | None) -> dict[str, Any] | N
         "percentTraffic": percent_json(canary.percent_traffic),
         "definition_sha256": sha,
         "variables": dict(sorted(canary.variables.items())),
+        **({"useStageCache": True} if canary.use_stage_cache else {}),
     }
 
 
@@ -413,8 +417,19 @@ def _stage_action(cls: type[CreateStage | UpdateStage], stage: DesiredStage, cha
         definition=stage.definition,
         variables=stage.variables,
         canary=stage.canary,
+        settings=stage.settings,
         changes=changes,
     )
+
+
+def settings_changes(current: StageSettings | None, desired: StageSettings) -> dict[str, Change]:
+    """One change per stage setting that differs (``current`` None: a new stage, non-default settings only)."""
+    new = desired.as_json()
+    old = (current or StageSettings()).as_json()
+    if current is None:
+        default = StageSettings().as_json()
+        return {name: (None, value) for name, value in new.items() if value != default[name]}
+    return {name: (old[name], new[name]) for name in new if old[name] != new[name]}
 
 
 def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
@@ -429,6 +444,7 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
                 "variables": (None, dict(sorted(stage.variables.items()))),
                 "canary": (None, canary_json(stage.canary)),
                 **({"description": (None, stage.description)} if stage.description else {}),
+                **settings_changes(None, stage.settings),
             }
             creates.append(_stage_action(CreateStage, stage, created))
             continue
@@ -447,6 +463,8 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
         _changed(changes, "definition_sha256", current.definition_sha256, stage.definition.sha256)
         _changed(changes, "variables", dict(sorted(current.variables.items())), dict(sorted(stage.variables.items())))
         _changed(changes, "canary", canary_json(current.canary), canary_json(stage.canary))
+        if current.settings is not None:  # a backend that reports settings: they are reconciled too
+            changes.update(settings_changes(current.settings, stage.settings))
         if changes:
             updates.append(_stage_action(UpdateStage, stage, changes))
     return creates + updates

@@ -31,6 +31,15 @@ from pydantic import (
 
 from reconciler.errors import SpecError, SpecIssue
 from reconciler.openapi import definition_problems, integration_variables
+from reconciler.settings import (
+    AccessLogSpec,
+    CacheClusterSpec,
+    MethodKey,
+    MethodSettingSpec,
+    StageSettings,
+    Tags,
+    settings_from_spec,
+)
 from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
 
 API_VERSION = "reconciler/v1"
@@ -113,12 +122,13 @@ class CanarySpec(_Model):
     percentTraffic: float
     definition: str | None = None
     variables: Variables = {}
+    useStageCache: bool = False
 
     @field_validator("percentTraffic")
     @classmethod
     def _percent_in_range(cls, value: float) -> float:
-        if not 0 < value <= 100:
-            raise ValueError(f"expected a number in (0, 100], got {value:g}")
+        if not 0 <= value <= 100:  # 0: the canary is set up but takes no traffic yet (API Gateway allows it)
+            raise ValueError(f"expected a number in [0, 100], got {value:g}")
         return value
 
 
@@ -228,6 +238,12 @@ class StageSpec(_Model):
     variables: Variables = {}
     canary: CanarySpec | None = None
     rollout: RolloutSpec | None = None
+    tracingEnabled: bool = False
+    cacheCluster: CacheClusterSpec | None = None
+    clientCertificateId: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    accessLog: AccessLogSpec | None = None
+    tags: Tags = {}
+    methodSettings: dict[MethodKey, MethodSettingSpec] = {}
 
 
 class AliasSpec(_Model):
@@ -376,6 +392,7 @@ class DesiredCanary:
     percent_traffic: float
     definition: Definition
     variables: dict[str, str]
+    use_stage_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -389,6 +406,7 @@ class DesiredStage:
     location: Location
     rollout: DesiredRollout | None = None
     adopt: bool = False
+    settings: StageSettings = field(default_factory=StageSettings)
 
 
 @dataclass(frozen=True)
@@ -746,7 +764,10 @@ def _stage(
             doc, "spec.canary.variables", canary_definition, {**spec.variables, **spec.canary.variables}, issues
         )
         canary = DesiredCanary(
-            normalize_percent(spec.canary.percentTraffic), canary_definition, dict(spec.canary.variables)
+            normalize_percent(spec.canary.percentTraffic),
+            canary_definition,
+            dict(spec.canary.variables),
+            spec.canary.useStageCache,
         )
     if spec.rollout is not None and spec.canary is not None:
         issues.doc(
@@ -765,6 +786,14 @@ def _stage(
         doc.at(""),
         desired_rollout(spec.rollout),
         adopt=doc.adopt,
+        settings=settings_from_spec(
+            spec.tracingEnabled,
+            spec.cacheCluster,
+            spec.clientCertificateId,
+            spec.accessLog,
+            spec.tags,
+            spec.methodSettings,
+        ),
     )
 
 

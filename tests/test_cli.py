@@ -285,7 +285,7 @@ def test_invalid_commit_applies_nothing(live_repo: SpecRepo) -> None:
     """A commit with one bad file applies none of its (otherwise good) changes: exit 1, live unchanged."""
     good = live_repo.head()
     edit(live_repo, ALIASES, '{"1": 95, "2": 5}', '{"1": 50, "2": 50}')
-    edit(live_repo, STAGES, "percentTraffic: 10", "percentTraffic: 0")
+    edit(live_repo, STAGES, "percentTraffic: 10", "percentTraffic: 101")
     bad = live_repo.commit("good alias change, bad canary")
     result = live_repo.cli("apply")
     assert result.code == 1 and "percentTraffic" in result.stderr and "Traceback" not in result.stderr
@@ -298,10 +298,10 @@ def test_invalid_commit_applies_nothing(live_repo: SpecRepo) -> None:
 
 def test_next_good_commit_applies_after_an_invalid_one(live_repo: SpecRepo) -> None:
     """After a bad commit, fixing it in a new commit applies and clears the error."""
-    edit(live_repo, STAGES, "percentTraffic: 10", "percentTraffic: 0")
+    edit(live_repo, STAGES, "percentTraffic: 10", "percentTraffic: 101")
     live_repo.commit("bad canary")
     assert live_repo.cli("apply").code == 1
-    edit(live_repo, STAGES, "percentTraffic: 0", "percentTraffic: 20")
+    edit(live_repo, STAGES, "percentTraffic: 101", "percentTraffic: 20")
     fixed = applied_commit(live_repo, "fix canary")
     status = live_repo.cli_json("status")
     assert status["applied_revision"] == fixed and status["last_error"] is None

@@ -221,15 +221,15 @@ BAD_INPUTS = [
         id="bad-function-name",
     ),
     pytest.param(
-        stage("  api: orders\n  variables: {lambdaAlias: prod}\n  canary:\n    percentTraffic: 0  # <-\n"),
+        stage("  api: orders\n  variables: {lambdaAlias: prod}\n  canary:\n    percentTraffic: -1  # <-\n"),
         "spec.canary.percentTraffic",
-        "(0, 100]",
-        id="canary-percent-zero",
+        "[0, 100]",
+        id="canary-percent-negative",
     ),
     pytest.param(
         stage("  api: orders\n  variables: {lambdaAlias: prod}\n  canary:\n    percentTraffic: 100.5  # <-\n"),
         "spec.canary.percentTraffic",
-        "(0, 100]",
+        "[0, 100]",
         id="canary-percent-over-100",
     ),
     pytest.param(

@@ -50,6 +50,7 @@ from reconciler.backends.aws_model import (
     parse_deployment_description,
     patch_replace,
     stage_patch,
+    tag_changes,
 )
 from reconciler.backends.base import (
     DEFAULT_INSTANCE,
@@ -485,15 +486,14 @@ class AwsBackend:
                 action.canary.percent_traffic,
                 self._deployment_id(api, action.canary.definition.sha256),
                 dict(action.canary.variables),
+                action.canary.use_stage_cache,
             )
         current = self._live.stages.get(key)
+        before = current
         if current is None:
-            current = self._create_stage(api, action, deployment_id, canary)
-            if current is None:
-                self._grant_stage(api, action, None)
-                return
+            current = self._create_stage(api, action, deployment_id, canary) or self._live.stages[key]
         self._mine(current, action.resource)
-        ops = stage_patch(current, deployment_id, action.description, action.variables, canary)
+        ops = stage_patch(current, deployment_id, action.description, action.variables, canary, action.settings)
         if ops:
             updated = self.calls.call(
                 action.resource,
@@ -508,7 +508,28 @@ class AwsBackend:
             self._live.stages[key] = replace(
                 live_stage(api, updated, hashes, self.region), managed=True, owner=self.instance
             )
-        self._grant_stage(api, action, current)
+        if action.settings is not None:
+            self._tag_stage(api, action, current.settings.tags if current.settings else {}, action.settings.tags)
+        self._grant_stage(api, action, before)
+
+    def _tag_stage(
+        self, api: LiveApi, action: CreateStage | UpdateStage, live: dict[str, str], wanted: dict[str, str]
+    ) -> None:
+        """Make the stage's own tags ``wanted`` (TagResource/UntagResource); marks and aws: tags stay."""
+        to_set, to_remove = tag_changes(live, wanted)
+        arn = f"arn:{self.partition}:apigateway:{self.region}::/restapis/{api.id}/stages/{action.stage}"
+        if to_set:
+            self.calls.call(
+                action.resource,
+                "TagResource",
+                lambda: self.calls.apigateway.tag_resource(resourceArn=arn, tags=to_set),
+            )
+        if to_remove:
+            self.calls.call(
+                action.resource,
+                "UntagResource",
+                lambda: self.calls.apigateway.untag_resource(resourceArn=arn, tagKeys=to_remove),
+            )
 
     def _create_stage(
         self, api: LiveApi, action: CreateStage | UpdateStage, deployment_id: str, canary: CanaryTarget | None
@@ -519,15 +540,22 @@ class AwsBackend:
             "stageName": action.stage,
             "deploymentId": deployment_id,
             "variables": dict(action.variables),
-            "tags": self._owner_tags(),
+            "tags": {**(action.settings.tags if action.settings else {}), **self._owner_tags()},
         }
         if action.description:
             params["description"] = action.description
+        if action.settings is not None:  # what CreateStage takes; the rest goes in the UpdateStage after it
+            if action.settings.tracingEnabled:
+                params["tracingEnabled"] = True
+            if action.settings.cacheClusterEnabled:
+                params["cacheClusterEnabled"] = True
+                params["cacheClusterSize"] = action.settings.cacheClusterSize or "0.5"
         if canary is not None:
             params["canarySettings"] = {
                 "percentTraffic": canary.percent_traffic,
                 "deploymentId": canary.deployment_id,
                 "stageVariableOverrides": dict(canary.variables),
+                **({"useStageCache": True} if canary.use_stage_cache else {}),
             }
         hashes = self._hashes.get(api.name, {})
         try:

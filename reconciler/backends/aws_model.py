@@ -24,6 +24,12 @@ from reconciler.backends.base import (
     LiveState,
 )
 from reconciler.plan import percent_json, routing_from_lambda
+from reconciler.settings import (
+    StageSettings,
+    method_key_from_aws,
+    method_key_to_aws,
+    method_setting_from_aws,
+)
 from reconciler.specs import Definition, DesiredCanary, normalize_percent
 
 MANAGED_TAG = "reconciler:managed"
@@ -154,6 +160,7 @@ class CanaryTarget:
     percent_traffic: float
     deployment_id: str
     variables: dict[str, str] = field(default_factory=dict)
+    use_stage_cache: bool = False
 
 
 def patch_replace(path: str, value: str) -> PatchOp:
@@ -169,18 +176,106 @@ def _variable_ops(prefix: str, old: Mapping[str, str], new: Mapping[str, str]) -
     return ops + [patch_remove(f"{prefix}/{name}") for name in sorted(set(old) - set(new))]
 
 
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+METHOD_PATHS = {
+    "throttlingRateLimit": "throttling/rateLimit",
+    "throttlingBurstLimit": "throttling/burstLimit",
+    "loggingLevel": "logging/loglevel",
+    "metricsEnabled": "metrics/enabled",
+    "dataTraceEnabled": "logging/dataTrace",
+    "cachingEnabled": "caching/enabled",
+    "cacheTtlInSeconds": "caching/ttlInSeconds",
+}
+
+
+def _method_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return _flag(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def settings_patch(current: StageSettings, target: StageSettings) -> list[PatchOp]:
+    """The ``UpdateStage`` operations for the stage settings that differ (tags are TagResource's, not these)."""
+    ops: list[PatchOp] = []
+    if current.tracingEnabled != target.tracingEnabled:
+        ops.append(patch_replace("/tracingEnabled", _flag(target.tracingEnabled)))
+    if current.cacheClusterEnabled != target.cacheClusterEnabled:
+        ops.append(patch_replace("/cacheClusterEnabled", _flag(target.cacheClusterEnabled)))
+    if target.cacheClusterEnabled and target.cacheClusterSize != current.cacheClusterSize:
+        ops.append(patch_replace("/cacheClusterSize", target.cacheClusterSize or "0.5"))
+    if (current.clientCertificateId or "") != (target.clientCertificateId or ""):
+        ops.append(patch_replace("/clientCertificateId", target.clientCertificateId or ""))
+    if current.accessLog != target.accessLog:
+        if target.accessLog is None:
+            ops.append(patch_remove("/accessLogSettings"))
+        else:
+            old = current.accessLog or ("", "")
+            if old[0] != target.accessLog[0]:
+                ops.append(patch_replace("/accessLogSettings/destinationArn", target.accessLog[0]))
+            if old[1] != target.accessLog[1]:
+                ops.append(patch_replace("/accessLogSettings/format", target.accessLog[1]))
+    for key in sorted(set(current.methodSettings) - set(target.methodSettings)):
+        ops.append(patch_remove(f"/{method_key_to_aws(key)}"))
+    for key, wanted in sorted(target.methodSettings.items()):
+        had = current.methodSettings.get(key)
+        for name, path in METHOD_PATHS.items():
+            value = getattr(wanted, name)
+            # a new entry gets every field written (moto's defaults differ from API Gateway's)
+            if had is None or getattr(had, name) != value:
+                ops.append(patch_replace(f"/{method_key_to_aws(key)}/{path}", _method_value(value)))
+    return ops
+
+
+def tag_changes(live_tags: Mapping[str, str], wanted: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(tags to set, tag keys to remove) so that the user tags equal ``wanted``; marks and aws: tags stay."""
+    own = {k: v for k, v in live_tags.items() if not _kept_tag(k)}
+    to_set = {k: v for k, v in wanted.items() if own.get(k) != v}
+    return to_set, sorted(set(own) - set(wanted))
+
+
+def _kept_tag(key: str) -> bool:
+    return key.startswith("aws:") or key in (MANAGED_TAG, INSTANCE_TAG)
+
+
+def live_settings(item: Mapping[str, Any]) -> StageSettings:
+    """The settings of a stage as ``GetStages`` returns it."""
+    enabled = bool(item.get("cacheClusterEnabled"))
+    log = item.get("accessLogSettings") or {}
+    return StageSettings(
+        tracingEnabled=bool(item.get("tracingEnabled")),
+        cacheClusterEnabled=enabled,
+        cacheClusterSize=str(item.get("cacheClusterSize") or "0.5") if enabled else None,
+        clientCertificateId=item.get("clientCertificateId") or None,
+        accessLog=(str(log.get("destinationArn") or ""), str(log.get("format") or "")) if log else None,
+        tags={k: v for k, v in (item.get("tags") or {}).items() if not _kept_tag(k)},
+        methodSettings={
+            method_key_from_aws(key): method_setting_from_aws(value)
+            for key, value in (item.get("methodSettings") or {}).items()
+        },
+    )
+
+
 def stage_patch(
     current: LiveStage,
     deployment_id: str,
     description: str | None,
     variables: Mapping[str, str],
     canary: CanaryTarget | None,
+    settings: StageSettings | None = None,
 ) -> list[PatchOp]:
     """The ``UpdateStage`` patch operations that turn ``current`` into the target (empty: nothing to do).
 
     Variables are set with ``replace`` (AWS creates missing ones that way; moto rejects ``add``).
+    ``settings`` None leaves the stage's settings as they are.
     """
     ops: list[PatchOp] = []
+    if settings is not None:
+        ops += settings_patch(current.settings or StageSettings(), settings)
     if current.deployment_id != deployment_id:
         ops.append(patch_replace("/deploymentId", deployment_id))
     if (current.description or "") != (description or ""):
@@ -195,6 +290,8 @@ def stage_patch(
         ops.append(patch_replace("/canarySettings/percentTraffic", str(percent_json(canary.percent_traffic))))
     if old is None or old.deployment_id != canary.deployment_id:
         ops.append(patch_replace("/canarySettings/deploymentId", canary.deployment_id))
+    if (old.use_stage_cache if old else False) != canary.use_stage_cache:
+        ops.append(patch_replace("/canarySettings/useStageCache", _flag(canary.use_stage_cache)))
     ops += _variable_ops("/canarySettings/stageVariableOverrides", old.variables if old else {}, canary.variables)
     return ops
 
@@ -242,6 +339,7 @@ def live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str],
             definition_sha256=hashes.get(canary_id),
             deployment_id=canary_id,
             variables=dict(settings.get("stageVariableOverrides") or {}),
+            use_stage_cache=bool(settings.get("useStageCache")),
         )
     deployment_id = str(item.get("deploymentId") or "")
     managed, owner = _tag_owner(item.get("tags") or {})
@@ -256,6 +354,7 @@ def live_stage(api: LiveApi, item: Mapping[str, Any], hashes: Mapping[str, str],
         url=stage_url(api.id, region, str(item["stageName"])),
         managed=managed,
         owner=owner,
+        settings=live_settings(item),
     )
 
 

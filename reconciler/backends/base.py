@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from reconciler.settings import StageSettings
+
 if TYPE_CHECKING:
     from reconciler.plan import Action
     from reconciler.specs import DesiredState
@@ -24,6 +26,7 @@ class LiveCanary:
     definition_sha256: str | None
     deployment_id: str
     variables: dict[str, str] = field(default_factory=dict)
+    use_stage_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class LiveStage:
     url: str
     managed: bool
     owner: str | None = None
+    settings: StageSettings | None = None  # None: the backend does not report settings
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from reconciler.plan import (
     routing_from_lambda,
     routing_to_lambda,
 )
+from reconciler.settings import StageSettings, problems_of, settings_from_json
 from reconciler.specs import LATEST, DesiredCanary, DesiredState, normalize_percent
 
 DB_NAME = "local-backend.sqlite3"
@@ -123,6 +124,8 @@ class LocalCloud:
             columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             if "owner" not in columns:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT")
+            if table == "stages" and "settings" not in columns:  # stage settings (DESIGN §10); NULL: defaults
+                self.db.execute("ALTER TABLE stages ADD COLUMN settings TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -268,6 +271,18 @@ class LocalCloud:
             "UPDATE stages SET deployment_id = ?, description = ?, variables = ?, canary = ?, updated_at = ?"
             " WHERE api_id = ? AND name = ?",
             (deployment_id, description, json.dumps(variables), _dump(canary), _now(), api_id, name),
+        )
+        if cursor.rowcount == 0:
+            raise _error("NotFoundException", f"Invalid stage identifier specified: {name}")
+
+    def set_stage_settings(self, api_id: str, name: str, settings: StageSettings) -> None:
+        """Replace a stage's settings, refusing what API Gateway refuses (cache sizes, log levels, limits)."""
+        problems = problems_of(settings)
+        if problems:
+            raise _error("BadRequestException", "; ".join(problems))
+        cursor = self.db.execute(
+            "UPDATE stages SET settings = ?, updated_at = ? WHERE api_id = ? AND name = ?",
+            (json.dumps(settings.as_json(), sort_keys=True), _now(), api_id, name),
         )
         if cursor.rowcount == 0:
             raise _error("NotFoundException", f"Invalid stage identifier specified: {name}")
@@ -461,6 +476,7 @@ class LocalBackend:
                     definition_sha256=hashes.get(raw["deploymentId"]),
                     deployment_id=raw["deploymentId"],
                     variables=raw.get("stageVariableOverrides", {}),
+                    use_stage_cache=bool(raw.get("useStageCache", False)),
                 )
             api = names[row["api_id"]]
             live.stages[(api, row["name"])] = LiveStage(
@@ -474,6 +490,7 @@ class LocalBackend:
                 url=self.cloud.url(row["api_id"], row["name"]),
                 managed=bool(row["managed"]),
                 owner=row["owner"],
+                settings=settings_from_json(json.loads(row["settings"]) if row["settings"] else None),
             )
         for row in db.execute("SELECT name FROM functions"):
             live.versions[row["name"]] = {LATEST}
@@ -520,6 +537,7 @@ class LocalBackend:
             "percentTraffic": canary.percent_traffic,
             "deploymentId": self._deployment_for(api_id, canary.definition.sha256),
             "stageVariableOverrides": dict(canary.variables),
+            **({"useStageCache": True} if canary.use_stage_cache else {}),
         }
 
     def _check_owner(self, row: sqlite3.Row | None, what: str, code: str = "ConflictException") -> None:
@@ -602,6 +620,8 @@ class LocalBackend:
                         managed=True,
                         owner=self.instance,
                     )
+                if action.settings is not None:
+                    cloud.set_stage_settings(api_id, action.stage, action.settings)
             case CreateAlias() | UpdateAlias():
                 version, weights = routing_to_lambda(action.routing)
                 row = cloud.db.execute(

@@ -191,9 +191,16 @@ def test_canary_removal_is_one_remove_op(backend: AwsBackend, stubs: Stubbed) ->
 def test_new_stage_is_created_with_its_canary_and_grant(backend: AwsBackend, stubs: Stubbed) -> None:
     """CreateStage carries canarySettings and the managed tag; the existing alias it names is granted to the API."""
     apigateway, lambda_ = stubs.apigateway, stubs.lambda_
+    canary = {"percentTraffic": 10.0, "deploymentId": "d2", "stageVariableOverrides": {"lambdaAlias": "canary"}}
     apigateway.add_response(
         "create_stage",
-        {"stageName": "beta", "deploymentId": "d1", "tags": MANAGED},
+        {
+            "stageName": "beta",
+            "deploymentId": "d1",
+            "tags": MANAGED,
+            "variables": {"lambdaAlias": "prod"},
+            "canarySettings": canary,
+        },
         {
             "restApiId": "a1",
             "stageName": "beta",
