@@ -162,6 +162,7 @@ class Engine:
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
+        self._loaded_commands: dict[str, str | None] = {}  # rollout commands in the record as this pass read it
 
     # ----------------------------------------------------------------- parts
 
@@ -322,6 +323,7 @@ class Engine:
         try:
             late_tag = self._settle_owed_tag(prune)
             record = self.record()
+            self._loaded_commands = {r: s.command for r, s in load_states(record.extra).items()}
             record.attempted_revision = revision
             record.last_attempt_at = _now()
             try:
@@ -365,8 +367,16 @@ class Engine:
         store's conditional update, so a pin made meanwhile by another process is kept, never overwritten."""
 
         def change(current: InstanceRecord) -> None:
+            theirs = load_states(current.extra)
             for name in PASS_FIELDS:
                 setattr(current, name, copy.deepcopy(getattr(record, name)))
+            ours, kept = load_states(current.extra), False
+            for resource, state in theirs.items():  # a `rollout promote/abort` left since this pass read the record
+                mine = ours.get(resource)
+                if state.command and state.command != self._loaded_commands.get(resource) and mine and not mine.command:
+                    mine.command, kept = state.command, True
+            if kept:
+                save_states(current.extra, ours)
 
         self.records.update(self.instance, change)
 
