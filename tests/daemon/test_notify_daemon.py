@@ -164,7 +164,7 @@ def test_a_dead_sink_never_delays_applying(
             daemon.wait_applied(example_repo.commit(f"prod: {routing}"))
         assert dead.arrived >= 2 and not dead.answered()  # both sinks' first requests are still hanging
         assert daemon.stop() == 0  # and SIGTERM still ends it (within stop()'s 10 s)
-    lags = [e["commit_to_applied_s"] for e in daemon.events("applied")]
+    lags = [e["commit_to_applied_s"] for e in daemon.events("applied")][-3:]  # the three commits, after start-up
     assert len(lags) == 3 and max(lags) < 10  # generous: git times have 1 s resolution
 
 
