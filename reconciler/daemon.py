@@ -39,7 +39,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.backends.local import DB_NAME
-from reconciler.engine import DEFAULT_STATE_DIR, Config, Engine, ReconcileResult
+from reconciler.engine import Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
 from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
@@ -53,6 +53,7 @@ from reconciler.plan import Action
 from reconciler.records import make_record_store
 from reconciler.sinks import GITHUB_API
 from reconciler.state import InstanceRecord, StateDir
+from reconciler.statepath import url_state_path
 from reconciler.statewatch import StateWatch
 
 log = structlog.get_logger("reconciler.daemon")
@@ -184,7 +185,7 @@ class Daemon:
         self.remote = is_remote(config.repo)
         self.engine: Engine | None = None
         if self.remote:
-            state_dir = Path(config.state_dir or DEFAULT_STATE_DIR).resolve()
+            state_dir = url_state_path(config.state_dir)
             config = replace(config, state_dir=str(state_dir), branch=config.branch or "main")
             self.state = StateDir(state_dir)
         else:

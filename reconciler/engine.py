@@ -50,6 +50,7 @@ from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
 from reconciler.specs import DesiredState, load_desired
 from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
+from reconciler.statepath import state_path, url_state_path
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
@@ -120,21 +121,18 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-DEFAULT_STATE_DIR = ".reconciler"
-
-
 def default_state_path(config: Config, repo: GitRepo) -> Path:
-    """``--state-dir``, else ``.reconciler/`` in the checkout (for a URL: in the current directory)."""
-    if config.state_dir:
-        return Path(config.state_dir)
-    return Path(DEFAULT_STATE_DIR).resolve() if is_remote(config.repo) else repo.root / DEFAULT_STATE_DIR
+    """``--state-dir``, else ``<git-dir>/reconciler/`` (for a URL: see ``statepath.url_state_path``)."""
+    if is_remote(config.repo):
+        return url_state_path(config.state_dir)
+    return state_path(config.state_dir, repo)
 
 
 def open_repo(config: Config) -> GitRepo:
     """The repository ``--repo`` names; a URL is cloned into (or fetched in) ``--workdir``."""
     if not is_remote(config.repo):
         return GitRepo(config.repo)
-    state = Path(config.state_dir or DEFAULT_STATE_DIR)
+    state = url_state_path(config.state_dir)
     workdir = Path(config.extra.get("workdir") or state / "repo")
     ssh = SshIdentity(config.extra.get("ssh_key"), config.extra.get("known_hosts"))
     return clone_or_open(config.repo, workdir, config.branch or "main", ssh=ssh)

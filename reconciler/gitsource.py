@@ -63,6 +63,43 @@ def redact(text: str) -> str:
     return _CREDENTIALS_RE.sub(r"\g<scheme>***@", text)
 
 
+def work_tree_of(path: Path) -> Path | None:
+    """The root of the git work tree that ``path`` (or its nearest existing parent) lies in; None if none.
+
+    A path inside a git directory (``.git/...``) is in no work tree.
+    """
+    anchor = path
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        anchor = anchor.parent
+    try:
+        runner = git.Git(str(anchor))
+        if runner.rev_parse("--is-inside-work-tree").strip() != "true":
+            return None
+        return Path(runner.rev_parse("--show-toplevel").strip()).resolve()
+    except (GitCommandError, OSError):
+        return None
+
+
+def git_common_dir(work_tree: Path) -> Path | None:
+    """The (common) git directory of the work tree at ``work_tree``."""
+    try:
+        out = git.Git(str(work_tree)).rev_parse("--path-format=absolute", "--git-common-dir")
+    except (GitCommandError, OSError):
+        return None
+    return Path(str(out).strip()).resolve()
+
+
+def tracked_files(work_tree: Path, path: Path, limit: int = 3) -> list[str]:
+    """Up to ``limit`` files below ``path`` that the repository of ``work_tree`` tracks (its index)."""
+    try:
+        out = git.Git(str(work_tree)).ls_files("-z", "--", str(path))
+    except (GitCommandError, OSError):
+        return []
+    return [name for name in str(out).split("\x00") if name][:limit]
+
+
 @dataclass(frozen=True)
 class SshIdentity:
     """A mounted SSH key and known_hosts file (``--ssh-key``, ``--known-hosts``) for SSH remotes."""

@@ -2,8 +2,8 @@
 
 Every command runs inside a real temporary git repository with no ``--repo``
 or ``--state-dir``: the repository is the one containing the current
-directory, the branch its current branch, the state ``.reconciler/`` in its
-root.  Each test pins one behaviour of the contract (or of the README where
+directory, the branch its current branch, the state ``.git/reconciler/`` in its
+git directory.  Each test pins one behaviour of the contract (or of the README where
 DESIGN is silent).
 """
 
@@ -46,7 +46,7 @@ def line_of(repo: SpecRepo, relpath: str, fragment: str, after: str = "") -> int
 
 @pytest.fixture
 def checkout(repo: SpecRepo) -> SpecRepo:
-    """The example specs committed, orders-handler versions 1 and 2 published (state in .reconciler/)."""
+    """The example specs committed, orders-handler versions 1 and 2 published (state in .git/reconciler/)."""
     repo.copy_example()
     repo.commit("example specs")
     for expected in ("1", "2"):
@@ -65,11 +65,11 @@ def live(checkout: SpecRepo) -> SpecRepo:
 
 
 def test_commands_in_a_subdirectory_use_the_repository_root(checkout: SpecRepo) -> None:
-    """apply run in deploy_specs/ without --repo applies the repository's branch, state in <root>/.reconciler/."""
+    """apply run in deploy_specs/ without --repo applies the repository's branch, state in <root>/.git/reconciler/."""
     result = cli(checkout, "apply", "--output", "json", cwd=checkout.path / "deploy_specs")
     assert result.code == 0, result.stderr
     assert result.json["revision"] == checkout.head() and result.json["tag"] == "applied/default/1"
-    assert (checkout.path / ".reconciler").is_dir() and not (checkout.path / "deploy_specs" / ".reconciler").exists()
+    assert (checkout.path / ".git" / "reconciler").is_dir() and not (checkout.path / "deploy_specs" / ".git").exists()
     assert checkout.git("status", "--porcelain") == ""
 
 
@@ -88,7 +88,7 @@ def test_an_error_message_holding_a_newline_is_still_one_line(checkout: SpecRepo
 
 def test_a_corrupt_local_backend_is_an_error_line(checkout: SpecRepo) -> None:
     """A local backend file that is not SQLite makes plan exit 1 with one error line naming it, no traceback."""
-    (checkout.path / ".reconciler" / "local-backend.sqlite3").write_bytes(b"not a database\n" * 100)
+    (checkout.path / ".git" / "reconciler" / "local-backend.sqlite3").write_bytes(b"not a database\n" * 100)
     result = cli(checkout, "plan")
     assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error:") and "local-backend.sqlite3" in result.stderr
@@ -180,7 +180,7 @@ def test_unpublished_version_error_names_the_routing_line(live: SpecRepo) -> Non
 
 def test_apply_stops_at_the_first_failing_action_and_the_next_apply_converges(checkout: SpecRepo) -> None:
     """A failing action ends the apply: nothing after it, no tag, not applied; the next apply finishes the job."""
-    database = checkout.path / ".reconciler" / "local-backend.sqlite3"
+    database = checkout.path / ".git" / "reconciler" / "local-backend.sqlite3"
     with sqlite3.connect(database) as db:  # the "cloud" refuses one alias
         db.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON aliases WHEN NEW.name = 'prod'"
@@ -250,7 +250,7 @@ def test_a_rollback_that_fails_for_a_while_stays_pinned_and_the_next_apply_finis
     edit(live, ALIASES, '{"1": 95, "2": 5}', '{"1": 50, "2": 50}')
     live.commit("half and half")
     assert cli(live, "apply").code == 0
-    database = live.path / ".reconciler" / "local-backend.sqlite3"
+    database = live.path / ".git" / "reconciler" / "local-backend.sqlite3"
     with sqlite3.connect(database) as db:  # every alias update fails as a busy database would: temporarily
         db.execute("CREATE TRIGGER busy BEFORE UPDATE ON aliases BEGIN INSERT INTO nowhere VALUES (1); END")
     failed = cli(live, "rollback")
