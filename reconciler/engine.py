@@ -8,13 +8,15 @@ action succeeded.  Called by ``cli.py`` and ``daemon.py``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and 
 UNTAGGED = "untagged"  # instance record key: the message of an applied tag not made yet
 OWED = "rollout_actions"  # instance record key: actions applied by passes of a rollout not finished yet
 MAX_ROUNDS = 64  # decide -> apply rounds in one pass (each round moves at least one rollout one step)
+TAG_KEY = "tag_key"  # instance record key: the secret whose MAC in a tag's message proves this instance made it
 EventHook = Callable[[str, dict[str, Any]], None]
 
 
@@ -309,9 +312,11 @@ class Engine:
         """
         started = time.monotonic()
         self._pending_apply = None
+        self._use_tag_key(create=True)
         try:
             self.check_checkout()
             revision = self.resolve_target(rev)
+            self.check_reviewed(revision)
         except ReconcilerError as exc:
             error = str(exc)
             self.records.update(self.instance, lambda r: _failed(r, error))
@@ -559,8 +564,38 @@ class Engine:
 
     # ------------------------------------------------------------ operations
 
+    def check_reviewed(self, revision: str) -> None:
+        """Only what the followed branch contains is applied (DESIGN §11): anything else is refused."""
+        head = self.head()
+        if not self.repo.contains(head, revision):
+            raise GitError(
+                f"{revision[:12]} is not on branch {self.branch} (its head {head[:12]} does not contain it); "
+                "only commits merged into the followed branch are applied (plan --rev previews any commit)"
+            )
+
+    def _use_tag_key(self, create: bool) -> None:
+        """Give git the instance's tag key (kept in its record; made at the first reconcile)."""
+        key = self.record().extra.get(TAG_KEY)
+        if not isinstance(key, str) and create:
+
+            def make(record: InstanceRecord) -> None:
+                if not isinstance(record.extra.get(TAG_KEY), str):
+                    record.extra[TAG_KEY] = secrets.token_hex(32)
+
+            key = self.records.update(self.instance, make).extra.get(TAG_KEY)
+        if isinstance(key, str):
+            with contextlib.suppress(ValueError):
+                self.repo.tag_key = bytes.fromhex(key)
+
     def history(self) -> list[AppliedTag]:
-        return self.repo.applied_tags(self.instance)
+        """This instance's applied tags, newest first; ``trusted``: made by this instance, on the followed branch."""
+        self._use_tag_key(create=False)
+        tags = self.repo.applied_tags(self.instance)
+        try:
+            on_branch = self.repo.tags_on(self.instance, self.head())
+        except GitError:
+            on_branch = set()
+        return [replace(t, trusted=t.trusted and t.name in on_branch) for t in tags]
 
     def rollback(self, target: str | None, prune: bool = False) -> ReconcileResult:
         """Apply ``target`` (default: the applied tag before the current one) and pin to it.
@@ -583,12 +618,15 @@ class Engine:
     def _rollback_target(self, target: str | None) -> tuple[str, str | None]:
         if target is not None:
             tag = self.repo.find_tag(target)
-            if tag is not None:
-                return tag.revision, tag.name
-            return self.repo.resolve(target), None
-        every = self.history()
+            revision, name = (tag.revision, tag.name) if tag is not None else (self.repo.resolve(target), None)
+            self.check_reviewed(revision)
+            return revision, name
+        every = [t for t in self.history() if t.trusted]  # a tag anyone pushed steers nothing
         if not every:
-            raise StateError(f"no applied tags of instance {self.instance!r} yet; nothing to roll back to")
+            raise StateError(
+                f"no applied tag that instance {self.instance!r} made on branch {self.branch}; nothing to roll "
+                "back to (name a revision on the branch)"
+            )
         tags = [t for t in every if not t.message.get("rollback")]
         applied = self.record().applied_revision
         if applied is not None and all(t.revision != applied for t in every):

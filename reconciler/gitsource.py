@@ -14,6 +14,7 @@ git processes started here).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import posixpath
@@ -188,6 +189,7 @@ class AppliedTag:
     revision: str
     message: dict[str, Any]
     tagged_at: str | None
+    trusted: bool = False  # made by this instance (its MAC checks out) and, once the engine says so, on the branch
 
     def as_json(self) -> dict[str, Any]:
         actions = self.message.get("actions", [])
@@ -198,7 +200,13 @@ class AppliedTag:
             "applied_at": self.message.get("time") or self.tagged_at,
             "actions": count,
             "rollback": bool(self.message.get("rollback", False)),
+            "trusted": self.trusted,
         }
+
+
+def tag_mac(key: bytes, instance: str, name: str, revision: str) -> str:
+    """The proof an applied tag carries that this instance made it, for this commit, under this name."""
+    return hmac.new(key, f"{instance}\x00{name}\x00{revision}".encode(), hashlib.sha256).hexdigest()
 
 
 class TagTakenError(GitError):
@@ -211,6 +219,7 @@ class GitRepo:
     def __init__(self, path: str | Path, ssh: SshIdentity | None = None) -> None:
         _quiet_git_env()
         self.ssh = ssh
+        self.tag_key: bytes | None = None  # the instance's secret: applied tags made here carry its MAC
         try:
             self.repo = git.Repo(path, search_parent_directories=True)
         except (InvalidGitRepositoryError, NoSuchPathError):
@@ -455,9 +464,36 @@ class GitRepo:
                 message = {}
             if not isinstance(message, dict):
                 message = {}
-            tags.append(AppliedTag(name, instance, int(match["n"]), peeled or obj, message, date or None))
+            revision = peeled or obj
+            mac = message.get("mac")
+            made_here = (
+                self.tag_key is not None
+                and isinstance(mac, str)
+                and hmac.compare_digest(mac, tag_mac(self.tag_key, instance, name, revision))
+            )
+            tags.append(AppliedTag(name, instance, int(match["n"]), revision, message, date or None, made_here))
         tags.sort(key=lambda t: t.number, reverse=True)
         return tags
+
+    def tags_on(self, instance: str, head: str) -> set[str]:
+        """Names of ``instance``'s applied tags whose commit ``head`` contains (one ``for-each-ref --merged``)."""
+        try:
+            out = self.repo.git.for_each_ref(
+                "--format=%(refname:strip=2)", f"--merged={head}", f"refs/tags/{TAG_PREFIX}/{instance}/"
+            )
+        except GitCommandError as exc:
+            raise GitError(f"cannot list tags: {exc.stderr.strip()}") from None
+        return set(str(out).split())
+
+    def contains(self, head: str, revision: str) -> bool:
+        """Whether ``revision`` is ``head`` or one of its ancestors."""
+        try:
+            self.repo.git.merge_base("--is-ancestor", revision, head)
+        except GitCommandError as exc:
+            if exc.status == 1:
+                return False
+            raise GitError(f"cannot compare {revision[:12]} with {head[:12]}: {exc.stderr.strip()}") from None
+        return True
 
     def find_tag(self, name: str) -> AppliedTag | None:
         match = _TAG_RE.fullmatch(name)
@@ -471,7 +507,11 @@ class GitRepo:
             tags = self.applied_tags(instance)
             number = (tags[0].number if tags else 0) + 1
             name = f"{TAG_PREFIX}/{instance}/{number}"
-            body = json.dumps({**message, "tag": name}, sort_keys=True)
+            signed = {**message, "tag": name}
+            signed.pop("mac", None)
+            if self.tag_key is not None:
+                signed["mac"] = tag_mac(self.tag_key, instance, name, revision)
+            body = json.dumps(signed, sort_keys=True)
             try:
                 with (
                     tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".json") as handle,
