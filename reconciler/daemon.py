@@ -42,7 +42,7 @@ from reconciler.backends.local import DB_NAME
 from reconciler.engine import Config, Engine, ReconcileResult
 from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
-from reconciler.gitsource import GitRepo, TagTakenError, is_remote, redact
+from reconciler.gitsource import GitRepo, TagTakenError, check_branch_name, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
 from reconciler.lease import STOP_TIMEOUT, Elector, make_lease
 from reconciler.logs import configure_logging
@@ -185,6 +185,8 @@ class Daemon:
         self.remote = is_remote(config.repo)
         self.engine: Engine | None = None
         if self.remote:
+            if config.branch is not None:
+                check_branch_name(config.branch)
             state_dir = url_state_path(config.state_dir)
             config = replace(config, state_dir=str(state_dir), branch=config.branch or "main")
             self.state = StateDir(state_dir)

@@ -43,6 +43,7 @@ from reconciler.gitsource import (
     GitRepo,
     SshIdentity,
     WorktreeSpecSource,
+    check_branch_name,
     clone_or_open,
     is_remote,
 )
@@ -151,6 +152,8 @@ class Engine:
         backend: Backend | None = None,
         records: RecordStore | None = None,
     ) -> None:
+        if config.branch is not None:
+            check_branch_name(config.branch)
         self.config = config
         self.repo = repo or open_repo(config)
         self.state = StateDir(default_state_path(config, self.repo))

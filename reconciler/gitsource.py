@@ -30,7 +30,7 @@ import git
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from reconciler import failpoints
-from reconciler.errors import GitError
+from reconciler.errors import GitError, UsageError
 from reconciler.specs import MODE_SYMLINK, SourceFile
 
 TAG_PREFIX = "applied"
@@ -62,6 +62,19 @@ def is_remote(repo: str) -> bool:
 def redact(text: str) -> str:
     """``text`` with the ``user:password@`` part of every URL in it masked; safe to log."""
     return _CREDENTIALS_RE.sub(r"\g<scheme>***@", text)
+
+
+def check_branch_name(name: str) -> None:
+    """Refuse a ``--branch`` that is no plain branch name (``main~0``, ``@{-1}``, ``main:refs/x``, ``HEAD``)."""
+    try:  # run outside any repository, so that @{-N} is not expanded to a branch checked out before
+        shown = str(git.Git("/").check_ref_format("--branch", name)).strip()
+    except GitCommandError:
+        shown = ""
+    if not name or shown != name or name.startswith("-"):
+        raise UsageError(
+            f"--branch {name!r} (or $RECONCILER_BRANCH): not a branch name (git check-ref-format --branch); "
+            "expected a branch such as main"
+        )
 
 
 def work_tree_of(path: Path) -> Path | None:

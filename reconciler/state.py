@@ -70,9 +70,34 @@ def record_from_json(raw: Any) -> InstanceRecord:
     """A record from its JSON form (``InstanceRecord.as_json``); ValueError or TypeError if it has another shape."""
     if not isinstance(raw, dict):
         raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+    _check_record_shape(raw)
     raw = dict(raw)
     pin = raw.pop("pinned", None)
     return InstanceRecord(**raw, pinned=Pin(**pin) if pin else None)
+
+
+def _check_record_shape(raw: Any) -> None:
+    """A record read back must have the types its fields are used as (a wrong one is a TypeError later)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+    names = {dict: "an object", str: "a string", int: "a whole number", type(None): "null"}
+    for name, value in raw.items():
+        if name == "extra":
+            wanted: tuple[type, ...] = (dict,)
+        elif name == "pinned":
+            wanted = (dict, type(None))
+        elif name == "version":
+            wanted = (int,)
+        else:
+            wanted = (str, type(None))
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            expected = " or ".join(names[t] for t in wanted)
+            raise TypeError(f"field {name!r} is {type(value).__name__}; expected {expected}")
+    pin = raw.get("pinned")
+    if isinstance(pin, dict):
+        for name in ("revision", "tag", "pinned_at"):
+            if not isinstance(pin.get(name), str | None) or (name != "tag" and pin.get(name) is None):
+                raise TypeError(f"field 'pinned.{name}' is {type(pin.get(name)).__name__}; expected a string")
 
 
 class StateDir:
@@ -101,6 +126,8 @@ class StateDir:
             return record_from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as exc:
             raise StateError(f"the record {path} is unreadable ({exc}); delete it to start afresh") from None
+        except OSError as exc:
+            raise StateError(f"the record {path} is unreadable ({exc.strerror or exc})") from None
 
     def save_record(self, record: InstanceRecord) -> None:
         write_json_atomic(self._record_path(record.instance), record.as_json())

@@ -444,8 +444,16 @@ class LocalBackend:
 
     def read(self, desired: DesiredState) -> LiveState:
         """Everything the simulation holds (it is small enough to read whole), as one consistent snapshot."""
-        with self.cloud.snapshot() as db:
-            return self._read(db)
+        try:
+            with self.cloud.snapshot() as db:
+                return self._read(db)
+        except sqlite3.OperationalError as exc:  # locked or busy: retrying may help
+            raise BackendError(f"local backend: cannot read {self.cloud.path}: {exc}", temporary=True) from None
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:  # a damaged page or row: it will not
+            raise BackendError(
+                f"local backend: {self.cloud.path} is damaged ({exc}); restore it from a backup, or delete it "
+                "to start afresh"
+            ) from None
 
     def _read(self, db: sqlite3.Connection) -> LiveState:
         live = LiveState(instance=self.instance)
@@ -519,7 +527,9 @@ class LocalBackend:
             with self.cloud.transaction():
                 self._apply(action)
         except sqlite3.Error as exc:  # locked, interrupted, disk full: nothing was written, retrying may help
-            raise BackendError(f"local backend: {exc}", temporary=True, code="SQLiteError") from None
+            damaged = "malformed" in str(exc) or "not a database" in str(exc)  # a damaged page: it will not
+            where = f" ({self.cloud.path} is damaged)" if damaged else ""
+            raise BackendError(f"local backend: {exc}{where}", temporary=not damaged, code="SQLiteError") from None
 
     def _deployment_for(self, api_id: str, sha256: str) -> str:
         row = self.cloud.db.execute(
