@@ -170,7 +170,8 @@ FLAGS: dict[str, Flag] = {
             ("--state-dir",),
             "local backend and records",
             {"metavar": "DIR"},
-            unset=".reconciler/ in the repository root (for a URL: in the current directory)",
+            unset="reconciler/ in the repository's git directory, out of every commit's reach (for a URL: "
+            ".reconciler/ in the current directory, or the git directory of the checkout it is in)",
         ),
         Flag(
             ("--instance",), "name of this reconciler instance; tags are applied/<instance>/<n>", {"default": "default"}
