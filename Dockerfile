@@ -5,7 +5,7 @@
 #
 # Build arguments and contexts:
 #   --build-arg BASE=IMAGE    a Debian-based image with Python >= 3.11 as python3 (default python:3.11-slim);
-#                             git, openssh-client, tini and ca-certificates are installed only if it lacks them
+#                             git, gpg, openssh-client, tini and ca-certificates are installed only if it lacks them
 #   --build-context extra-ca=DIR
 #                             extra CA certificates (PEM files named *.crt) added to the system bundle, for
 #                             TLS-intercepting proxies in front of the package index, the git host or AWS
@@ -27,7 +27,7 @@ SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
 COPY --from=extra-ca / /usr/local/share/ca-certificates/extra/
 # hadolint ignore=DL3008
 RUN missing=(); \
-    for pkg in ca-certificates git openssh-client tini; do \
+    for pkg in ca-certificates git gpg openssh-client tini; do \
         dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg"); \
     done; \
     if (( ${#missing[@]} )); then \

@@ -203,6 +203,18 @@ FLAGS: dict[str, Flag] = {
         ),
         Flag(("-v", "--verbose"), "log engine events to stderr", {"is_flag": True}),
         Flag(
+            ("--allowed-signers",),
+            "git's SSH allowed-signers file: only commits with a good signature by one of its keys are applied",
+            {"metavar": "FILE"},
+            unset="none (signatures not checked)",
+        ),
+        Flag(
+            ("--trusted-gpg-keys",),
+            "armored OpenPGP public keys: only commits with a good signature by one of them are applied",
+            {"metavar": "FILE"},
+            unset="none (signatures not checked)",
+        ),
+        Flag(
             ("--lock",),
             "DynamoDB table holding the daemon's lease and the instance record (pin, applied revision, rollout "
             "progress); give it to rollback/resume/status too, to act on a cluster's instance from anywhere",
@@ -217,6 +229,7 @@ SOURCE = ("repo", "branch", "path", "ssh_key", "known_hosts")  # where the specs
 GIT = (*SOURCE, "state_dir", "instance", "lock")  # ... and the instance's records and tags
 BACKEND = ("backend", "region", "endpoint_url")
 OUTPUT = ("output", "color", "verbose")
+SIGNED = ("allowed_signers", "trusted_gpg_keys")  # who may sign what apply, rollback and run apply
 
 
 @dataclass(frozen=True)
@@ -236,6 +249,8 @@ class Common:
     output: str = "text"
     color: str = "auto"
     verbose: bool = False
+    allowed_signers: str | None = None
+    trusted_gpg_keys: str | None = None
     lock: str | None = None
 
     def config(self, allow_empty: bool = False) -> Config:
@@ -257,6 +272,8 @@ class Common:
             extra={key: value for key in ("ssh_key", "known_hosts") if (value := getattr(self, key))},
             allow_empty=allow_empty,
             lock=self.lock,
+            allowed_signers=self.allowed_signers,
+            trusted_gpg_keys=self.trusted_gpg_keys,
         )
 
 
@@ -666,7 +683,7 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
 @command(
     cli,
     "apply",
-    flags=(*GIT, *BACKEND, *OUTPUT),
+    flags=(*GIT, *SIGNED, *BACKEND, *OUTPUT),
     example="reconciler apply --prune",
     help="One reconcile pass, then exit. Exit 0 ok, 1 error.",
 )
@@ -686,7 +703,7 @@ def cmd_apply(common: Common, out: Out, rev: str | None, prune: bool, allow_empt
 @command(
     cli,
     "rollback",
-    flags=(*GIT, *BACKEND, *OUTPUT),
+    flags=(*GIT, *SIGNED, *BACKEND, *OUTPUT),
     example="reconciler rollback applied/default/3",
     help="Apply an earlier revision now and pin the instance to it. Exit 0 ok, 1 error.",
 )
@@ -920,7 +937,7 @@ def cmd_set_alarm(common: Common, out: Out, name: str, state: str) -> int:
 @command(
     cli,
     "run",
-    flags=(*GIT, *BACKEND, "verbose"),
+    flags=(*GIT, *SIGNED, *BACKEND, "verbose"),
     example="reconciler run --listen 0.0.0.0:8080 --prune",
     help="The daemon: follow the branch until SIGTERM/SIGINT, then exit 0.",
 )

@@ -40,7 +40,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.backends.local import DB_NAME
 from reconciler.engine import Config, Engine, ReconcileResult
-from reconciler.errors import GitError, ReconcilerError, StateError, UsageError
+from reconciler.errors import GitError, ReconcilerError, StateError, UnverifiedCommitError, UsageError
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
 from reconciler.gitsource import GitRepo, TagTakenError, check_branch_name, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
@@ -218,6 +218,7 @@ class Daemon:
         self._rollouts_under_way = False  # then every trigger (a promote in the record too) makes a pass
         self._drift: list[str] = []
         self._pending_tags: list[str] = []
+        self._unverified: set[str] = set()  # commits counted in reconciler_unverified_commits_total
         self._tags_checked = False  # local applied tags compared with the remote's once (after a restart)
         self.elector: Elector | None = None
         if settings.lock:
@@ -773,6 +774,9 @@ class Daemon:
             self._last_target = result.revision
             self._retry_later(error)
         else:
+            if isinstance(error, UnverifiedCommitError) and error.revision not in self._unverified:
+                self._unverified.add(error.revision)
+                m.unverified_commits.inc()
             log.warning(
                 "not_applied",
                 revision=result.revision,

@@ -33,6 +33,7 @@ from reconciler.errors import (
     SpecError,
     SpecIssue,
     StateError,
+    UnverifiedCommitError,
     UsageError,
 )
 from reconciler.gitsource import (
@@ -41,6 +42,7 @@ from reconciler.gitsource import (
 from reconciler.gitsource import (
     AppliedTag,
     GitRepo,
+    SignaturePolicy,
     SshIdentity,
     WorktreeSpecSource,
     check_branch_name,
@@ -79,6 +81,8 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
     lock: str | None = None  # --lock dynamodb://TABLE: the instance record lives in that table too (DESIGN §13)
     allow_empty: bool = False  # let prune empty the backend when the specs declare nothing (Argo CD's allowEmpty)
+    allowed_signers: str | None = None  # git's SSH allowed-signers file: applied commits must be signed by one
+    trusted_gpg_keys: str | None = None  # armored OpenPGP public keys: the same, for GPG signatures
 
 
 @dataclass
@@ -163,6 +167,7 @@ class Engine:
         self._backend = backend
         self._branch = config.branch
         self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
+        self._signatures: SignaturePolicy | None = None  # --allowed-signers / --trusted-gpg-keys, loaded at first use
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
@@ -316,14 +321,17 @@ class Engine:
         started = time.monotonic()
         self._pending_apply = None
         self._use_tag_key(create=True)
+        revision = ""
         try:
             self.check_checkout()
             revision = self.resolve_target(rev)
-            self.check_reviewed(revision)
+            self.check_trusted(revision)
         except ReconcilerError as exc:
             error = str(exc)
             self.records.update(self.instance, lambda r: _failed(r, error))
-            return ReconcileResult(revision="", error=exc, duration=time.monotonic() - started)
+            if isinstance(exc, UnverifiedCommitError):
+                log.info("unverified_commit", revision=revision, error=error)
+            return ReconcileResult(revision=revision, error=exc, duration=time.monotonic() - started)
         result = ReconcileResult(revision=revision)
         events: list[Event] = []
         try:
@@ -566,6 +574,17 @@ class Engine:
         return name
 
     # ------------------------------------------------------------ operations
+
+    def check_trusted(self, revision: str) -> None:
+        """What may be applied (DESIGN §11): a commit on the followed branch, signed when a policy says so."""
+        self.check_reviewed(revision)
+        if self.config.allowed_signers is None and self.config.trusted_gpg_keys is None:
+            return
+        if self._signatures is None:
+            self._signatures = SignaturePolicy(
+                self.config.allowed_signers, self.config.trusted_gpg_keys, self.state.path / "gnupg"
+            )
+        self._signatures.verify(self.repo, revision)
 
     def check_reviewed(self, revision: str) -> None:
         """Only what the followed branch contains is applied (DESIGN §11): anything else is refused."""

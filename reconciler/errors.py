@@ -76,6 +76,14 @@ class ConflictError(BackendError):
         super().__init__(message, temporary=True, code=code)
 
 
+class UnverifiedCommitError(ReconcilerError):
+    """The revision to apply carries no good signature from a key of --allowed-signers / --trusted-gpg-keys."""
+
+    def __init__(self, revision: str, why: str) -> None:
+        super().__init__(f"unverified commit {revision}: {why}")
+        self.revision = revision
+
+
 class StateError(ReconcilerError):
     """The state directory or instance records are unusable or locked."""
 

@@ -20,6 +20,8 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ import git
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from reconciler import failpoints
-from reconciler.errors import GitError, UsageError
+from reconciler.errors import GitError, UnverifiedCommitError, UsageError
 from reconciler.specs import MODE_SYMLINK, SourceFile
 
 TAG_PREFIX = "applied"
@@ -112,6 +114,93 @@ def tracked_files(work_tree: Path, path: Path, limit: int = 3) -> list[str]:
     except (GitCommandError, OSError):
         return []
     return [name for name in str(out).split("\x00") if name][:limit]
+
+
+_VERDICT_WORDS = re.compile(r"signature|principal|public key", re.IGNORECASE)
+
+
+class SignaturePolicy:
+    """Whose signatures make a commit applicable (DESIGN §11): ``--allowed-signers`` and ``--trusted-gpg-keys``.
+
+    ``git verify-commit`` decides, with this policy's files passed by ``-c`` and
+    ``GNUPGHOME`` (never the user's own keyring or allowed-signers file): SSH
+    signatures against git's allowed-signers file, OpenPGP ones against a private
+    keyring into which the armored keys are imported (one per content of the
+    file, under ``gnupg_root``, so a key removed from the file is no longer
+    trusted).
+    """
+
+    def __init__(self, allowed_signers: str | None, trusted_gpg_keys: str | None, gnupg_root: Path) -> None:
+        self.allowed_signers = _readable("--allowed-signers", allowed_signers)
+        keys = _readable("--trusted-gpg-keys", trusted_gpg_keys)
+        self.gnupghome = _keyring(keys, gnupg_root) if keys is not None else gnupg_root / "empty"
+        if keys is None:
+            self.gnupghome.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def verify(self, repo: GitRepo, revision: str) -> None:
+        """Raise ``UnverifiedCommitError`` unless ``revision`` carries a good signature of an allowed key."""
+        try:
+            header = str(repo.repo.git.cat_file("commit", revision)).split("\n\n", 1)[0]
+        except GitCommandError as exc:
+            raise GitError(f"cannot read commit {revision[:12]}: {exc.stderr.strip()}") from None
+        if not re.search(r"^gpgsig(-sha256)? ", header, re.MULTILINE):
+            raise UnverifiedCommitError(revision, "not signed")
+        signers = str(self.allowed_signers) if self.allowed_signers is not None else os.devnull
+        argv = ["git", "-c", f"gpg.ssh.allowedSignersFile={signers}", "-c", "gpg.ssh.program=ssh-keygen"]
+        argv += ["-c", "gpg.program=gpg", "-c", "gpg.minTrustLevel=undefined", "verify-commit", revision]
+        env = {**os.environ, "GNUPGHOME": str(self.gnupghome), "GIT_DIR": str(repo.git_dir)}
+        try:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GitError(f"cannot verify commit {revision[:12]}: {exc}", temporary=True) from None
+        if done.returncode != 0:
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            said = next((line for line in reversed(lines) if _VERDICT_WORDS.search(line)), "")
+            kind = "SSH" if "SSH SIGNATURE" in header else "OpenPGP"
+            detail = f" ({said.removeprefix('gpg: ')})" if said else ""
+            raise UnverifiedCommitError(revision, f"no good {kind} signature by a trusted key{detail}")
+
+
+def _readable(flag: str, path: str | None) -> Path | None:
+    if path is None:
+        return None
+    if not os.access(path, os.R_OK) or not Path(path).is_file():
+        env = "RECONCILER_" + flag.removeprefix("--").replace("-", "_").upper()
+        raise UsageError(f"{flag} {path} (or ${env}): no readable file there")
+    return Path(path).resolve()
+
+
+def _keyring(keys: Path, root: Path) -> Path:
+    """A GnuPG home holding exactly the public keys of ``keys`` (armored), made once per content of that file."""
+    data = keys.read_bytes()
+    home = root / hashlib.sha256(data).hexdigest()[:16]
+    if (home / "imported").exists():
+        return home
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=root, prefix=".import-"))
+    try:
+        gpg = ["gpg", "--batch", "--no-autostart", "--quiet", "--homedir", str(work)]
+        # gpg exits 2 when it cannot reach an agent (a long home path), having imported the keys all the same:
+        # what counts is what the keyring holds afterwards
+        imported = subprocess.run([*gpg, "--import", str(keys)], capture_output=True, text=True, timeout=60)
+        listed = subprocess.run([*gpg, "--list-keys", "--with-colons"], capture_output=True, text=True, timeout=60)
+        if not any(line.startswith("pub:") for line in listed.stdout.splitlines()):
+            detail = " ".join(imported.stderr.split())[:200]
+            raise UsageError(
+                f"--trusted-gpg-keys {keys}: no OpenPGP public key imported; expected armored keys ({detail})"
+            )
+        (work / "imported").touch()
+        try:
+            os.rename(work, home)
+        except OSError:  # made meanwhile by another process: theirs is as good
+            shutil.rmtree(work, ignore_errors=True)
+    except FileNotFoundError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise UsageError("--trusted-gpg-keys needs gpg (GnuPG) installed") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return home
 
 
 @dataclass(frozen=True)

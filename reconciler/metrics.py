@@ -64,6 +64,11 @@ class Metrics:
             "reconciler_fetches", "Fetches of a remote repository by result.", ["result"], registry=r
         )
         self.webhooks = Counter("reconciler_webhooks", "Webhook requests by result.", ["result"], registry=r)
+        self.unverified_commits = Counter(
+            "reconciler_unverified_commits",
+            "Commits not applied for want of a good signature by a trusted key (each counted once).",
+            registry=r,
+        )
         self.consecutive_failures = Gauge(
             "reconciler_consecutive_failures", "Temporary failures since the last success (drives backoff).", registry=r
         )
