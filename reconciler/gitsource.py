@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import git
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
@@ -47,11 +48,17 @@ def _quiet_git_env() -> None:
 # ------------------------------------------------------- remote repositories
 
 _REMOTE_RE = re.compile(r"^(?:(?:https?|ssh|git|file)://|[\w.-]+@[\w.-]+:)")
-_CREDENTIALS_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+# the userinfo of a URL runs to the last "@" before the path: a password may hold "@" itself
+_CREDENTIALS_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]*@")
 FETCH_TIMEOUT = 120.0
-# Reads the token from the environment when git asks, so it is never in a URL, argv or config file.
+# Reads the token from the environment when git asks, so it is never in a URL, argv or config file; and
+# answers only a request for the remote's own host over HTTPS (git hands the helper protocol= and host=),
+# besides being configured for that URL alone (``credential.https://<host>.helper``).
 _TOKEN_HELPER = (
-    '!f() { test "$1" = get || return 0; '
+    '!f() { test "$1" = get || return 0; p=; h=; '
+    'while IFS= read -r line; do case "$line" in '
+    '"protocol=https") p=1 ;; "host=$RECONCILER_GIT_TOKEN_HOST") h=1 ;; esac; done; '
+    'test "$p$h" = 11 || return 0; '
     'echo "username=${RECONCILER_GIT_USERNAME:-x-access-token}"; echo "password=$RECONCILER_GIT_TOKEN"; }; f'
 )
 
@@ -226,21 +233,40 @@ class SshIdentity:
         return shlex.join(argv)
 
 
-def _remote_env(ssh: SshIdentity | None = None) -> dict[str, str]:
-    """Environment for git commands that talk to the remote: no prompts, token via a helper, the SSH identity."""
+def token_host(url: str) -> str | None:
+    """``host[:port]`` of an ``https://`` URL (the only kind the token is offered to), else None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or not parts.netloc:
+        return None
+    return parts.netloc.rpartition("@")[2] or None
+
+
+def _remote_env(ssh: SshIdentity | None = None, url: str = "") -> dict[str, str]:
+    """Environment for git commands that talk to the remote: no prompts, token via a helper, the SSH identity.
+
+    The token helper is configured for the remote's own ``https://host[:port]`` only (every other helper
+    reset), so git never offers it over plain HTTP or to another host, e.g. after a redirect.
+    """
     env = {"GIT_TERMINAL_PROMPT": "0"}
     if ssh is not None and (ssh.key or ssh.known_hosts):
         env["GIT_SSH_COMMAND"] = ssh.command()
     elif "GIT_SSH_COMMAND" not in os.environ:
         env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
-    if os.environ.get("RECONCILER_GIT_TOKEN"):
+    host = token_host(url)
+    if os.environ.get("RECONCILER_GIT_TOKEN") and host is not None:
         env.update(
             GIT_CONFIG_COUNT="2",
             GIT_CONFIG_KEY_0="credential.helper",
             GIT_CONFIG_VALUE_0="",
-            GIT_CONFIG_KEY_1="credential.helper",
+            GIT_CONFIG_KEY_1=f"credential.https://{host}.helper",
             GIT_CONFIG_VALUE_1=_TOKEN_HELPER,
+            RECONCILER_GIT_TOKEN_HOST=host,
         )
+    elif os.environ.get("RECONCILER_GIT_TOKEN"):
+        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="credential.helper", GIT_CONFIG_VALUE_0="")
     return env
 
 
@@ -397,6 +423,13 @@ class GitRepo:
 
     # ---------------------------------------------------------------- remote
 
+    def _origin_url(self) -> str:
+        """The ``origin`` URL as configured (credentials included: never log it; see ``remote_url``)."""
+        try:
+            return str(self.repo.git.config("--get", "remote.origin.url")).strip()
+        except GitCommandError:
+            return ""
+
     def remote_url(self) -> str:
         """The ``origin`` URL with credentials masked (for logs and messages)."""
         try:
@@ -407,7 +440,7 @@ class GitRepo:
     def fetch(self, branch: str) -> str:
         """Force ``refs/heads/<branch>`` to the remote's; return its sha.  Failures are temporary."""
         try:
-            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
+            with self.repo.git.custom_environment(**_remote_env(self.ssh, self._origin_url())):
                 self.repo.git.fetch(
                     "--no-tags",
                     "--quiet",
@@ -426,7 +459,7 @@ class GitRepo:
         Raises ``TagTakenError`` when the remote already has a different tag of that name.
         """
         try:
-            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
+            with self.repo.git.custom_environment(**_remote_env(self.ssh, self._origin_url())):
                 self.repo.git.push("--quiet", "origin", f"refs/tags/{name}", kill_after_timeout=FETCH_TIMEOUT)
         except GitCommandError as exc:
             detail = _stderr_line(exc)
@@ -442,7 +475,7 @@ class GitRepo:
         """
         pattern = f"refs/tags/{TAG_PREFIX}/{instance}/*"
         try:
-            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
+            with self.repo.git.custom_environment(**_remote_env(self.ssh, self._origin_url())):
                 self.repo.git.fetch("--no-tags", "origin", f"{pattern}:{pattern}", kill_after_timeout=FETCH_TIMEOUT)
         except GitCommandError as exc:
             lines = [line for line in str(exc.stderr or "").splitlines() if line.strip().startswith("!")]
@@ -454,7 +487,7 @@ class GitRepo:
     def unpushed_applied_tags(self, instance: str) -> list[str]:
         """This instance's local applied tags that ``origin`` lacks or has with other content, oldest first."""
         try:
-            with self.repo.git.custom_environment(**_remote_env(self.ssh)):
+            with self.repo.git.custom_environment(**_remote_env(self.ssh, self._origin_url())):
                 out = str(
                     self.repo.git.ls_remote(
                         "origin", f"refs/tags/{TAG_PREFIX}/{instance}/*", kill_after_timeout=FETCH_TIMEOUT
