@@ -49,12 +49,13 @@ from reconciler.gitsource import (
     clone_or_open,
     is_remote,
 )
+from reconciler.parsecache import ParseCache
 from reconciler.plan import Action, DeleteAlias, DeleteStage, Plan, canary_json, make_plan, routing_json
 from reconciler.records import RecordStore, make_record_store
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
 from reconciler.specs import DesiredState, load_desired
-from reconciler.state import InstanceRecord, ParseCache, Pin, StateDir
+from reconciler.state import InstanceRecord, Pin, StateDir
 from reconciler.statepath import state_path, url_state_path
 
 log = structlog.get_logger("reconciler.engine")

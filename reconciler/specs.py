@@ -47,6 +47,7 @@ KINDS = ("RestApi", "Stage", "Alias")
 ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB per spec file
 MAX_DEFINITION_BYTES = 10 << 20  # 10 MiB per OpenAPI definition
+MAX_COMMIT_BYTES = 64 << 20  # 64 MiB of spec files and definitions per commit (DESIGN §11: bounded work)
 LATEST = "$LATEST"
 MODE_SYMLINK = 0o120000
 MODE_SUBMODULE = 0o160000
@@ -504,6 +505,8 @@ def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = No
     """Parse and validate every spec of ``source``; raise ``SpecError`` listing all issues."""
     issues = _Issues()
     files = {f.path: f for f in source.files()}
+    read = [f for f in files.values() if f.path.endswith((".yaml", ".yml", ".json")) and f.mode != MODE_SYMLINK]
+    _check_budget(source, read, [])
     if cache is None:
         cache = {}
     docs: list[_Doc] = []
@@ -530,6 +533,21 @@ def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = No
         raise SpecError(issues.items, source.revision)
     state.revision = source.revision
     return state
+
+
+def _check_budget(source: SpecSource, read: list[SourceFile], outside: list[SourceFile]) -> None:
+    """Refuse, before reading any of it, a commit whose specs and definitions pass ``MAX_COMMIT_BYTES`` together."""
+    every = read + outside
+    total = sum(f.size for f in every)
+    if total <= MAX_COMMIT_BYTES:
+        return
+    largest = ", ".join(f"{f.path} ({f.size} bytes)" for f in sorted(every, key=lambda f: (-f.size, f.path))[:3])
+    root = source.root.strip("/") or "."
+    message = (
+        f"the spec files and definitions of this commit total {total} bytes; expected at most {MAX_COMMIT_BYTES} "
+        f"(64 MiB) per commit; largest: {largest}"
+    )
+    raise SpecError([SpecIssue(f"{root}/", None, "", message)], source.revision)
 
 
 def _decode(data: bytes, path: str, issues: _Issues) -> str | None:
@@ -821,6 +839,10 @@ class _Definitions:
         self.issues = issues
         self.by_sha: dict[str, Definition] = {}
         self.used: set[str] = set()  # paths that specs name as definitions
+        self.inside = [
+            f for f in files.values() if f.path.endswith((".yaml", ".yml", ".json")) and f.mode != MODE_SYMLINK
+        ]
+        self.outside: list[SourceFile] = []
 
     def get(self, doc: _Doc, path: str, reference: str) -> Definition | None:
         resolved = self._resolve_path(doc, path, reference)
@@ -865,6 +887,8 @@ class _Definitions:
                 self.issues.doc(doc, path, f"{resolved} does not exist in this commit; expected an OpenAPI file")
                 return None
             self.files[resolved] = found
+            self.outside.append(found)  # a definition outside the specs root counts toward the commit's bytes too
+            _check_budget(self.source, self.inside, self.outside)
         return resolved
 
     def _parse(self, doc: _Doc, path: str, entry: SourceFile) -> list[Any] | None:

@@ -2,8 +2,9 @@
 
 Records (last attempted / applied revision, last error, rollback pin) are
 small JSON files replaced atomically, so a kill at any moment leaves either
-the old or the new record.  The parse cache maps git blob shas to parsed
-YAML, so an unchanged file is never parsed twice.  Used by the engine.
+the old or the new record.  The parse cache (``parsecache``) maps git blob
+ids to parsed YAML, so an unchanged file is never parsed twice.  Used by the
+engine.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import StateError
+from reconciler.parsecache import ParseCache
 
-CACHE_FILE = "spec-cache.json"
 LOCK_FILE = "writer.lock"
 
 
@@ -135,7 +136,7 @@ class StateDir:
     # ----------------------------------------------------------------- cache
 
     def load_cache(self) -> ParseCache:
-        return ParseCache(self.path / CACHE_FILE)
+        return ParseCache(self.path)
 
     # ------------------------------------------------------------------ lock
 
@@ -171,56 +172,3 @@ class StateDir:
             yield
         finally:
             handle.close()
-
-
-class ParseCache(MutableMapping[str, Any]):
-    """Parsed specs by blob sha, loaded lazily and saved only when it grew."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._data: dict[str, Any] | None = None
-        self._dirty = False
-        self._used: set[str] = set()
-
-    @property
-    def data(self) -> dict[str, Any]:
-        if self._data is None:
-            try:
-                loaded = json.loads(self.path.read_text(encoding="utf-8"))
-                self._data = loaded if isinstance(loaded, dict) else {}
-            except (OSError, ValueError):
-                self._data = {}
-        return self._data
-
-    def __getitem__(self, key: str) -> Any:
-        value = self.data[key]
-        self._used.add(key)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.data[key] = value
-        self._used.add(key)
-        self._dirty = True
-
-    def __delitem__(self, key: str) -> None:
-        del self.data[key]
-        self._dirty = True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def save(self, keep_unused: int = 5000) -> None:
-        """Persist new entries; entries unused by this load are kept up to a bound."""
-        if not self._dirty or self._data is None:
-            return
-        unused = [k for k in self._data if k not in self._used]
-        for key in unused[: max(0, len(unused) - keep_unused)]:
-            del self._data[key]
-        try:
-            write_json_atomic(self.path, self._data)
-        except OSError:
-            return  # a cache that cannot be written only costs speed
-        self._dirty = False

@@ -1,0 +1,171 @@
+"""The parse cache: parsed spec files and definitions by git blob id, bounded in bytes, in SQLite.
+
+Used by the engine (through ``StateDir.load_cache``) as the ``cache`` mapping
+of ``specs.load_desired``.  Entries are read one by one when asked for, never
+the whole cache at once, so what an old commit left behind costs nothing in
+memory.  Each entry carries an HMAC (keyed by a secret of this state
+directory, ``cache.key``, mode 0600) over its key and value: an entry this
+state directory did not write — a planted or copied cache file — is never
+taken over the blob itself.  Each save stamps the entries the load used with
+a new generation; entries no load used for ``KEEP_GENERATIONS`` generations
+are forgotten, and beyond ``MAX_CACHE_BYTES`` the least recently used go
+first (DESIGN §11: one hostile commit, once reverted, costs nothing more).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+CACHE_DB = "parse-cache.sqlite3"
+KEY_FILE = "cache.key"
+LEGACY_CACHE_FILE = "spec-cache.json"  # the earlier whole-file JSON cache: removed, never read
+MAX_CACHE_BYTES = 192 << 20  # on disk; a commit's definitions are at most 64 MiB (their text and canonical JSON)
+KEEP_GENERATIONS = 64  # loads (passes, commands) an unused entry survives
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    used INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_used ON entries (used);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def _secret(state_dir: Path) -> bytes:
+    """This state directory's cache key, made on first use (readable by its owner only)."""
+    path = state_dir / KEY_FILE
+    try:
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        pass
+    key = secrets.token_bytes(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made meanwhile by another process
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key.hex())
+    return key
+
+
+class ParseCache(MutableMapping[str, Any]):
+    """Parsed specs by blob id; lazily read, written at ``save``; a failing cache only costs speed."""
+
+    def __init__(self, state_dir: Path, max_bytes: int = MAX_CACHE_BYTES) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / CACHE_DB
+        self.max_bytes = max_bytes
+        self._db: sqlite3.Connection | None = None
+        self._key: bytes | None = None
+        self._new: dict[str, str] = {}  # key -> JSON text, written at save
+        self._used: set[str] = set()
+        (state_dir / LEGACY_CACHE_FILE).unlink(missing_ok=True)
+
+    def _conn(self) -> sqlite3.Connection | None:
+        if self._db is None:
+            try:
+                self._key = _secret(self.state_dir)
+                db = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                self._db = db
+            except (OSError, sqlite3.Error):
+                return None  # no cache: everything is parsed afresh
+        return self._db
+
+    def _mac(self, key: str, value: str) -> str:
+        assert self._key is not None
+        return hmac.new(self._key, f"{key}\x00{value}".encode(), hashlib.sha256).hexdigest()
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._new:
+            self._used.add(key)
+            return json.loads(self._new[key])
+        db = self._conn()
+        if db is None:
+            raise KeyError(key)
+        try:
+            row = db.execute("SELECT value, mac FROM entries WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            row = None
+        if row is None or not hmac.compare_digest(str(row[1]), self._mac(key, str(row[0]))):
+            raise KeyError(key)  # absent, or not written by this state directory: parse the blob
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            raise KeyError(key) from None
+        self._used.add(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._new[key] = json.dumps(value, separators=(",", ":"))
+        self._used.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        self._new.pop(key, None)
+        db = self._conn()
+        if db is not None:
+            db.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    def __iter__(self) -> Iterator[str]:
+        db = self._conn()
+        keys = [str(k) for (k,) in db.execute("SELECT key FROM entries")] if db is not None else []
+        return iter(sorted(set(keys) | set(self._new)))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def save(self) -> None:
+        """Write new entries, stamp the used ones, forget the stale, keep the total under ``max_bytes``."""
+        db = self._conn()
+        if db is None or not (self._used or self._new):
+            self._new.clear()
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone()
+            generation = (int(row[0]) if row else 0) + 1
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('generation', ?)", (generation,))
+            db.executemany(
+                "INSERT OR REPLACE INTO entries (key, value, mac, size, used) VALUES (?, ?, ?, ?, ?)",
+                [(k, v, self._mac(k, v), len(k) + len(v), generation) for k, v in self._new.items()],
+            )
+            db.executemany("UPDATE entries SET used = ? WHERE key = ?", [(generation, k) for k in self._used])
+            db.execute("DELETE FROM entries WHERE used <= ?", (generation - KEEP_GENERATIONS,))
+            total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+            if total > self.max_bytes:
+                doomed: list[str] = []
+                for key, size in db.execute("SELECT key, size FROM entries ORDER BY used, key"):
+                    if total <= self.max_bytes:
+                        break
+                    doomed.append(str(key))
+                    total -= int(size)
+                db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in doomed])
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        finally:
+            self._new.clear()
+            self._used.clear()
+
+    def total_bytes(self) -> int:
+        db = self._conn()
+        return int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]) if db is not None else 0
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
