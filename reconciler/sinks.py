@@ -267,7 +267,7 @@ def make_sinks(
         kind, _, url = value.partition(":")
         kind = kind.strip().lower()
         if kind in ("slack", "webhook"):
-            _check_url(kind, url.strip())
+            _check_url(url.strip(), f"--notify {kind}: expected {kind}:URL with an http(s) URL")
             if kind == "slack":
                 sinks.append(SlackSink(url.strip()))
             else:
@@ -279,22 +279,17 @@ def make_sinks(
         else:
             shown = kind if re.fullmatch(r"[A-Za-z0-9_-]{1,20}", kind) else "?"
             raise UsageError(f"--notify {shown}: unknown sink; expected slack:URL, webhook:URL or github")
-    _check_url_flag("--github-api-url", github_api_url)
+    _check_url(github_api_url, f"--github-api-url {github_api_url!r}: expected an http(s) URL")
     if status_url is not None:
-        _check_url_flag("--status-url", status_url)
+        _check_url(status_url, f"--status-url {status_url!r}: expected an http(s) URL")
     return sinks
 
 
-def _check_url(kind: str, url: str) -> None:
+def _check_url(url: str, error: str) -> None:
+    """``url`` is an http(s) URL with a host, else a ``UsageError`` saying ``error``."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--notify {kind}: expected {kind}:URL with an http(s) URL")
-
-
-def _check_url_flag(flag: str, url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{flag} {url!r}: expected an http(s) URL")
+        raise UsageError(error)
 
 
 def _github_sink(env: Mapping[str, str], remote_url: str | None, api_url: str, status_url: str | None) -> GitHubSink:

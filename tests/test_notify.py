@@ -18,7 +18,8 @@ from reconciler.errors import UsageError
 from reconciler.events import Applying, Notice, Outcome
 from reconciler.notify import Notifier, NotifyConfig, backoff_delay, make_notifier, rate_limit_wait
 from reconciler.sinks import GitHubSink, SlackSink, WebhookSink, github_repository, make_sinks, sign
-from tests.httpsink import Answer, StandIn, stand_in, wait_for
+from tests.daemon.conftest import wait_for
+from tests.httpsink import Answer, StandIn, stand_in
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECRET = "notify-secret-8c21"
