@@ -428,3 +428,15 @@ def test_make_notifier_warns_about_an_unsigned_webhook() -> None:
 def _reset_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
+
+
+def test_a_redirect_is_not_followed_so_the_token_stays_with_the_api(notifiers: Callable[..., Notifier]) -> None:
+    """A 302 from the GitHub API URL to another host is a refusal: the other host never sees the token."""
+    counts = Counts()
+    with stand_in() as elsewhere:
+        moved = Answer(302, {"Location": elsewhere.url + "/steal"}, b"")
+        with stand_in(moved) as api:
+            notifier = notifiers(GitHubSink("acme", "orders", TOKEN, api.url), count=counts)
+            notifier.observe(Outcome(B, "failed", previous=A))
+            wait_for(lambda: counts.get("github", "failed"), what="the refusal")
+        assert elsewhere.arrived == 0
