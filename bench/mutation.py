@@ -185,6 +185,13 @@ AUDIT = (
         ("tests/daemon/test_webhook_http.py",),
     ),
     HandMutant(
+        "no limit on webhook bodies read at once",
+        "reconciler/httpapi.py",
+        r"self\.reading >= MAX_BODIES_READ",
+        "False",
+        ("tests/daemon/test_webhook_http.py::test_a_fifth_delivery_while_four_bodies_are_read_gets_503",),
+    ),
+    HandMutant(
         "no signal handler during start-up",
         "reconciler/daemon.py",
         r"stopping = _stop_on_signals\(\)",

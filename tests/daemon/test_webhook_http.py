@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import socket
 
 import pytest
 
@@ -108,3 +109,48 @@ def test_a_rejected_credential_is_never_written_to_the_log(running: Daemon, head
         assert not sent or sent not in text
     assert SECRET not in text
     assert webhook_triggers(running) == 0
+
+
+def stalled_delivery(daemon: Daemon) -> socket.socket:
+    """A delivery whose headers promise 1000 bytes of body, of which 10 are sent: the daemon waits for the rest."""
+    host, port = daemon.base.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    head = f"POST /hooks/git HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\nX-Reconciler-Token: x\r\n\r\n"
+    sock.sendall(head.encode() + b"0123456789")
+    return sock
+
+
+def test_a_fifth_delivery_while_four_bodies_are_read_gets_503(running: Daemon) -> None:
+    """At most 4 webhook bodies are read at once: the next gets 503 (a forge retries); after them, 401 again."""
+    body = b'{"ref": "refs/heads/main"}'
+    unsigned = {"Content-Length": str(len(body)), "X-Reconciler-Token": "not-the-secret"}
+    stalled = [stalled_delivery(running) for _ in range(4)]
+    try:
+        wait_for(lambda: post(running, "/hooks/git", unsigned, body)[0] == 503, what="a 503 for the fifth")
+    finally:
+        for sock in stalled:
+            sock.sendall(b"x" * 990)  # the rest of the promised body: each is read, verified and refused
+            sock.close()
+    wait_for(lambda: post(running, "/hooks/git", unsigned, body)[0] == 401, what="room for deliveries again")
+    assert webhook_triggers(running) == 0
+
+
+def test_a_chunked_signed_body_is_read_and_accepted(running: Daemon) -> None:
+    """``Transfer-Encoding: chunked`` (no Content-Length) is read whole and its signature checked."""
+    body = json.dumps({"ref": "refs/heads/main", "pad": "y" * 5000}).encode()
+    headers = signed(body)
+    del headers["Content-Length"]
+    conn = connect(running)
+    try:
+        conn.putrequest("POST", "/hooks/git", skip_accept_encoding=True)
+        for name, value in {**headers, "Transfer-Encoding": "chunked"}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        for start in range(0, len(body), 1000):
+            piece = body[start : start + 1000]
+            conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+        assert conn.getresponse().status == 202
+    finally:
+        conn.close()
+    wait_for(lambda: webhook_triggers(running) == 1, what="the webhook trigger")
