@@ -870,6 +870,8 @@ def cmd_history(common: Common, out: Out) -> int:
     for tag in tags:
         row = tag.as_json()
         flag = " (rollback)" if row["rollback"] else ""
+        if not row["trusted"]:  # not made by this instance, or its commit left the branch: rollback ignores it
+            flag += " (untrusted)"
         out.line(f"{row['tag']:<28} {row['revision'][:12]}  {row['applied_at']}  {row['actions']} action(s){flag}")
     return EXIT_OK
 

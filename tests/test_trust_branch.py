@@ -53,6 +53,8 @@ def test_a_pushed_foreign_tag_does_not_steer_rollback(two_applied: tuple[SpecRep
     assert routing(repo) == {"1": 50, "2": 50} and repo.cli_json("status")["pinned"] is None
     history = {h["tag"]: h for h in repo.cli_json("history")}
     assert history["applied/default/1"]["trusted"] is False and history["applied/default/2"]["trusted"] is True
+    lines = {line.split()[0]: line for line in repo.cli("history").stdout.splitlines()}
+    assert lines["applied/default/1"].endswith("(untrusted)") and "untrusted" not in lines["applied/default/2"]
 
 
 def test_a_tag_forged_on_a_branch_commit_is_untrusted_too(two_applied: tuple[SpecRepo, str, str]) -> None:
