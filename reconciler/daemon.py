@@ -39,7 +39,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.backends.local import DB_NAME
-from reconciler.engine import Config, Engine, ReconcileResult
+from reconciler.engine import Config, Engine, ReconcileResult, signature_policy
 from reconciler.errors import GitError, ReconcilerError, StateError, UnverifiedCommitError, UsageError
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
 from reconciler.gitsource import GitRepo, TagTakenError, check_branch_name, is_remote, redact
@@ -190,6 +190,8 @@ class Daemon:
             state_dir = url_state_path(config.state_dir)
             config = replace(config, state_dir=str(state_dir), branch=config.branch or "main")
             self.state = StateDir(state_dir)
+            if config.allowed_signers is not None or config.trusted_gpg_keys is not None:
+                signature_policy(config, state_dir)  # a missing key file stops the start, not every later pass
         else:
             self.engine = Engine(config)
             config = replace(config, branch=self.engine.branch)  # followed even if the checkout switches

@@ -137,6 +137,11 @@ def default_state_path(config: Config, repo: GitRepo) -> Path:
     return state_path(config.state_dir, repo)
 
 
+def signature_policy(config: Config, state_dir: Path) -> SignaturePolicy:
+    """Who may sign applied commits; UsageError (naming the flag) if a file is missing or holds no key."""
+    return SignaturePolicy(config.allowed_signers, config.trusted_gpg_keys, state_dir / "gnupg")
+
+
 def open_repo(config: Config) -> GitRepo:
     """The repository ``--repo`` names; a URL is cloned into (or fetched in) ``--workdir``."""
     if not is_remote(config.repo):
@@ -168,7 +173,9 @@ class Engine:
         self._backend = backend
         self._branch = config.branch
         self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
-        self._signatures: SignaturePolicy | None = None  # --allowed-signers / --trusted-gpg-keys, loaded at first use
+        self._signatures: SignaturePolicy | None = None  # --allowed-signers / --trusted-gpg-keys
+        if config.allowed_signers is not None or config.trusted_gpg_keys is not None:  # a bad file: refused now
+            self._signatures = signature_policy(config, self.state.path)
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
@@ -582,9 +589,7 @@ class Engine:
         if self.config.allowed_signers is None and self.config.trusted_gpg_keys is None:
             return
         if self._signatures is None:
-            self._signatures = SignaturePolicy(
-                self.config.allowed_signers, self.config.trusted_gpg_keys, self.state.path / "gnupg"
-            )
+            self._signatures = signature_policy(self.config, self.state.path)
         self._signatures.verify(self.repo, revision)
 
     def check_reviewed(self, revision: str) -> None:

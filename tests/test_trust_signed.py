@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -210,3 +211,17 @@ def test_an_ssh_signed_commit_is_refused_when_only_gpg_keys_are_trusted(
     signed_example.git("config", "gpg.ssh.allowedSignersFile", "/dev/null")
     result = signed_example.cli("apply", "--trusted-gpg-keys", str(gpg_keys.public))
     assert result.code == 1 and "unverified commit" in result.stderr
+
+
+@pytest.mark.parametrize("url", [False, True], ids=["local", "url"])
+def test_the_daemon_refuses_to_start_without_its_allowed_signers_file(
+    example_repo: SpecRepo, tmp_path: Path, url: bool
+) -> None:
+    """run with --allowed-signers naming no file stops at start with one line, for a checkout and a URL alike."""
+    repo = example_repo.path.as_uri() if url else str(example_repo.path)
+    argv = [sys.executable, "-m", "reconciler", "run", "--repo", repo, "--state-dir", str(tmp_path / "state")]
+    argv += ["--listen", "127.0.0.1:0", "--log-format", "json", "--allowed-signers", str(tmp_path / "missing")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "--allowed-signers" in output and "Traceback" not in output, output
