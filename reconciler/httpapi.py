@@ -24,6 +24,7 @@ at most one per second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -33,7 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 import uvicorn
@@ -241,20 +242,19 @@ class App:
 
     async def _get(self, path: str, send: Send) -> None:
         view = self.view
-        loop = asyncio.get_running_loop()
         if path == "/healthz":
-            ok = await loop.run_in_executor(None, view.healthy)
+            ok = await _off_loop(view.healthy)
             await _text(send, 200 if ok else 503, "ok" if ok else "unhealthy")
         elif path == "/readyz":
-            ok = await loop.run_in_executor(None, view.ready)
+            ok = await _off_loop(view.ready)
             why = "not ready: no first reconcile (or, as a standby, first fetch) yet"
             await _text(send, 200 if ok else 503, "ready" if ok else why)
         elif path == "/metrics":
-            body, content_type = await loop.run_in_executor(None, view.metrics_text)
+            body, content_type = await _off_loop(view.metrics_text)
             await _respond(send, 200, body, content_type)
         elif path == "/status":
             try:
-                await _json(send, 200, await loop.run_in_executor(None, view.status))
+                await _json(send, 200, await _off_loop(view.status))
             except ReconcilerError as exc:  # e.g. not cloned yet, backend unreachable
                 await _json(send, 503, {"error": str(exc)})
             except Exception as exc:  # a status read must never take the server down
@@ -307,6 +307,36 @@ class App:
 
 class _Gone(Exception):
     """The client hung up mid-body."""
+
+
+_T = TypeVar("_T")
+
+
+async def _off_loop(call: Callable[[], _T]) -> _T:
+    """``call()`` on a daemon thread of its own, awaited: the loop never blocks on the daemon, and a call
+    stuck in a backend read (e.g. a hung lease store under /status) never holds up the process's exit, as a
+    ``ThreadPoolExecutor`` worker would (those are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = call(), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the server stopped): nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="http-view", daemon=True).start()
+    return await future
 
 
 async def _stream(receive: Receive, verifier: _Verifier) -> None:
@@ -408,9 +438,10 @@ class HttpApi:
             time.sleep(0.005)
 
     def stop(self) -> None:
+        """Stop serving: open connections get a second to finish, then the loop ends (its thread is a daemon)."""
         self.server.should_exit = True
-        self._thread.join(3.0)
+        self._thread.join(1.5)
         if self._thread.is_alive():
             self.server.force_exit = True
-            self._thread.join(1.0)
+            self._thread.join(0.5)
         self.socket.close()
