@@ -760,9 +760,9 @@ class Daemon:
             log.info("rollouts_under_way", revision=result.revision, resources=[s.resource for s in result.rollouts])
         elif error is None:
             self._in_sync(result.revision)
-            if result.applied and result.revision != previous:  # a takeover's no-op first pass applied nothing
+            if result.applied and result.revision != previous and STARTUP not in reasons:  # no-op takeover: not
                 lag = None
-                if not reasons & {STARTUP, LEADER}:  # after a restart or a failover the lag measures downtime
+                if LEADER not in reasons:  # after a failover the lag would measure the downtime
                     try:
                         lag = max(0.0, time.time() - engine.repo.commit_time(result.revision))
                     except (ValueError, GitError):

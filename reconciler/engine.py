@@ -359,10 +359,15 @@ class Engine:
             else:
                 failpoints.hit("after_last_action")
                 message = self._tag_message(record, revision, result.applied, rollback)
-                _applied(record, revision, self.branch_name(), message)
-                self._save(record)
-                failpoints.hit("after_applied_record")
-                if message is not None:
+                if message is None:
+                    _applied(record, revision, self.branch_name())
+                    self._save(record)
+                else:  # owed for good first; "applied" is written together with the tag's making
+                    record.extra.pop(OWED, None)
+                    record.extra[UNTAGGED] = message = {**message, "pending": False}
+                    record.last_error = None
+                    self._save(record)
+                    failpoints.hit("after_applied_record")
                     result.tag = self._make_owed_tag(message)
                 result.tag = result.tag or late_tag
         except ReconcilerError as exc:
@@ -555,15 +560,16 @@ class Engine:
                 log.info("owed_tag_dropped", revision=revision, reason="its apply did not complete")
                 self.records.update(self.instance, lambda r: _unowe(r, apply_id))
                 return None
-            owed = {**owed, "pending": False}
-            _applied(record, revision, self.branch_name(), owed)
+            owed = record.extra[UNTAGGED] = {**owed, "pending": False}
             self._save(record)
         return self._make_owed_tag(owed)
 
     def _make_owed_tag(self, owed: dict[str, Any]) -> str | None:
-        """The tag of one apply, made once: a tag of this instance carrying its ``apply_id`` counts as made."""
+        """The tag of one apply, made once (a tag of this instance carrying its ``apply_id`` counts as made); then
+        the record says the revision is applied and owes nothing, in one write.  A tag git cannot make stays owed."""
         revision, apply_id = str(owed["revision"]), owed.get("apply_id")
         message = {k: v for k, v in owed.items() if k not in ("pending", "prune")}
+        name: str | None
         try:
             made = next(
                 (
@@ -576,9 +582,17 @@ class Engine:
             name = made.name if made is not None else self.repo.create_applied_tag(self.instance, revision, message)
         except GitError as exc:  # the apply happened; a tag failure must not undo "applied"
             log.warning("tag_failed", revision=revision, error=str(exc), retried="at the next reconcile")
-            return None
-        failpoints.hit("after_tag")
-        self.records.update(self.instance, lambda r: _unowe(r, apply_id))
+            name = None
+        else:
+            failpoints.hit("after_tag")
+        branch = self.branch_name()
+
+        def done(record: InstanceRecord) -> None:
+            _applied(record, revision, branch)
+            if name is not None:
+                _unowe(record, apply_id)
+
+        self.records.update(self.instance, done)
         return name
 
     # ------------------------------------------------------------ operations
@@ -779,9 +793,8 @@ def _failed(record: InstanceRecord, error: str, attempted: str | None = None, un
         _unowe(record, unowe)
 
 
-def _applied(record: InstanceRecord, revision: str, branch: str | None, message: dict[str, Any] | None) -> None:
-    """Every action of ``revision`` succeeded: applied (the first apply records the branch followed), and the
-    tag ``message`` owed (no longer pending) until the tag exists."""
+def _applied(record: InstanceRecord, revision: str, branch: str | None) -> None:
+    """Every action of ``revision`` succeeded: applied (the first apply records the branch followed)."""
     record.attempted_revision = revision
     record.applied_revision = revision
     record.applied_at = _now()
@@ -789,9 +802,6 @@ def _applied(record: InstanceRecord, revision: str, branch: str | None, message:
     record.last_error = None
     if record.branch is None and branch is not None:
         record.branch = branch
-    if message is not None:
-        record.extra.pop(OWED, None)
-        record.extra[UNTAGGED] = {**message, "pending": False}
 
 
 def _listed(actions: Iterable[Action]) -> list[dict[str, str]]:

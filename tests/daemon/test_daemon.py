@@ -160,7 +160,13 @@ def test_remote_repository_is_fetched_every_interval(
         set_prod_routing(example_repo, routing)
         heads.append(example_repo.commit(f"prod: {routing}"))
         daemon.wait_applied(heads[-1])
-    passes = {e["revision"]: e.get("trigger", "") for e in daemon.events("reconcile")}
+    # the record says "applied" before the tag is made and the pass logged: wait for the log line too
+    passes = wait_for(
+        lambda: (
+            (p := {e["revision"]: e.get("trigger", "") for e in daemon.events("reconcile")}).keys() >= set(heads) and p
+        ),
+        what="both passes logged",
+    )
     assert all("fetch" in passes[head] for head in heads), passes
     assert daemon.metric("reconciler_triggers_total", source="fetch") >= 2
     assert daemon.metric("reconciler_fetches_total", result="success") >= 3  # the clone, then each interval
