@@ -126,7 +126,7 @@ def test_environment_sets_a_common_flag_given_neither_before_nor_after(
             ("validate",), ["--backend", "--region", "--instance", "--prune"], ["--rev", "--path"], id="validate"
         ),
         pytest.param(("run",), ["--output", "--color", "--rev"], ["--listen", "--backend", "--lock"], id="run"),
-        pytest.param(("history",), ["--backend", "--endpoint-url"], ["--instance", "--output"], id="history"),
+        pytest.param(("history",), ["--prune", "--rev", "--listen"], ["--instance", "--output"], id="history"),
         pytest.param(
             ("local", "publish-version"), ["--backend", "--branch", "--instance"], ["--state-dir"], id="publish-version"
         ),
