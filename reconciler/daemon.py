@@ -860,8 +860,14 @@ class Daemon:
             return f"the worker has made no progress for {stuck:.0f} s (deadline {deadline:g} s)"
         return None
 
+    def not_ready_reason(self) -> str | None:
+        """Why ``/readyz`` is 503 (no pass reached the backend yet, and what the last attempt said), else None."""
+        if self.ready():
+            return None
+        return self._not_ready or "no pass has reached the backend yet"
+
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._ready.is_set() and self._broken is None  # a daemon that stopped writing cannot apply
 
     def metrics_text(self) -> tuple[bytes, str]:
         return self.metrics.render()

@@ -64,7 +64,9 @@ class DaemonView(Protocol):
     """What the endpoints need from the daemon."""
 
     def healthy(self) -> bool: ...
+    def health_problem(self) -> str | None: ...
     def ready(self) -> bool: ...
+    def not_ready_reason(self) -> str | None: ...
     def status(self) -> dict[str, Any]: ...
     def metrics_text(self) -> tuple[bytes, str]: ...
     def webhook(self) -> bool: ...
@@ -243,12 +245,11 @@ class App:
     async def _get(self, path: str, send: Send) -> None:
         view = self.view
         if path == "/healthz":
-            ok = await _off_loop(view.healthy)
-            await _text(send, 200 if ok else 503, "ok" if ok else "unhealthy")
+            problem = await _off_loop(view.health_problem)
+            await _text(send, 503 if problem else 200, f"unhealthy: {problem}" if problem else "ok")
         elif path == "/readyz":
-            ok = await _off_loop(view.ready)
-            why = "not ready: no first reconcile (or, as a standby, first fetch) yet"
-            await _text(send, 200 if ok else 503, "ready" if ok else why)
+            why = await _off_loop(view.not_ready_reason)
+            await _text(send, 503 if why else 200, f"not ready: {why}" if why else "ready")
         elif path == "/metrics":
             body, content_type = await _off_loop(view.metrics_text)
             await _respond(send, 200, body, content_type)

@@ -32,7 +32,7 @@ def test_no_credentials_keep_readyz_503_and_are_retried_with_backoff(aws_repo: A
         wait_for(lambda: daemon.metric("reconciler_consecutive_failures") >= 2, timeout=20, what="a retry")
         assert daemon.request("/healthz")[0] == 200
         code, body = daemon.request("/readyz")
-        assert code == 503, body
+        assert code == 503 and b"credentials" in body, body
         status = daemon.status()
         assert "credentials" in (status["last_error"] or ""), status
         assert "credentials" in (status["daemon"]["not_ready_reason"] or ""), status
@@ -68,6 +68,7 @@ def test_a_worker_stuck_past_its_deadline_fails_healthz(aws_repo: AwsRepo, tmp_p
         daemon = Daemon(str(aws_repo.path), aws_repo.state_dir, tmp_path / "daemon.log", *flags, env=env)
         try:
             wait_for(lambda: daemon.request("/healthz")[0] == 503, timeout=20, what="/healthz to fail")
+            assert b"no progress" in daemon.request("/healthz")[1]
         finally:
             daemon.proc.kill()
             daemon.proc.wait(5)

@@ -30,6 +30,8 @@ def test_a_deleted_state_dir_stops_the_daemon_writing_and_fails_healthz(
     first = example_repo.head()
     shutil.rmtree(example_repo.state_dir)
     wait_for(lambda: running.request("/healthz")[0] == 503, timeout=10, what="/healthz to fail")
+    assert b"deleted or replaced" in running.request("/healthz")[1]
+    assert running.request("/readyz")[0] == 503
     event = wait_for(lambda: running.events("state_dir_replaced"), what="the reason logged")[0]
     assert str(example_repo.state_dir) in event["error"]
     assert "deleted or replaced" in running.status()["daemon"]["health"]
