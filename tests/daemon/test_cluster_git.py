@@ -6,6 +6,7 @@ import base64
 import json
 import shlex
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -87,9 +88,13 @@ def test_missing_ssh_key_is_a_clear_error_before_any_git(tmp_path: Path) -> None
 
 
 class RefusingGitServer:
-    """An HTTP git remote that answers every request 401 (Basic) and remembers the credentials it was sent."""
+    """An HTTPS git remote that answers every request 401 (Basic) and remembers the credentials it was sent.
 
-    def __init__(self) -> None:
+    HTTPS, as the token is offered to nothing else (DESIGN §11); its certificate is self-signed, so the
+    ``token`` fixture sets GIT_SSL_NO_VERIFY for the git processes of the test and its daemons.
+    """
+
+    def __init__(self, tls: ssl.SSLContext) -> None:
         seen: list[str] = []
         self.seen = seen
 
@@ -105,7 +110,8 @@ class RefusingGitServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/acme/deploy.git"
+        self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/acme/deploy.git"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -114,16 +120,25 @@ class RefusingGitServer:
 
 
 @pytest.fixture
-def refusing() -> Iterator[RefusingGitServer]:
-    server = RefusingGitServer()
+def refusing(tmp_path: Path) -> Iterator[RefusingGitServer]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = RefusingGitServer(tls)
     yield server
     server.close()
 
 
 @pytest.fixture
 def token(monkeypatch: pytest.MonkeyPatch) -> str:
-    """RECONCILER_GIT_TOKEN set (before any daemon fixture copies the environment)."""
+    """RECONCILER_GIT_TOKEN set (before any daemon fixture copies the environment); test certificates accepted."""
     monkeypatch.setenv("RECONCILER_GIT_TOKEN", TOKEN)
+    monkeypatch.setenv("GIT_SSL_NO_VERIFY", "1")
     return TOKEN
 
 
