@@ -10,13 +10,27 @@ process (Python start-up included) with its peak RSS:
 * ``apply`` cold (everything created), a no-op ``plan``, and a one-alias-change
   ``apply`` (commit, then plan + apply + tag in one command).
 
-Usage: python bench/scale.py [N ...]   (default: 500 5000)
+Each size is measured ``--runs`` times (default 3) on a fresh repository and
+the median of each line is printed.
+
+``--daemon`` measures the daemon instead: the real ``reconciler run`` on the
+N-resource repository (default N = 5000) and, in the same run, the floor of
+bench/latency.py (a bare watchfiles watcher reading the branch head); then
+``--commits`` one-alias commits, each timed from ``git commit`` returning to
+the daemon's ``reconcile`` log line for it (applied, recorded, tagged) and to
+the floor's line.  p50/p95 per run, median over the runs.
+
+Usage: python bench/scale.py [N ...] [--runs 3]   (default N: 500 5000)
+       python bench/scale.py --daemon [N] [--runs 3] [--commits 20]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.latency import FLOOR as WATCH_FLOOR
+from bench.latency import Arrivals, percentile
 from bench.specgen import openapi_definition
 from reconciler.backends.local import LocalCloud
 
@@ -41,8 +57,20 @@ print(docs, time.perf_counter() - start)
 """
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def alias_file(f: int, n: int, first_routing: str = '{"1": 90, "2": 10}') -> str:
+    """The spec file of function ``fn-<f>``: its aliases; the first one routed by ``first_routing``."""
+    docs = []
+    for i in range(f * ALIASES_PER_FUNCTION, min(n, (f + 1) * ALIASES_PER_FUNCTION)):
+        routing = first_routing if i == f * ALIASES_PER_FUNCTION else '{"1": 90, "2": 10}'
+        docs.append(
+            f"apiVersion: reconciler/v1\nkind: Alias\nmetadata: {{name: alias-{i:05d}}}\n"
+            f"spec:\n  function: fn-{f:04d}\n  routing: {routing}\n"
+        )
+    return "---\n".join(docs)
 
 
 def generate(repo: Path, n: int) -> None:
@@ -64,13 +92,7 @@ def generate(repo: Path, n: int) -> None:
         (specs / f"{api}.yaml").write_text("---\n".join(docs))
     functions = max(1, n // ALIASES_PER_FUNCTION)
     for f in range(functions):
-        docs = []
-        for i in range(f * ALIASES_PER_FUNCTION, min(n, (f + 1) * ALIASES_PER_FUNCTION)):
-            docs.append(
-                f"apiVersion: reconciler/v1\nkind: Alias\nmetadata: {{name: alias-{i:05d}}}\n"
-                f'spec:\n  function: fn-{f:04d}\n  routing: {{"1": 90, "2": 10}}\n'
-            )
-        (specs / f"fn-{f:04d}.yaml").write_text("---\n".join(docs))
+        (specs / f"fn-{f:04d}.yaml").write_text(alias_file(f, n))
     git(repo, "init", "-q", "-b", "main")
     git(repo, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "add", "-A")
     git(repo, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "generated specs")
@@ -89,18 +111,32 @@ def measured(argv: list[str], cwd: Path) -> tuple[float, float, int, str]:
     return wall, usage.ru_maxrss / 1024, proc.returncode, (out + err).decode()
 
 
+def prepare(root: Path, n: int) -> tuple[Path, Path]:
+    """The generated repository and a local cloud with two published versions per function."""
+    repo, state = root / "repo", root / "state"
+    generate(repo, n)
+    cloud = LocalCloud(state)
+    for f in range(max(1, n // ALIASES_PER_FUNCTION)):
+        cloud.publish_version(f"fn-{f:04d}")
+        cloud.publish_version(f"fn-{f:04d}")
+    cloud.close()
+    return repo, state
+
+
+def commit_alias_change(repo: Path, n: int, k: int) -> tuple[str, float]:
+    """Change the routing of alias-00000 (one document of one file), commit; the sha and when commit returned."""
+    weight = 50 + k % 40
+    (repo / "deploy_specs" / "fn-0000.yaml").write_text(alias_file(0, n, f'{{"1": {weight}, "2": {100 - weight}}}'))
+    subprocess.run(["git", "commit", "-qam", f"alias-00000 {weight}%"], cwd=repo, check=True)
+    done = time.monotonic()
+    return git(repo, "rev-parse", "HEAD"), done
+
+
 def bench(n: int) -> dict[str, tuple[float, float]]:
     root = Path(tempfile.mkdtemp(prefix=f"reconciler-bench-{n}-"))
-    repo = root / "repo"
-    state = root / "state"
     results: dict[str, tuple[float, float]] = {}
     try:
-        generate(repo, n)
-        cloud = LocalCloud(state)
-        for f in range(max(1, n // ALIASES_PER_FUNCTION)):
-            cloud.publish_version(f"fn-{f:04d}")
-            cloud.publish_version(f"fn-{f:04d}")
-        cloud.close()
+        repo, state = prepare(root, n)
         cli = [sys.executable, "-m", "reconciler"]
         common = ["--repo", str(repo), "--state-dir", str(state)]
 
@@ -119,26 +155,100 @@ def bench(n: int) -> dict[str, tuple[float, float]]:
         step("validate (warm cache)", "validate")
         step("apply (cold: create all)", "apply")
         step("plan (no-op)", "plan")
-        target = repo / "deploy_specs" / "fn-0000.yaml"
-        target.write_text(target.read_text().replace('{"1": 90, "2": 10}', '{"1": 80, "2": 20}', 1))
-        git(repo, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qam", "one alias")
+        for name in ("bench", "bench@localhost"):
+            git(repo, "config", "user.name" if "@" not in name else "user.email", name)
+        commit_alias_change(repo, n, 0)
         step("plan (one alias changed)", "plan", expect=(2,))
         step("apply (one alias changed)", "apply")
         step("plan (no-op after change)", "plan")
+        commit_alias_change(repo, n, 1)
+        step("apply (one alias, one command)", "apply")
         return results
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [500, 5000]
+def cli_mode(sizes: list[int], runs: int) -> None:
     for n in sizes:
-        results = bench(n)
-        floor = results["floor: read + parse YAML (process)"][0]
-        print(f"\nN = {n} ({n} stages + {n} aliases = {2 * n} resources)")
+        every = [bench(n) for _ in range(runs)]
+        print(f"\nN = {n} ({n} stages + {n} aliases = {2 * n} resources), median of {runs} runs")
         print(f"{'step':<40} {'wall s':>8} {'x floor':>8} {'peak RSS MB':>12}")
-        for name, (wall, rss) in results.items():
+        floor = statistics.median(r["floor: read + parse YAML (process)"][0] for r in every)
+        for name in every[0]:
+            wall = statistics.median(r[name][0] for r in every)
+            rss = statistics.median(r[name][1] for r in every)
             print(f"{name:<40} {wall:>8.3f} {wall / floor:>8.2f} {rss:>12.1f}")
+
+
+def daemon_run(n: int, commits: int) -> dict[str, list[float]]:
+    """One daemon and one floor watcher on a fresh N-resource repository; per-commit milliseconds."""
+    root = Path(tempfile.mkdtemp(prefix=f"reconciler-daemon-{n}-"))
+    daemon = floor = None
+    try:
+        repo, state = prepare(root, n)
+        for key, value in (("user.email", "bench@localhost"), ("user.name", "bench"), ("commit.gpgsign", "false")):
+            git(repo, "config", key, value)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "reconciler", "run", "--repo", str(repo), "--state-dir", str(state)]
+        argv += ["--listen", "127.0.0.1:0", "--log-format", "json", "--resync-interval", "3600"]
+        daemon = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root)
+        debounce_ms, step_ms = 20, 5  # the daemon's defaults (bench/latency.py)
+        floor = subprocess.Popen(
+            [sys.executable, "-c", WATCH_FLOOR, str(repo / ".git"), "main", str(debounce_ms), str(step_ms)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert daemon.stdout is not None and floor.stdout is not None
+        applied, seen = Arrivals(daemon.stdout, "daemon"), Arrivals(floor.stdout, "floor")
+        applied.wait(git(repo, "rev-parse", "HEAD"), timeout=300)  # the first pass creates all 2N resources
+        for warmup in range(3):
+            sha, _ = commit_alias_change(repo, n, 1000 + warmup)
+            applied.wait(sha, timeout=60)
+            seen.wait(sha)
+        times: dict[str, list[float]] = {"daemon": [], "floor": [], "reconcile": []}
+        for k in range(commits):
+            time.sleep(random.uniform(0.05, 0.15))
+            sha, t0 = commit_alias_change(repo, n, k)
+            times["daemon"].append((applied.wait(sha, timeout=60) - t0) * 1000)
+            times["floor"].append((seen.wait(sha) - t0) * 1000)
+            times["reconcile"].append(applied.durations[sha])
+        return times
+    finally:
+        for proc in (daemon, floor):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def daemon_mode(n: int, runs: int, commits: int) -> None:
+    rows = {"floor: bare watchfiles + read head": "floor", "daemon: commit -> applied + tagged": "daemon"}
+    rows["  of which the reconcile itself"] = "reconcile"
+    every = [daemon_run(n, commits) for _ in range(runs)]
+    print(f"\nN = {n} ({2 * n} resources), daemon, {commits} one-alias commits per run, median of {runs} runs")
+    print(f"{'':38} {'p50 ms':>8} {'p95 ms':>8}   per run p50")
+    for name, key in rows.items():
+        p50s = [percentile(t[key], 50) for t in every]
+        p95s = [percentile(t[key], 95) for t in every]
+        runs_text = " ".join(f"{v:.1f}" for v in p50s)
+        print(f"{name:38} {statistics.median(p50s):8.1f} {statistics.median(p95s):8.1f}   {runs_text}")
+    ratio = statistics.median(percentile(t["daemon"], 50) / percentile(t["floor"], 50) for t in every)
+    print(f"ratio p50 daemon / p50 floor: {ratio:.1f}  (targets: p50 <= 300 ms, p95 <= 500 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, help="N (stages, and as many aliases)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per size; the median is printed")
+    parser.add_argument("--daemon", action="store_true", help="measure the daemon: one-alias commit -> applied")
+    parser.add_argument("--commits", type=int, default=20, help="--daemon: commits per run")
+    args = parser.parse_args()
+    if args.daemon:
+        for n in args.sizes or [5000]:
+            daemon_mode(n, args.runs, args.commits)
+    else:
+        cli_mode(args.sizes or [500, 5000], args.runs)
 
 
 if __name__ == "__main__":
