@@ -13,8 +13,10 @@ git processes started here).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import io
 import json
 import os
 import posixpath
@@ -23,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 
 import git
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
+from gitdb import IStream, LooseObjectDB  # type: ignore[import-untyped]  # GitPython's object store, untyped
 
 from reconciler import failpoints
 from reconciler.errors import GitError, UnverifiedCommitError, UsageError
@@ -352,6 +356,10 @@ class GitRepo:
             self.repo = git.Repo(path, search_parent_directories=True)
         except (InvalidGitRepositoryError, NoSuchPathError):
             raise GitError(f"{path} is not inside a git repository; expected --repo to name one") from None
+        self._tag_numbers: dict[str, int] = {}  # instance -> highest applied tag number seen or made
+        self._packed_stamp: tuple[int, int] | None = None  # packed-refs (mtime, size) when the numbers were read
+        self._tagger_identity: tuple[str, str] | None = None
+        self._loose: Any = None  # gitdb LooseObjectDB, made on the first tag
         if self.repo.working_tree_dir is None:
             self.root = Path(self.repo.git_dir)
         else:
@@ -474,6 +482,7 @@ class GitRepo:
         refused.  Failures are temporary.
         """
         pattern = f"refs/tags/{TAG_PREFIX}/{instance}/*"
+        self._tag_numbers.pop(instance, None)  # the next number follows the fetched tags
         try:
             with self.repo.git.custom_environment(**_remote_env(self.ssh, self._origin_url())):
                 self.repo.git.fetch("--no-tags", "origin", f"{pattern}:{pattern}", kill_after_timeout=FETCH_TIMEOUT)
@@ -637,10 +646,16 @@ class GitRepo:
         return next((t for t in self.applied_tags(match["instance"]) if t.name == name), None)
 
     def create_applied_tag(self, instance: str, revision: str, message: dict[str, Any]) -> str:
-        """Tag ``revision`` as ``applied/<instance>/<n+1>`` with a JSON message."""
+        """Tag ``revision`` as ``applied/<instance>/<n+1>`` with a JSON message.
+
+        No git process: the annotated tag object is written to the object
+        database and the ref by git's lock-file protocol (``<ref>.lock`` created
+        exclusively, then renamed).  The next number is kept in memory, read from
+        the refs on first use and again whenever a name turns out taken or
+        packed-refs changed (another writer, ``git pack-refs``).
+        """
         for _ in range(5):
-            tags = self.applied_tags(instance)
-            number = (tags[0].number if tags else 0) + 1
+            number = self._next_tag_number(instance)
             name = f"{TAG_PREFIX}/{instance}/{number}"
             signed = {**message, "tag": name}
             signed.pop("mac", None)
@@ -648,32 +663,96 @@ class GitRepo:
                 signed["mac"] = tag_mac(self.tag_key, instance, name, revision)
             body = json.dumps(signed, sort_keys=True)
             try:
-                with (
-                    tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".json") as handle,
-                    self.repo.git.custom_environment(**self._identity()),
-                ):
-                    handle.write(body)
-                    handle.flush()
-                    # --no-sign: a user's tag.gpgSign must not stop (or prompt for) an applied tag
-                    self.repo.git.tag("-a", "--no-sign", name, revision, "-F", handle.name)
-                failpoints.hit("tag_created")  # a kill here: the tag exists, its maker never learnt it
-                return name
+                created = self._write_tag(name, revision, body)
             except OSError as exc:
                 raise GitError(f"cannot create tag {name}: {exc}") from None
-            except GitCommandError as exc:
-                if "already exists" in (exc.stderr or ""):
-                    continue
-                raise GitError(f"cannot create tag {name}: {exc.stderr.strip()}") from None
+            if created:
+                self._tag_numbers[instance] = number
+                failpoints.hit("tag_created")  # a kill here: the tag exists, its maker never learnt it
+                return name
+            self._tag_numbers.pop(instance, None)  # someone else took it: read the refs again
         raise GitError(f"cannot create an applied tag for {instance}: the numbers keep being taken")
 
-    def _identity(self) -> dict[str, str]:
-        reader = self.repo.config_reader()
-        env: dict[str, str] = {}
-        if not reader.has_option("user", "name") and "GIT_COMMITTER_NAME" not in os.environ:
-            env["GIT_COMMITTER_NAME"] = "reconciler"
-        if not reader.has_option("user", "email") and "GIT_COMMITTER_EMAIL" not in os.environ:
-            env["GIT_COMMITTER_EMAIL"] = "reconciler@localhost"
-        return env
+    def _next_tag_number(self, instance: str) -> int:
+        packed = self._packed_refs_stamp()
+        if instance not in self._tag_numbers or packed != self._packed_stamp:
+            self._packed_stamp = packed
+            self._tag_numbers[instance] = max(self._applied_tag_numbers(instance), default=0)
+        return self._tag_numbers[instance] + 1
+
+    def _packed_refs_stamp(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.common_dir / "packed-refs")
+        except FileNotFoundError:
+            return None
+        return info.st_mtime_ns, info.st_size
+
+    def _applied_tag_numbers(self, instance: str) -> list[int]:
+        """The numbers of ``applied/<instance>/*`` refs, loose and packed, read from the files."""
+        prefix = f"refs/tags/{TAG_PREFIX}/{instance}/"
+        numbers: list[int] = []
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            numbers += [int(e.name) for e in os.scandir(self.common_dir / prefix) if e.name.isdigit() and e.is_file()]
+        try:
+            with open(self.common_dir / "packed-refs", encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    ref = line.rstrip("\n").partition(" ")[2]
+                    if ref.startswith(prefix) and ref[len(prefix) :].isdigit():
+                        numbers.append(int(ref[len(prefix) :]))
+        except FileNotFoundError:
+            pass
+        return numbers
+
+    def _write_tag(self, name: str, revision: str, body: str) -> bool:
+        """Write the annotated tag ``name`` -> ``revision``; False if the name is taken (nothing written)."""
+        ref = self.common_dir / "refs" / "tags" / name
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        lock = ref.with_name(ref.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False  # another writer holds this very name right now
+        try:
+            if ref.exists():
+                return False
+            tagger_name, tagger_email = self._tagger()
+            offset = time.localtime().tm_gmtoff
+            zone = f"{'-' if offset < 0 else '+'}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
+            data = (
+                f"object {revision}\ntype commit\ntag {name}\n"
+                f"tagger {tagger_name} <{tagger_email}> {int(time.time())} {zone}\n\n{body}\n"
+            ).encode()
+            if self._loose is None:  # gitdb's writer: GitPython's own odb.store runs `git hash-object`
+                self._loose = LooseObjectDB(str(self.common_dir / "objects"))
+            stored = self._loose.store(IStream(b"tag", len(data), io.BytesIO(data)))
+            os.write(fd, f"{stored.binsha.hex()}\n".encode())
+            os.close(fd)
+            fd = -1
+            os.replace(lock, ref)
+            return True
+        finally:
+            if fd != -1:
+                os.close(fd)
+            if lock.exists():
+                lock.unlink()
+
+    def _tagger(self) -> tuple[str, str]:
+        """The tagger git would use (GIT_COMMITTER_* over user.*), else ``reconciler <reconciler@localhost>``."""
+        if self._tagger_identity is None:
+            reader = self.repo.config_reader()
+
+            def pick(env: str, key: str, default: str) -> str:
+                value = os.environ.get(env) or ""
+                if not value and reader.has_option("user", key):
+                    value = str(reader.get_value("user", key))
+                value = "".join(c for c in value if c not in "<>\n").strip()
+                return value or default
+
+            self._tagger_identity = (
+                pick("GIT_COMMITTER_NAME", "name", "reconciler"),
+                pick("GIT_COMMITTER_EMAIL", "email", "reconciler@localhost"),
+            )
+        return self._tagger_identity
 
 
 WORKTREE = "worktree"  # the "revision" of specs read from the working tree (``--worktree``)
