@@ -34,15 +34,17 @@ from urllib.parse import urlsplit
 
 import git
 from git.exc import BadName, GitCommandError, InvalidGitRepositoryError, NoSuchPathError
+from git.objects.fun import tree_entries_from_data
 from gitdb import IStream, LooseObjectDB  # type: ignore[import-untyped]  # GitPython's object store, untyped
 
 from reconciler import failpoints
 from reconciler.errors import GitError, UnverifiedCommitError, UsageError
-from reconciler.specs import MODE_SYMLINK, SourceFile
+from reconciler.specs import MODE_SUBMODULE, MODE_SYMLINK, SourceFile
 
 TAG_PREFIX = "applied"
 _TAG_RE = re.compile(r"applied/(?P<instance>[^/]+)/(?P<n>[0-9]+)")
 _RS = "\x1e"
+MODE_TREE = 0o040000
 
 
 def _quiet_git_env() -> None:
@@ -360,6 +362,8 @@ class GitRepo:
         self._packed_stamp: tuple[int, int] | None = None  # packed-refs (mtime, size) when the numbers were read
         self._tagger_identity: tuple[str, str] | None = None
         self._loose: Any = None  # gitdb LooseObjectDB, made on the first tag
+        self._trees: dict[tuple[bytes, str], list[SourceFile]] = {}  # the last listing, by (tree id, path prefix)
+        self._sizes: dict[str, int] = {}  # blob id -> size (a blob never changes)
         if self.repo.working_tree_dir is None:
             self.root = Path(self.repo.git_dir)
         else:
@@ -538,30 +542,39 @@ class GitRepo:
         return GitSpecSource(self, revision, root)
 
     def list_tree(self, revision: str, root: str) -> list[SourceFile]:
+        """Every file below ``root`` at ``revision`` (submodules left out), read in-process.
+
+        Trees are read from the object database (no ``git ls-tree``); a subtree
+        whose id the previous listing saw is not read again, and blob sizes are
+        remembered by blob id, so after a commit only the trees on the changed
+        paths are parsed.
+        """
         root = root.strip("/") or "."
         try:
-            out = self.repo.git.ls_tree("-r", "-l", "-z", "--full-tree", revision, "--", root)
-        except GitCommandError as exc:
-            raise GitError(f"cannot list {root}/ at {revision[:12]}: {exc.stderr.strip()}") from None
-        files: list[SourceFile] = []
-        for record in out.split("\x00"):
-            if not record:
-                continue
-            meta, _, path = record.partition("\t")
-            mode, kind, sha, size = meta.split(None, 3)
-            if kind == "commit":  # submodule
-                continue
-            files.append(
-                SourceFile(path=path, sha=sha, size=int(size) if size.strip() != "-" else 0, mode=int(mode, 8))
-            )
-        if not files and root != ".":
-            raise GitError(
-                f"the specs root {root}/ does not exist at {revision[:12]}; expected --path to name a folder"
-            )
-        itself = next((f for f in files if f.path == root), None)  # not a folder: never "valid, no specs"
-        if itself is not None:
-            what = "a symbolic link (never followed)" if itself.mode == MODE_SYMLINK else "a file"
-            raise GitError(f"the specs root {root} is {what} at {revision[:12]}; expected --path to name a folder")
+            tree = self.repo.commit(revision).tree
+            target: tuple[bytes, int] = (tree.binsha, MODE_TREE)
+            if root != ".":
+                parts = root.split("/")
+                for depth, part in enumerate(parts):
+                    entry = next((e for e in self._tree_entries(target[0]) if e[2] == part), None)
+                    if (
+                        entry is None
+                        or entry[1] == MODE_SUBMODULE
+                        or (entry[1] != MODE_TREE and depth < len(parts) - 1)
+                    ):
+                        missing = f"the specs root {root}/ does not exist at {revision[:12]}"
+                        raise GitError(f"{missing}; expected --path to name a folder")
+                    if entry[1] != MODE_TREE:
+                        what = "a symbolic link (never followed)" if entry[1] == MODE_SYMLINK else "a file"
+                        raise GitError(
+                            f"the specs root {root} is {what} at {revision[:12]}; expected --path to name a folder"
+                        )
+                    target = (entry[0], entry[1])
+            trees: dict[tuple[bytes, str], list[SourceFile]] = {}
+            files = self._walk(target[0], "" if root == "." else root + "/", trees)
+        except (BadName, ValueError, GitCommandError, KeyError) as exc:
+            raise GitError(f"cannot list {root}/ at {revision[:12]}: {exc}") from None
+        self._trees = trees  # the next listing reuses this one's unchanged subtrees
         return files
 
     def tree_entry(self, revision: str, path: str) -> SourceFile | None:
@@ -579,6 +592,33 @@ class GitRepo:
                 return None
             return SourceFile(path=path, sha=sha, size=int(size) if size.strip() != "-" else 0, mode=int(mode, 8))
         return None
+
+    def _tree_entries(self, binsha: bytes) -> list[tuple[bytes, int, str]]:
+        entries: list[tuple[bytes, int, str]] = tree_entries_from_data(self.repo.odb.stream(binsha).read())
+        return entries
+
+    def _walk(self, binsha: bytes, prefix: str, trees: dict[tuple[bytes, str], list[SourceFile]]) -> list[SourceFile]:
+        key = (binsha, prefix)
+        known = self._trees.get(key)
+        if known is None:
+            known = []
+            for sha, mode, name in sorted(self._tree_entries(binsha), key=lambda e: e[2]):
+                if mode == MODE_TREE:
+                    known += self._walk(sha, f"{prefix}{name}/", trees)
+                elif mode != MODE_SUBMODULE:
+                    hexsha = sha.hex()
+                    size = self._sizes.get(hexsha)
+                    if size is None:
+                        if len(self._sizes) > 100_000:
+                            self._sizes.clear()
+                        size = self._sizes[hexsha] = int(self.repo.odb.info(sha).size)
+                    known.append(SourceFile(path=f"{prefix}{name}", sha=hexsha, size=size, mode=mode))
+        else:  # an unchanged subtree: keep its own subtrees for the next listing too
+            for (sub, sub_prefix), listed in self._trees.items():
+                if sub_prefix.startswith(prefix) and sub_prefix != prefix:
+                    trees[(sub, sub_prefix)] = listed
+        trees[key] = known
+        return known
 
     def read_blob(self, sha: str) -> bytes:
         data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
