@@ -245,6 +245,7 @@ class Engine:
         return self.config.instance
 
     def close(self) -> None:
+        self.save_cache()
         if self._backend is not None:
             self._backend.close()
         self.records.close()
@@ -280,12 +281,14 @@ class Engine:
         if self._cache is None:
             self._cache = self.state.load_cache()
         cache = self._cache
-        try:
-            if revision == WORKTREE:  # validate/plan --worktree: uncommitted edits (never applied)
-                return load_desired(WorktreeSpecSource(self.repo, self.spec_root), cache)
-            return load_desired(self.repo.spec_source(revision, self.spec_root), cache)
-        finally:
-            cache.save()
+        if revision == WORKTREE:  # validate/plan --worktree: uncommitted edits (never applied)
+            return load_desired(WorktreeSpecSource(self.repo, self.spec_root), cache)
+        return load_desired(self.repo.spec_source(revision, self.spec_root), cache)
+
+    def save_cache(self) -> None:
+        """Persist newly parsed specs; called after a pass's result is out, and at ``close``."""
+        if self._cache is not None:
+            self._cache.save()
 
     def make_plan(self, revision: str, prune: bool = False) -> tuple[Plan, DesiredState, LiveState]:
         """The plan of the next pass: rollouts under way shape it (their next share; a failed one: stable)."""
@@ -387,6 +390,7 @@ class Engine:
             error=str(result.error) if result.error else None,
             rollouts_under_way=len(result.rollouts),
         )
+        self.save_cache()  # off the pass: after its result is recorded and logged
         return result
 
     def _save(self, record: InstanceRecord) -> None:
