@@ -19,6 +19,7 @@ replica took the number first.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -482,6 +483,7 @@ class Daemon:
     # ---------------------------------------------------------------- worker
 
     def _work(self) -> None:
+        frozen = False
         while (reasons := self.triggers.take()) is not None:
             structlog.contextvars.bind_contextvars(trigger=",".join(sorted(reasons)))
             self._busy, self._beat = True, time.monotonic()
@@ -497,6 +499,10 @@ class Daemon:
             finally:
                 self._busy = False
                 structlog.contextvars.clear_contextvars()
+            if not frozen:  # start-up is over (modules, caches, the first desired state): keep them out of gc
+                gc.collect()
+                gc.freeze()
+                frozen = True
 
     def _pass(self, reasons: set[str]) -> None:
         engine = self._prepare(reasons)
