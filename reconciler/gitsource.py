@@ -706,11 +706,12 @@ class GitRepo:
                 created = self._write_tag(name, revision, body)
             except OSError as exc:
                 raise GitError(f"cannot create tag {name}: {exc}") from None
+            self._tag_numbers[instance] = number
             if created:
-                self._tag_numbers[instance] = number
                 failpoints.hit("tag_created")  # a kill here: the tag exists, its maker never learnt it
                 return name
-            self._tag_numbers.pop(instance, None)  # someone else took it: read the refs again
+            # someone else has it (or is writing it right now: its lock is held): read the refs again, go past it
+            self._tag_numbers[instance] = max([number, *self._applied_tag_numbers(instance)])
         raise GitError(f"cannot create an applied tag for {instance}: the numbers keep being taken")
 
     def _next_tag_number(self, instance: str) -> int:

@@ -7,9 +7,6 @@ one, not the count (a deleted tag leaves a gap that must not be reused).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -77,56 +74,44 @@ def test_rollback_without_a_target_goes_to_the_tag_before_the_current_past_ten(
     assert pinned["tag"] == "applied/default/10" and pinned["revision"] == revisions[9]
 
 
-# A stand-in for another reconciler taking the number this one is about to use: when
-# ``git tag -a … applied/<instance>/<n>`` runs, it first makes that very tag itself.
-TAKER = """#!/bin/sh
-for arg in "$@"; do
-  case "$arg" in
-    applied/*/*)
-      if [ ! -e "$TAKEN_MARK" ] || [ "$TAKE_ALWAYS" = 1 ]; then
-        touch "$TAKEN_MARK"
-        "$REAL_GIT" tag -a "$arg" HEAD -m '{"taken": "by another reconciler"}' 2>/dev/null
-      fi;;
-  esac
-done
-exec "$REAL_GIT" "$@"
-"""
+# Another writer taking the number this one is about to use: git's own writers hold
+# ``refs/tags/<name>.lock`` while they write a ref, so a held lock is that race, frozen.
+def hold(repo: SpecRepo, *numbers: int) -> list[Path]:
+    """The ref locks of ``applied/default/<n>``, as another git writer holds them mid-write."""
+    locks = []
+    for n in numbers:
+        lock = repo.path / ".git" / "refs" / "tags" / "applied" / "default" / f"{n}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text("")
+        locks.append(lock)
+    return locks
 
 
-def run_with_taker(
-    repo: SpecRepo, tmp_path: Path, *args: str, always: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """``reconciler <args>`` as a process whose git is the tag taker above."""
-    taker = tmp_path / "git-taker"
-    taker.write_text(TAKER, encoding="utf-8")
-    taker.chmod(0o755)
-    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True, check=True).stdout.strip()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
-    env |= {"GIT_PYTHON_GIT_EXECUTABLE": str(taker), "REAL_GIT": real_git, "TAKEN_MARK": str(tmp_path / "taken")}
-    env["TAKE_ALWAYS"] = "1" if always else "0"
-    argv = [sys.executable, "-m", "reconciler", *args, "--repo", str(repo.path), "--state-dir", str(repo.state_dir)]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+def finish(repo: SpecRepo, locks: list[Path]) -> None:
+    """The other writer completes: its locks go, its tags exist."""
+    for lock in locks:
+        lock.unlink()
+        repo.git("tag", "-a", f"applied/default/{lock.name.removesuffix('.lock')}", "HEAD", "-m", '{"taken": "yes"}')
 
 
-def test_a_tag_number_taken_while_tagging_moves_to_the_next_number(example_repo: SpecRepo, tmp_path: Path) -> None:
-    """When another reconciler takes applied/default/1 between listing and tagging, the apply is tagged 2."""
-    done = run_with_taker(example_repo, tmp_path, "apply", "--output", "json")
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "taken").exists()
-    assert '"tag": "applied/default/2"' in done.stdout
+def test_a_tag_number_taken_while_tagging_moves_to_the_next_number(example_repo: SpecRepo) -> None:
+    """When another writer is making applied/default/1 while this one tags, the apply is tagged 2."""
+    locks = hold(example_repo, 1)
+    done = example_repo.cli_json("apply")
+    assert done["tag"] == "applied/default/2", done
+    finish(example_repo, locks)
     assert example_repo.git("tag", "--list", "applied/*").split() == ["applied/default/1", "applied/default/2"]
     assert example_repo.git("rev-parse", "applied/default/2^{commit}") == example_repo.head()
 
 
-def test_numbers_taken_again_and_again_leave_the_tag_owed_to_the_next_reconcile(
-    example_repo: SpecRepo, tmp_path: Path
-) -> None:
+def test_numbers_taken_again_and_again_leave_the_tag_owed_to_the_next_reconcile(example_repo: SpecRepo) -> None:
     """If every number is taken in turn, the apply still succeeds; the tag is made by the next reconcile."""
-    done = run_with_taker(example_repo, tmp_path, "apply", always=True)
-    assert done.returncode == 0, done.stderr
+    locks = hold(example_repo, 1, 2, 3, 4, 5)
+    done = example_repo.cli("apply")
+    assert done.code == 0, done.stderr
     assert "numbers keep being taken" in done.stderr
-    taken = example_repo.git("tag", "--list", "applied/*").split()
-    assert len(taken) == 5  # five attempts, each number taken by the stand-in
+    assert example_repo.git("tag", "--list", "applied/*") == ""  # five attempts, each number being written by another
+    finish(example_repo, locks)
     assert example_repo.cli_json("apply")["tag"] == "applied/default/6"
 
 
