@@ -92,13 +92,15 @@ class Rates:
     """Requests per second the backend allows itself (burst = bucket size), under AWS's quotas.
 
     API Gateway: 10 rps for all control calls (AWS allows a burst of 40; we
-    stay at 10), ``CreateDeployment`` 1 per 5 s per account, ``PutRestApi``
-    1/s.  Lambda control calls: 15 rps.  Tests scale them up with ``scaled``.
+    stay at 10), ``CreateDeployment`` 1 per 5 s per account, ``CreateRestApi``
+    1 per 3 s, ``PutRestApi`` 1/s.  Lambda control calls: 15 rps.  Tests scale
+    them up with ``scaled``.
     """
 
     apigateway: float = 10.0
     apigateway_burst: int = 10
     create_deployment: float = 0.2
+    create_rest_api: float = 1 / 3
     put_rest_api: float = 1.0
     lambda_: float = 15.0
     lambda_burst: int = 15
@@ -109,6 +111,7 @@ class Rates:
             self,
             apigateway=self.apigateway * factor,
             create_deployment=self.create_deployment * factor,
+            create_rest_api=self.create_rest_api * factor,
             put_rest_api=self.put_rest_api * factor,
             lambda_=self.lambda_ * factor,
         )
@@ -185,6 +188,7 @@ def make_limiter(rates: Rates, clock: Callable[[], float], sleep: Callable[[floa
     limiter = RateLimiter(clock, sleep)
     limiter.add("apigateway", rates.apigateway, rates.apigateway_burst)
     limiter.add("apigateway.CreateDeployment", rates.create_deployment, 1)
+    limiter.add("apigateway.CreateRestApi", rates.create_rest_api, 1)
     limiter.add("apigateway.PutRestApi", rates.put_rest_api, 1)
     limiter.add("lambda", rates.lambda_, rates.lambda_burst)
     return limiter
@@ -220,6 +224,12 @@ def to_backend_error(exc: Exception, resource: str, operation: str) -> BackendEr
         return BackendError(f"{resource}: {operation} failed: {code}: pass --region or set AWS_REGION", code=code)
     temporary = isinstance(exc, ConnectionError | HTTPClientError)
     return BackendError(f"{resource}: {operation} failed: {code}: {one_line(str(exc))}", temporary=temporary, code=code)
+
+
+def _attempt(request: Any) -> int:
+    """Which attempt at one operation this HTTP request is (1 = the first; botocore counts them in the context)."""
+    context = getattr(request, "context", None) or {}
+    return int(context.get("retries", {}).get("attempt", 1))
 
 
 class AwsCalls:
@@ -268,12 +278,23 @@ class AwsCalls:
         self.apigateway.meta.events.register("before-call", self._pace_apigateway)
         self.apigateway_once.meta.events.register("before-call", self._pace_apigateway)
         self.lambda_.meta.events.register("before-call", self._pace_lambda)
+        # botocore's retries (throttling, 5xx) send again without a new before-call: pace each resend too
+        self.apigateway.meta.events.register("before-send", self._pace_apigateway_retry)
+        self.lambda_.meta.events.register("before-send", self._pace_lambda_retry)
 
     def _pace_apigateway(self, model: Any, **_: Any) -> None:
         self.limiter.acquire(("apigateway", f"apigateway.{model.name}"))
 
     def _pace_lambda(self, model: Any, **_: Any) -> None:
         self.limiter.acquire(("lambda", f"lambda.{model.name}"))
+
+    def _pace_apigateway_retry(self, request: Any, event_name: str, **_: Any) -> None:
+        if _attempt(request) > 1:
+            self.limiter.acquire(("apigateway", f"apigateway.{event_name.rsplit('.', 1)[-1]}"))
+
+    def _pace_lambda_retry(self, request: Any, event_name: str, **_: Any) -> None:
+        if _attempt(request) > 1:
+            self.limiter.acquire(("lambda", f"lambda.{event_name.rsplit('.', 1)[-1]}"))
 
     def call(self, resource: str, operation: str, request: Callable[[], T]) -> T:
         """Run ``request`` (one AWS operation, or one paginated listing); failures become ``BackendError``."""
