@@ -67,7 +67,7 @@ from reconciler.plan import (
 from reconciler.records import RecordStore, make_record_store
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
-from reconciler.specs import DesiredState, load_desired
+from reconciler.specs import DesiredState, SpecMemo, load_desired
 from reconciler.state import InstanceRecord, Pin, StateDir
 from reconciler.statepath import state_path, url_state_path
 
@@ -211,6 +211,7 @@ class Engine:
         self._signatures: SignaturePolicy | None = None  # --allowed-signers / --trusted-gpg-keys
         if config.allowed_signers is not None or config.trusted_gpg_keys is not None:  # a bad file: refused now
             self._signatures = signature_policy(config, self.state.path)
+        self._memo = SpecMemo()  # validated spec files of the last load: the next validates only changed files
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
@@ -318,7 +319,7 @@ class Engine:
         cache = self._cache
         if revision == WORKTREE:  # validate/plan --worktree: uncommitted edits (never applied)
             return load_desired(WorktreeSpecSource(self.repo, self.spec_root), cache)
-        return load_desired(self.repo.spec_source(revision, self.spec_root), cache)
+        return load_desired(self.repo.spec_source(revision, self.spec_root), cache, self._memo)
 
     def save_cache(self) -> None:
         """Persist newly parsed specs; called after a pass's result is out, and at ``close``."""

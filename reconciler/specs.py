@@ -501,7 +501,40 @@ class _Issues:
 # ------------------------------------------------------------------- loading
 
 
-def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = None) -> DesiredState:
+@dataclass
+class _FileResult:
+    """One spec file read and checked on its own: its documents, their types, and its issues."""
+
+    docs: list[_Doc]  # documents with a valid envelope
+    typed: list[tuple[_Doc, Any]]  # those whose name and spec validated
+    read_issues: list[SpecIssue]  # reading, YAML and envelope
+    schema_issues: list[SpecIssue]  # names and spec fields
+
+
+class SpecMemo:
+    """Validated documents by (path, blob id, mode), kept by a long-lived engine between loads.
+
+    A file's documents and issues depend only on its path and content, so a
+    load validates only the files new since the previous one (after a commit:
+    the changed files); the references between documents are resolved in full
+    every time.  Holds the files of the last load only.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str, int], _FileResult] = {}
+
+
+def _check_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str, Any]) -> _FileResult:
+    read = _Issues()
+    docs = _read_spec_file(source, entry, cache, read)
+    schema = _Issues()
+    typed = _validate_schema(docs, schema)
+    return _FileResult(docs, typed, read.items, schema.items)
+
+
+def load_desired(
+    source: SpecSource, cache: MutableMapping[str, Any] | None = None, memo: SpecMemo | None = None
+) -> DesiredState:
     """Parse and validate every spec of ``source``; raise ``SpecError`` listing all issues."""
     issues = _Issues()
     files = {f.path: f for f in source.files()}
@@ -510,19 +543,28 @@ def load_desired(source: SpecSource, cache: MutableMapping[str, Any] | None = No
     if cache is None:
         cache = {}
     docs: list[_Doc] = []
+    checked: dict[tuple[str, str, int], _FileResult] = {}
     unreadable: dict[str, list[SpecIssue]] = {}  # files that are no spec file; fine if they are definitions
     for path in sorted(files):
         entry = files[path]
         if not path.endswith((".yaml", ".yml", ".json")):  # JSON is YAML: read the same way
             continue
-        own = _Issues()
-        found = _read_spec_file(source, entry, cache, own)
-        docs.extend(found)
-        if own.items and not found:
-            unreadable[path] = own.items
+        key = (path, entry.sha, entry.mode)
+        result = memo.files.get(key) if memo is not None else None
+        if result is None:
+            result = _check_file(source, entry, cache)
+        checked[key] = result
+        docs.extend(result.docs)
+        if result.read_issues and not result.docs:
+            unreadable[path] = result.read_issues
         else:
-            issues.items.extend(own.items)
-    typed = _validate_schema(docs, issues)
+            issues.items.extend(result.read_issues)
+    if memo is not None:
+        memo.files = checked
+    typed: list[tuple[_Doc, Any]] = []
+    for result in checked.values():  # in file order, as one pass over every document would report them
+        issues.items.extend(result.schema_issues)
+        typed.extend(result.typed)
     declared_apis = {doc.name for doc in docs if doc.kind == "RestApi"}
     definitions = _Definitions(source, files, cache, issues)
     state = _resolve(typed, declared_apis, definitions, issues)
@@ -931,6 +973,7 @@ __all__ = [
     "RolloutSpec",
     "RolloutStep",
     "SourceFile",
+    "SpecMemo",
     "SpecSource",
     "StageSpec",
     "load_desired",
