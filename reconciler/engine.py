@@ -73,6 +73,7 @@ from reconciler.statepath import state_path, url_state_path
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
+CACHE_SAVE_INTERVAL = 30.0  # seconds between parse cache writes of a long-lived engine (and at close)
 UNTAGGED = "untagged"  # instance record key: the message of an applied tag not made yet
 OWED = "rollout_actions"  # instance record key: actions applied by passes of a rollout not finished yet
 MAX_ROUNDS = 64  # decide -> apply rounds in one pass (each round moves at least one rollout one step)
@@ -211,6 +212,7 @@ class Engine:
         self._signatures: SignaturePolicy | None = None  # --allowed-signers / --trusted-gpg-keys
         if config.allowed_signers is not None or config.trusted_gpg_keys is not None:  # a bad file: refused now
             self._signatures = signature_policy(config, self.state.path)
+        self._cache_saved = float("-inf")  # when the parse cache file was last written
         self._memo = SpecMemo()  # validated spec files of the last load: the next validates only changed files
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
@@ -321,10 +323,19 @@ class Engine:
             return load_desired(WorktreeSpecSource(self.repo, self.spec_root), cache)
         return load_desired(self.repo.spec_source(revision, self.spec_root), cache, self._memo)
 
-    def save_cache(self) -> None:
-        """Persist newly parsed specs; called after a pass's result is out, and at ``close``."""
-        if self._cache is not None:
+    def save_cache(self, force: bool = True) -> None:
+        """Persist newly parsed specs: at ``close``, and after a pass at most every ``CACHE_SAVE_INTERVAL`` s.
+
+        The file only spares the next process the parsing; a long-lived engine
+        keeps the cache in memory, so rewriting it after every pass would only
+        delay the next one (a crash loses at most the last interval's entries).
+        """
+        if self._cache is None:
+            return
+        now = time.monotonic()
+        if force or now - self._cache_saved >= CACHE_SAVE_INTERVAL:
             self._cache.save()
+            self._cache_saved = now
 
     def make_plan(self, revision: str, prune: bool = False) -> tuple[Plan, DesiredState, LiveState]:
         """The plan of the next pass: rollouts under way shape it (their next share; a failed one: stable)."""
@@ -426,7 +437,7 @@ class Engine:
             error=str(result.error) if result.error else None,
             rollouts_under_way=len(result.rollouts),
         )
-        self.save_cache()  # off the pass: after its result is recorded and logged
+        self.save_cache(force=False)  # off the pass: after its result is recorded and logged
         return result
 
     def _save(self, record: InstanceRecord) -> None:

@@ -474,6 +474,7 @@ class _Doc:
     lines: Lines
     line: int
     adopt: bool = False
+    _sorted_lines: tuple[tuple[str, int], ...] | None = field(default=None, compare=False, repr=False)
 
     def line_of(self, path: str) -> int:
         """The line of ``path`` (dotted), else of its nearest recorded parent."""
@@ -484,7 +485,9 @@ class _Doc:
         return self.line
 
     def at(self, path: str) -> Location:
-        return Location(self.file, self.line_of(path), tuple(sorted(self.lines.items())))
+        if self._sorted_lines is None:  # once per document: memoised documents keep it across loads
+            self._sorted_lines = tuple(sorted(self.lines.items()))
+        return Location(self.file, self.line_of(path), self._sorted_lines)
 
 
 class _Issues:
