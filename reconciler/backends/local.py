@@ -438,15 +438,26 @@ class LocalBackend:
     def __init__(self, state_dir: Path, instance: str = DEFAULT_INSTANCE) -> None:
         self.cloud = LocalCloud(state_dir)
         self.instance = instance
+        self._live: LiveState | None = None  # the last whole read, kept up to date with this backend's own applies
+        self._seen: tuple[int, int] = (-1, -1)  # (PRAGMA data_version, total_changes) that _live reflects
 
     def close(self) -> None:
         self.cloud.close()
 
     def read(self, desired: DesiredState) -> LiveState:
-        """Everything the simulation holds (it is small enough to read whole), as one consistent snapshot."""
+        """Everything the simulation holds, as one consistent snapshot.
+
+        Read whole once, then kept in memory: this backend's own applies update
+        the resources they touched, and the whole is read again only when SQLite
+        says another connection wrote (``PRAGMA data_version``) or this one
+        wrote outside ``apply`` (``total_changes``).
+        """
         try:
             with self.cloud.snapshot() as db:
-                return self._read(db)
+                seen = (int(db.execute("PRAGMA data_version").fetchone()[0]), self.cloud.db.total_changes)
+                if self._live is None or seen != self._seen:
+                    self._live, self._seen = self._read(db), seen
+                live = self._live
         except sqlite3.OperationalError as exc:  # locked or busy: retrying may help
             raise BackendError(f"local backend: cannot read {self.cloud.path}: {exc}", temporary=True) from None
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:  # a damaged page or row: it will not
@@ -454,6 +465,50 @@ class LocalBackend:
                 f"local backend: {self.cloud.path} is damaged ({exc}); restore it from a backup, or delete it "
                 "to start afresh"
             ) from None
+        return LiveState(
+            apis=dict(live.apis),
+            deployments={api: dict(by_hash) for api, by_hash in live.deployments.items()},
+            stages=dict(live.stages),
+            aliases=dict(live.aliases),
+            versions={function: set(versions) for function, versions in live.versions.items()},
+            instance=live.instance,
+        )
+
+    def _refresh(self, action: Action) -> None:
+        """After ``action`` committed: its resource as the database now has it, or a whole read next time."""
+        live = self._live
+        if live is None:
+            return
+        changes = self.cloud.db.total_changes
+        with self.cloud.snapshot() as db:
+            if isinstance(action, CreateAlias | UpdateAlias | DeleteAlias):
+                key = (action.function, action.alias)
+                row = db.execute("SELECT * FROM aliases WHERE function = ? AND name = ?", key).fetchone()
+                if row is None:
+                    live.aliases.pop(key, None)
+                else:
+                    live.aliases[key] = self._alias_of(row)
+            elif isinstance(action, CreateStage | UpdateStage | DeleteStage):
+                ids = db.execute("SELECT id FROM rest_apis WHERE name = ?", (action.api,)).fetchall()
+                if len(ids) != 1:  # no API, or two of one name: as the whole read resolves it
+                    self._live = None
+                    return
+                api_id = ids[0]["id"]
+                key = (action.api, action.stage)
+                row = db.execute(
+                    "SELECT * FROM stages WHERE api_id = ? AND name = ?", (api_id, action.stage)
+                ).fetchone()
+                if row is None:
+                    live.stages.pop(key, None)
+                else:
+                    hashes = dict(
+                        db.execute("SELECT id, definition_sha256 FROM deployments WHERE api_id = ?", (api_id,))
+                    )
+                    live.stages[key] = self._stage_of(row, action.api, hashes)
+            else:  # APIs and deployments (rare: a definition changed): read everything again
+                self._live = None
+                return
+        self._seen = (self._seen[0], changes)
 
     def _read(self, db: sqlite3.Connection) -> LiveState:
         live = LiveState(instance=self.instance)
@@ -476,44 +531,14 @@ class LocalBackend:
                 row["definition_sha256"], LiveDeployment(row["id"], row["definition_sha256"], row["revision"])
             )
         for row in db.execute("SELECT * FROM stages"):
-            canary = None
-            if row["canary"]:
-                raw = json.loads(row["canary"])
-                canary = LiveCanary(
-                    percent_traffic=normalize_percent(raw["percentTraffic"]),
-                    definition_sha256=hashes.get(raw["deploymentId"]),
-                    deployment_id=raw["deploymentId"],
-                    variables=raw.get("stageVariableOverrides", {}),
-                    use_stage_cache=bool(raw.get("useStageCache", False)),
-                )
             api = names[row["api_id"]]
-            live.stages[(api, row["name"])] = LiveStage(
-                api=api,
-                name=row["name"],
-                deployment_id=row["deployment_id"],
-                definition_sha256=hashes.get(row["deployment_id"]),
-                description=row["description"],
-                variables=json.loads(row["variables"]),
-                canary=canary,
-                url=self.cloud.url(row["api_id"], row["name"]),
-                managed=bool(row["managed"]),
-                owner=row["owner"],
-                settings=settings_from_json(json.loads(row["settings"]) if row["settings"] else None),
-            )
+            live.stages[(api, row["name"])] = self._stage_of(row, api, hashes)
         for row in db.execute("SELECT name FROM functions"):
             live.versions[row["name"]] = {LATEST}
         for row in db.execute("SELECT function, version FROM versions"):
             live.versions[row["function"]].add(str(row["version"]))
         for row in db.execute("SELECT * FROM aliases"):
-            live.aliases[(row["function"], row["name"])] = LiveAlias(
-                function=row["function"],
-                name=row["name"],
-                description=row["description"],
-                routing=routing_from_lambda(row["function_version"], json.loads(row["additional_weights"])),
-                managed=bool(row["managed"]),
-                revision_id=row["revision_id"],
-                owner=row["owner"],
-            )
+            live.aliases[(row["function"], row["name"])] = self._alias_of(row)
         return live
 
     def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
@@ -522,7 +547,45 @@ class LocalBackend:
         except sqlite3.Error as exc:
             raise BackendError(f"local backend: {exc}", temporary=True, code="SQLiteError") from None
 
+    def _stage_of(self, row: sqlite3.Row, api: str, hashes: dict[str, str | None]) -> LiveStage:
+        canary = None
+        if row["canary"]:
+            raw = json.loads(row["canary"])
+            canary = LiveCanary(
+                percent_traffic=normalize_percent(raw["percentTraffic"]),
+                definition_sha256=hashes.get(raw["deploymentId"]),
+                deployment_id=raw["deploymentId"],
+                variables=raw.get("stageVariableOverrides", {}),
+                use_stage_cache=bool(raw.get("useStageCache", False)),
+            )
+        return LiveStage(
+            api=api,
+            name=row["name"],
+            deployment_id=row["deployment_id"],
+            definition_sha256=hashes.get(row["deployment_id"]),
+            description=row["description"],
+            variables=json.loads(row["variables"]),
+            canary=canary,
+            url=self.cloud.url(row["api_id"], row["name"]),
+            managed=bool(row["managed"]),
+            owner=row["owner"],
+            settings=settings_from_json(json.loads(row["settings"]) if row["settings"] else None),
+        )
+
+    def _alias_of(self, row: sqlite3.Row) -> LiveAlias:
+        return LiveAlias(
+            function=row["function"],
+            name=row["name"],
+            description=row["description"],
+            routing=routing_from_lambda(row["function_version"], json.loads(row["additional_weights"])),
+            managed=bool(row["managed"]),
+            revision_id=row["revision_id"],
+            owner=row["owner"],
+        )
+
     def apply(self, action: Action) -> None:
+        if self.cloud.db.total_changes != self._seen[1]:  # written outside apply since: the kept state is unsure
+            self._live = None
         try:
             with self.cloud.transaction():
                 self._apply(action)
@@ -530,6 +593,10 @@ class LocalBackend:
             damaged = "malformed" in str(exc) or "not a database" in str(exc)  # a damaged page: it will not
             where = f" ({self.cloud.path} is damaged)" if damaged else ""
             raise BackendError(f"local backend: {exc}{where}", temporary=not damaged, code="SQLiteError") from None
+        try:
+            self._refresh(action)
+        except sqlite3.Error:  # the action is done; only the kept state is unsure: read it whole next time
+            self._live = None
 
     def _deployment_for(self, api_id: str, sha256: str) -> str:
         row = self.cloud.db.execute(
