@@ -540,7 +540,8 @@ def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]
             continue
         changes: dict[str, Change] = {}
         _changed(changes, "description", current.description or None, alias.description or None)
-        _changed(changes, "routing", routing_json(current.routing), routing_json(alias.routing))
+        if current.routing != alias.routing:  # compared as data; formatted only when it changed
+            changes["routing"] = (routing_json(current.routing), routing_json(alias.routing))
         if changes:
             updates.append(
                 UpdateAlias(

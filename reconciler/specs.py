@@ -512,6 +512,7 @@ class _FileResult:
     typed: list[tuple[_Doc, Any]]  # those whose name and spec validated
     read_issues: list[SpecIssue]  # reading, YAML and envelope
     schema_issues: list[SpecIssue]  # names and spec fields
+    apis: frozenset[str]  # the RestApi names it declares (valid or not)
 
 
 class SpecMemo:
@@ -532,7 +533,8 @@ def _check_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str
     docs = _read_spec_file(source, entry, cache, read)
     schema = _Issues()
     typed = _validate_schema(docs, schema)
-    return _FileResult(docs, typed, read.items, schema.items)
+    apis = frozenset(doc.name for doc in docs if doc.kind == "RestApi")
+    return _FileResult(docs, typed, read.items, schema.items, apis)
 
 
 def load_desired(
@@ -545,7 +547,6 @@ def load_desired(
     _check_budget(source, read, [])
     if cache is None:
         cache = {}
-    docs: list[_Doc] = []
     checked: dict[tuple[str, str, int], _FileResult] = {}
     unreadable: dict[str, list[SpecIssue]] = {}  # files that are no spec file; fine if they are definitions
     for path in sorted(files):
@@ -557,7 +558,6 @@ def load_desired(
         if result is None:
             result = _check_file(source, entry, cache)
         checked[key] = result
-        docs.extend(result.docs)
         if result.read_issues and not result.docs:
             unreadable[path] = result.read_issues
         else:
@@ -568,7 +568,7 @@ def load_desired(
     for result in checked.values():  # in file order, as one pass over every document would report them
         issues.items.extend(result.schema_issues)
         typed.extend(result.typed)
-    declared_apis = {doc.name for doc in docs if doc.kind == "RestApi"}
+    declared_apis: set[str] = set().union(*(result.apis for result in checked.values()))
     definitions = _Definitions(source, files, cache, issues)
     state = _resolve(typed, declared_apis, definitions, issues)
     for path, items in unreadable.items():
