@@ -475,6 +475,8 @@ class _Doc:
     line: int
     adopt: bool = False
     _sorted_lines: tuple[tuple[str, int], ...] | None = field(default=None, compare=False, repr=False)
+    # what _resolve made of it last time, and the API definition that was against (memoised documents only)
+    resolved: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)
 
     def line_of(self, path: str) -> int:
         """The line of ``path`` (dotted), else of its nearest recorded parent."""
@@ -774,22 +776,35 @@ def _resolve(
         if doc.kind == "Stage" and unique(
             doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"
         ):
-            stage = _stage(doc, spec, state, declared_apis, definitions, issues)
+            api = state.apis.get(spec.api)
+            # a memoised document's stage, when it reads no definition file of its own and its API's
+            # definition is the one it was resolved against (it depends on nothing else)
+            reusable = spec.definition is None and (spec.canary is None or spec.canary.definition is None)
+            if reusable and api is not None and doc.resolved is not None and doc.resolved[0] == api.definition:
+                stage = doc.resolved[1]
+            else:
+                before = len(issues.items)
+                stage = _stage(doc, spec, state, declared_apis, definitions, issues)
+                ok = reusable and api is not None and stage is not None and len(issues.items) == before
+                doc.resolved = (api.definition, stage) if ok and api is not None else None
             if stage is not None:
                 state.stages[(stage.api, stage.name)] = stage
         elif doc.kind == "Alias" and unique(
             doc, ("Alias", spec.function, doc.name), f"alias {doc.name!r} of function {spec.function!r}"
         ):
-            routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
-            state.aliases[(spec.function, doc.name)] = DesiredAlias(
-                spec.function,
-                doc.name,
-                spec.description,
-                routing,
-                doc.at(""),
-                desired_rollout(spec.rollout),
-                adopt=doc.adopt,
-            )
+            if doc.resolved is None:  # an alias depends on its own document only
+                routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
+                alias = DesiredAlias(
+                    spec.function,
+                    doc.name,
+                    spec.description,
+                    routing,
+                    doc.at(""),
+                    desired_rollout(spec.rollout),
+                    adopt=doc.adopt,
+                )
+                doc.resolved = (None, alias)
+            state.aliases[(spec.function, doc.name)] = doc.resolved[1]
     return state
 
 

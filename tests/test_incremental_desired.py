@@ -81,7 +81,7 @@ def test_incremental_desired_state_equals_a_cold_load(example_repo: SpecRepo, se
     try:
         for step in range(30):
             for _ in range(rng.randint(1, 3)):
-                action = rng.randrange(5)
+                action = rng.randrange(6)
                 if action == 0 and files:  # delete
                     path = rng.choice(sorted(files))
                     example_repo.remove(path)
@@ -99,6 +99,13 @@ def test_incremental_desired_state_equals_a_cold_load(example_repo: SpecRepo, se
                     weight = rng.randrange(1, 100)
                     example_repo.write(
                         "deploy_specs/aliases.yaml", f'{head}routing: {{"1": {weight}, "2": {100 - weight}}}\n'
+                    )
+                elif action == 3:  # the API's definition changed: every stage of it resolves against the new one
+                    text = (example_repo.path / "deploy_specs/openapi.yaml").read_text()
+                    head, _, tail = text.partition("  version: ")
+                    example_repo.write(
+                        "deploy_specs/openapi.yaml",
+                        f'{head}  version: "{step}.{rng.randrange(9)}"\n{tail.partition(chr(10))[2]}',
                     )
                 else:  # a file added or rewritten
                     path = f"deploy_specs/{rng.choice(['', 'sub/'])}f{rng.randrange(6)}.yaml"
