@@ -52,6 +52,8 @@ from reconciler.gitsource import (
 from reconciler.parsecache import ParseCache
 from reconciler.plan import (
     Action,
+    AdoptApi,
+    AdoptStage,
     CreateApi,
     CreateDeployment,
     CreateStage,
@@ -126,26 +128,29 @@ class ReconcileResult:
         return "invalid" if isinstance(self.error, SpecError) else "failed"
 
 
-API_CHAIN = (CreateApi, UpdateApi, CreateDeployment, CreateStage, UpdateStage)
+API_CHAIN = (CreateApi, AdoptApi, UpdateApi, CreateDeployment, CreateStage, AdoptStage, UpdateStage)
 
 
 def execution_order(actions: Sequence[Action]) -> list[Action]:
-    """The plan's actions in the order they run: API by API, each API's import, deployment and stages
-    together, then everything else (aliases, deletions) in plan order.
+    """The plan's actions in the order they run: within each run of API and stage actions, API by API
+    (that API's import, deployment and stages together); every other action keeps its place.
 
     The plan lists actions by kind (DESIGN §3), and within one API that order
     holds.  Across APIs, running one API's stages while the next API's
     ``CreateDeployment`` waits for its quota (1 per 5 s per account) keeps the
     deployment chain, the critical path, the only thing waited for.
     """
+    ordered: list[Action] = []
     chains: dict[str, list[Action]] = {}
-    rest: list[Action] = []
-    for action in actions:
+    for action in [*actions, None]:
         if isinstance(action, API_CHAIN):
             chains.setdefault(action.api, []).append(action)
-        else:
-            rest.append(action)
-    return [action for chain in chains.values() for action in chain] + rest
+            continue
+        ordered += [chained for chain in chains.values() for chained in chain]
+        chains = {}
+        if action is not None:
+            ordered.append(action)
+    return ordered
 
 
 def make_backend(config: Config, state_dir: Path) -> Backend:
