@@ -569,6 +569,8 @@ class GitRepo:
                             f"the specs root {root} is {what} at {revision[:12]}; expected --path to name a folder"
                         )
                     target = (entry[0], entry[1])
+            if not self._sizes:  # a first listing: every size in one `git ls-tree -l`, not one request per blob
+                self._prefill_sizes(revision, root)
             trees: dict[tuple[bytes, str], list[SourceFile]] = {}
             files = self._walk(target[0], "" if root == "." else root + "/", trees)
         except (BadName, ValueError, GitCommandError, KeyError) as exc:
@@ -591,6 +593,13 @@ class GitRepo:
                 return None
             return SourceFile(path=path, sha=sha, size=int(size) if size.strip() != "-" else 0, mode=int(mode, 8))
         return None
+
+    def _prefill_sizes(self, revision: str, root: str) -> None:
+        out = self.repo.git.ls_tree("-r", "-l", "-z", "--full-tree", revision, "--", root)
+        for record in out.split("\x00"):
+            meta = record.partition("\t")[0].split()
+            if len(meta) == 4 and meta[1] == "blob" and meta[3].isdigit():
+                self._sizes[meta[2]] = int(meta[3])
 
     def _tree_entries(self, binsha: bytes) -> list[tuple[bytes, int, str]]:
         return parse_tree(self.repo.odb.stream(binsha).read())
