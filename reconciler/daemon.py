@@ -896,7 +896,8 @@ class Daemon:
             if self._status_cache is not None and now - self._status_cache[0] < STATUS_TTL.get(self.config.backend, 0):
                 data = dict(self._status_cache[1])
             else:
-                data = self._status_engine.status()
+                known = self.engine.last_desired if self.engine is not None else None
+                data = self._status_engine.status(known)  # the worker's specs: /status validates none itself
                 self._status_cache = (now, dict(data))
         data["role"] = self.role()
         data["daemon"] = {

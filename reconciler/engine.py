@@ -219,6 +219,7 @@ class Engine:
             self._signatures = signature_policy(config, self.state.path)
         self._cache_saved = float("-inf")  # when the parse cache file was last written
         self._memo = SpecMemo()  # validated spec files of the last load: the next validates only changed files
+        self.last_desired: DesiredState | None = None  # the last desired state loaded (replaced, never changed)
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
@@ -326,7 +327,9 @@ class Engine:
         cache = self._cache
         if revision == WORKTREE:  # validate/plan --worktree: uncommitted edits (never applied)
             return load_desired(WorktreeSpecSource(self.repo, self.spec_root), cache)
-        return load_desired(self.repo.spec_source(revision, self.spec_root), cache, self._memo)
+        state = load_desired(self.repo.spec_source(revision, self.spec_root), cache, self._memo)
+        self.last_desired = state
+        return state
 
     def save_cache(self, force: bool = True) -> None:
         """Persist newly parsed specs: at ``close``, and after a pass at most every ``CACHE_SAVE_INTERVAL`` s.
@@ -775,15 +778,21 @@ class Engine:
 
         return self.records.update(self.instance, unpin)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, known: DesiredState | None = None) -> dict[str, Any]:
+        """The status JSON; ``known``: a desired state already loaded (the daemon's last), used when it is
+        the applied revision's, so that answering reads no specs."""
         record = self.record()
         try:
             desired_revision: str | None = self.head()
         except GitError:
             desired_revision = None
+        if known is not None and known.revision is not None and known.revision == record.applied_revision:
+            desired = known
+        else:
+            desired = self._desired_for_status(record, desired_revision)
         live_error: str | None = None
         try:
-            live = self.backend.read(self._desired_for_status(record, desired_revision))
+            live = self.backend.read(desired)
         except BackendError as exc:  # e.g. no credentials: the record still says what happened
             live, live_error = LiveState(), str(exc)
         return {
