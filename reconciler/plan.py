@@ -461,7 +461,8 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
         changes: dict[str, Change] = {}
         _changed(changes, "description", current.description or None, stage.description or None)
         _changed(changes, "definition_sha256", current.definition_sha256, stage.definition.sha256)
-        _changed(changes, "variables", dict(sorted(current.variables.items())), dict(sorted(stage.variables.items())))
+        if current.variables != stage.variables:  # compared as data; sorted for people only when it changed
+            changes["variables"] = (dict(sorted(current.variables.items())), dict(sorted(stage.variables.items())))
         _changed(changes, "canary", canary_json(current.canary), canary_json(stage.canary))
         if current.settings is not None:  # a backend that reports settings: they are reconciled too
             changes.update(settings_changes(current.settings, stage.settings))
