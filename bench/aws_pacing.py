@@ -54,7 +54,8 @@ def reconcile(repo: Path, state: Path, url: str, rates: Rates) -> tuple[float, i
             stamps.append(time.monotonic())
 
     # registered after the limiter's own before-call handler: the moment the request leaves
-    backend.calls.apigateway.meta.events.register("before-call", stamp)
+    for client in {backend.calls.apigateway, getattr(backend.calls, "apigateway_once", backend.calls.apigateway)}:
+        client.meta.events.register("before-call", stamp)
     engine = Engine(Config(repo=str(repo), backend="aws", state_dir=str(state)), backend=backend)
     try:
         start = time.monotonic()

@@ -55,9 +55,8 @@ def specs(version: str) -> dict[str, str]:
 def reconcile(repo: SpecRepo, aws: Aws, rates: Rates, clock: FakeClock) -> tuple[Any, list[tuple[str, float]], float]:
     backend = AwsBackend(region="us-east-1", endpoint_url=aws.url, rates=rates, clock=clock.time, sleep=clock.sleep)
     sent: list[tuple[str, float]] = []
-    backend.calls.apigateway.meta.events.register(
-        "before-call", lambda model, **_: sent.append((model.name, clock.now))
-    )
+    for client in (backend.calls.apigateway, backend.calls.apigateway_once):  # CreateDeployment: the second
+        client.meta.events.register("before-call", lambda model, **_: sent.append((model.name, clock.now)))
     engine = Engine(Config(repo=str(repo.path), backend="aws", state_dir=str(repo.state_dir)), backend=backend)
     try:
         result = engine.reconcile()
