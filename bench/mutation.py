@@ -159,9 +159,9 @@ AUDIT = (
     HandMutant(
         "next tag number = number of tags + 1",
         "reconciler/gitsource.py",
-        r"number = \(tags\[0\]\.number if tags else 0\) \+ 1",
-        "number = len(tags) + 1",
-        ("tests/test_tags.py",),
+        r"max\(self\._applied_tag_numbers\(instance\), default=0\)",  # tags are written in-process now
+        "len(self._applied_tag_numbers(instance))",
+        ("tests/test_tags.py", "tests/test_applied_tags.py"),
     ),
     HandMutant(
         "tags sorted by name as strings",

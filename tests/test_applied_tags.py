@@ -75,3 +75,13 @@ def test_creating_a_tag_starts_no_git_process(repo: SpecRepo, monkeypatch: pytes
     monkeypatch.undo()
     assert started == []
     assert repo.git("tag", "-l", "applied/default/*").split() == [f"applied/default/{n}" for n in (1, 2, 3, 4)]
+
+
+def test_the_next_number_follows_the_highest_tag_not_the_count(repo: SpecRepo) -> None:
+    """Tags 1 and 5 left (2-4 deleted): the next is 6, never a number in the gap."""
+    revision = repo.commit("one")
+    gitrepo = GitRepo(repo.path)
+    for n in range(5):
+        gitrepo.create_applied_tag("default", revision, message(n, revision))
+    repo.git("tag", "-d", "applied/default/2", "applied/default/3", "applied/default/4")
+    assert GitRepo(repo.path).create_applied_tag("default", revision, message(6, revision)) == "applied/default/6"
