@@ -6,7 +6,9 @@
 #   3. a temporary bare git repository holding the example deploy_specs/, mounted into the container
 #      and followed as a file:// remote (RECONCILER_REPO), with the example's Lambda versions published
 #      first into the state volume by a one-off container of the same image;
-#   4. the daemon from the image's default command: waits for /readyz, checks that /status shows the
+#   4. the daemon from the image's default command, as the Kubernetes manifests run it: a read-only root
+#      filesystem with two writable mounts (the state volume and /tmp), and RECONCILER_LISTEN moved off
+#      the default port (the HEALTHCHECK must follow it); waits for /readyz, checks that /status shows the
 #      pushed commit applied, that a second commit is fetched and applied, that /metrics counts the
 #      reconciles, that logs are JSON lines without the webhook secret, that it runs as the image's
 #      numeric non-root user under tini, that the HEALTHCHECK passes, and that SIGTERM (podman stop)
@@ -233,10 +235,15 @@ user=$(podman image inspect --format '{{.Config.User}}' "$image")
 uid=${user%%:*}
 [[ $uid =~ ^[0-9]+$ && $uid != 0 ]] || fail "the image's USER is '$user', expected a numeric non-root user"
 [[ -n $(podman image inspect --format '{{.Config.Healthcheck}}' "$image") ]] || fail "the image has no HEALTHCHECK"
+title=$(podman image inspect --format '{{index .Labels "org.opencontainers.image.title"}}' "$image")
+[[ $title == reconciler ]] || fail "the image's org.opencontainers.image.title label is '$title'"
 
 make_remote "$uid"
 first=$(commit_specs "example specs")
-mounts=(--volume "$volume:/var/lib/reconciler" --volume "$tmp/remote.git:/remote.git:ro")
+# As deploy/kubernetes/deployment.yaml: readOnlyRootFilesystem, and two writable emptyDirs (state, /tmp).
+podman volume create "$volume-tmp" >/dev/null
+mounts=(--read-only --read-only-tmpfs=false --volume "$volume:/var/lib/reconciler" --volume "$volume-tmp:/tmp"
+    --volume "$tmp/remote.git:/remote.git:ro")
 
 say "publishing the example's Lambda versions into the state volume"
 podman volume create "$volume" >/dev/null
@@ -245,10 +252,11 @@ versions=$(podman run --rm --no-healthcheck --network none "${mounts[@]}" "$imag
 [[ ${versions//$'\n'/ } == "1 2" ]] || fail "publish-version printed '$versions', expected 1 and 2"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-say "starting the daemon (default command) on 127.0.0.1:$port, following file:///remote.git"
+say "starting the daemon (default command, read-only root) on 127.0.0.1:$port, following file:///remote.git"
 podman run --detach --name "$name" \
-    --network slirp4netns:port_handler=slirp4netns --publish "127.0.0.1:$port:8080" \
+    --network slirp4netns:port_handler=slirp4netns --publish "127.0.0.1:$port:9090" \
     "${mounts[@]}" \
+    --env RECONCILER_LISTEN=0.0.0.0:9090 \
     --env RECONCILER_REPO=file:///remote.git --env RECONCILER_INTERVAL=1 \
     --env RECONCILER_WEBHOOK_SECRET="$secret" \
     "$image" >/dev/null 2>"$tmp/run.err" || { cat "$tmp/run.err" >&2; fail "podman run failed"; }
@@ -274,8 +282,11 @@ grep -qF "revision=\"$second\"" <<<"$metrics" || fail "/metrics has no reconcile
 
 [[ $(podman exec "$name" id -u) == "$uid" ]] || fail "the daemon does not run as uid $uid"
 [[ $(podman exec "$name" cat /proc/1/comm) == tini ]] || fail "PID 1 is not tini"
-podman healthcheck run "$name" >/dev/null 2>&1 || fail "the image's HEALTHCHECK failed"
-say "runs as uid $uid under tini; HEALTHCHECK passes"
+podman healthcheck run "$name" >/dev/null 2>&1 || fail "the image's HEALTHCHECK failed (port moved to 9090)"
+if podman exec "$name" touch /home/reconciler/written 2>/dev/null; then
+    fail "the root filesystem is writable, expected --read-only"
+fi
+say "runs as uid $uid under tini on a read-only root; HEALTHCHECK passes on the moved port"
 
 stop_start=$SECONDS
 # (podman reports that it has no systemd to remove the healthcheck timer from: noise, kept out of sight)
