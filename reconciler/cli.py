@@ -36,10 +36,11 @@ import structlog
 from click.core import ParameterSource
 
 from reconciler import __version__
-from reconciler.engine import WORKTREE, Config, Engine, ReconcileResult
+from reconciler.engine import WORKTREE, ActionDone, Config, Engine, ReconcileResult
 from reconciler.errors import ReconcilerError, SpecError, UsageError
 from reconciler.plan import Action, Plan
 from reconciler.sinks import GITHUB_API
+from reconciler.terminal import LiveLine
 
 if TYPE_CHECKING:
     from reconciler.daemon import DaemonConfig
@@ -498,13 +499,22 @@ def _field_changes(name: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
     return [(name, old, new)]
 
 
+def plural(count: int, word: str) -> str:
+    """``1 API``, ``2 APIs``, ``1 alias``, ``3 aliases``."""
+    if count == 1:
+        return f"1 {word}"
+    return f"{count} {word}es" if word.endswith("s") else f"{count} {word}s"
+
+
 SYMBOLS = {"create": ("+", "32"), "adopt": ("&", "36"), "update": ("~", "33"), "delete": ("-", "31")}
 
 
-def render_action(out: Out, action: Action) -> None:
+def render_action(out: Out, action: Action, prefix: str = "  ", suffix: str = "", failed: bool = False) -> None:
+    """``  ~ Alias/orders-handler/prod  (update_alias)`` and one line per changed field under it."""
     verb = action.action.split("_", 1)[0]
-    symbol, colour = SYMBOLS[verb]
-    out.line(out.paint(f"  {symbol} {action.resource}", colour) + f"  ({action.action})")
+    symbol, colour = ("!", "31") if failed else SYMBOLS[verb]
+    gap = "  " if prefix == "  " else " "
+    out.line(out.paint(f"{prefix}{symbol} {action.resource}", colour) + f"{gap}({action.action}){suffix}")
     for name, (old, new) in action.changes.items():
         if verb == "create":
             out.line(f"      {name}: {_short(new)}")
@@ -585,11 +595,10 @@ def cmd_validate(common: Common, out: Out, rev: str | None, worktree: bool) -> i
         if out.json:
             out.document({"valid": True, "revision": revision, "errors": [], **summary})
         else:
-            out.line(
-                f"Valid {'in the working tree' if worktree else 'at ' + revision[:12]}: {summary['apis']} APIs, "
-                f"{summary['stages']} stages, "
-                f"{summary['aliases']} aliases."
+            counts = ", ".join(
+                plural(summary[key], word) for key, word in (("apis", "API"), ("stages", "stage"), ("aliases", "alias"))
             )
+            out.line(f"Valid {'in the working tree' if worktree else 'at ' + revision[:12]}: {counts}.")
         return EXIT_OK
     finally:
         engine.close()
@@ -610,12 +619,8 @@ def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty
     engine = Engine(common.config(allow_empty))
     try:
         revision = _read_what(engine, rev, worktree, pinned=True)
-        pinned = engine.record().pinned
-        if pinned and not rev and pinned.revision == revision and not out.json:
-            out.line(
-                f"Pinned to {pinned.revision[:12]} ({pinned.tag or 'revision'}); "
-                "`reconciler resume` to follow the branch."
-            )
+        if rev is None and not worktree and not out.json:
+            say_pinned(out, engine)
         try:
             plan, _, _ = engine.make_plan(revision, prune=prune)
         except SpecError as exc:
@@ -634,7 +639,56 @@ def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty
         engine.close()
 
 
+class Progress:
+    """What ``apply`` and ``rollback`` print while they work: each action as it completes
+    (``[3/11] + Stage/orders/prod (create_stage) 0.4s``, flushed at once), and on a terminal a live
+    line while the backend waits (``waiting 4.2s for the CreateDeployment quota``).  Text output only:
+    with ``-o json`` stdout holds the one document."""
+
+    def __init__(self, out: Out, live: TextIO | None = None) -> None:
+        self.out = out
+        self.live = LiveLine(live) if live is not None and live.isatty() and not out.json else None
+        self.done = 0
+        self.total: int | None = None
+
+    def action(self, done: ActionDone) -> None:
+        self.done, self.total = done.index, done.total
+        if self.out.json:
+            return
+        if self.live is not None:
+            self.live.clear()
+        status = f" failed after {done.seconds:.1f}s" if done.error else f" {done.seconds:.1f}s"
+        render_action(self.out, done.action, f"[{done.index}/{done.total}] ", status, bool(done.error))
+        self.out.stream.flush()
+
+    def wait(self, seconds: float, quota: str) -> None:
+        """The backend's pacing hook (``Engine.on_wait``): called before it sleeps ``seconds``."""
+        if self.live is None:
+            return
+        step = f"[{self.done + 1}/{self.total}] " if self.total else ""
+        self.live.show(f"{step}waiting {{left}} for the {quota}", seconds)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.clear()
+
+
+def say_pinned(out: Out, engine: Engine) -> None:
+    """While pinned, ``plan`` and ``apply`` say that they work on the pin, not on the branch head."""
+    pinned = engine.record().pinned
+    if pinned is None:
+        return
+    head = engine.head()
+    ahead = "" if head == pinned.revision else f", not the head of {engine.branch} ({head[:12]})"
+    out.line(
+        out.paint(f"Pinned to {pinned.revision[:12]} ({pinned.tag or 'revision'})", "35")
+        + f": this is what is applied{ahead}; `reconciler resume` follows {engine.branch} again."
+    )
+
+
 def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
+    """The end of ``apply``/``rollback``: the JSON document, or the summary line (the actions were printed
+    as they completed, by ``Progress``)."""
     if out.json:
         out.document(
             {
@@ -648,8 +702,6 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
             }
         )
     else:
-        for action in result.applied:
-            render_action(out, action)
         if result.ok:
             if result.applied:
                 tag = f", tagged {result.tag}" if result.tag else ""
@@ -692,11 +744,17 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
 @ALLOW_EMPTY
 def cmd_apply(common: Common, out: Out, rev: str | None, prune: bool, allow_empty: bool) -> int:
     engine = Engine(common.config(allow_empty))
+    progress = Progress(out, sys.stderr)
+    engine.on_wait = progress.wait
     try:
+        if rev is None and not out.json:
+            say_pinned(out, engine)
         with engine.state.writer_lock(f"reconciler apply, instance {engine.instance}", wait=LOCK_WAIT):
-            result = engine.reconcile(rev, prune=prune)
+            result = engine.reconcile(rev, prune=prune, on_action=progress.action)
+        progress.close()
         return report_result(out, result, engine)
     finally:
+        progress.close()
         engine.close()
 
 
@@ -713,9 +771,12 @@ def cmd_apply(common: Common, out: Out, rev: str | None, prune: bool, allow_empt
 def cmd_rollback(common: Common, out: Out, target: str | None, prune: bool, allow_empty: bool) -> int:
     """TARGET: an applied tag or a revision (default: the applied tag before the current one)."""
     engine = Engine(common.config(allow_empty))
+    progress = Progress(out, sys.stderr)
+    engine.on_wait = progress.wait
     try:
         with engine.state.writer_lock(f"reconciler rollback, instance {engine.instance}", wait=LOCK_WAIT):
-            result = engine.rollback(target, prune=prune)
+            result = engine.rollback(target, prune=prune, on_action=progress.action)
+        progress.close()
         code = report_result(out, result, engine)
         if (result.error is None or result.error.temporary) and not out.json:  # pinned (see Engine.rollback)
             retry = "" if result.error is None else " (the failure is temporary: the next reconcile goes on with it)"
@@ -725,6 +786,7 @@ def cmd_rollback(common: Common, out: Out, target: str | None, prune: bool, allo
             )
         return code
     finally:
+        progress.close()
         engine.close()
 
 
@@ -739,11 +801,17 @@ def cmd_resume(common: Common, out: Out) -> int:
     engine = Engine(common.config())
     try:
         with engine.state.writer_lock(f"reconciler resume, instance {engine.instance}", wait=LOCK_WAIT):
+            was = engine.record().pinned
             record = engine.resume()
         if out.json:
-            out.document({"instance": record.instance, "pinned": None})
+            out.document({"instance": record.instance, "pinned": None, "was_pinned": was is not None})
+        elif was is None:
+            out.line(f"Instance {record.instance!r} is not pinned; it follows {engine.branch} already.")
         else:
-            out.line(f"Instance {record.instance!r} unpinned; the next reconcile follows {engine.branch}.")
+            out.line(
+                f"Instance {record.instance!r} unpinned from {was.revision[:12]} ({was.tag or 'revision'}); "
+                f"the next reconcile applies the head of {engine.branch}."
+            )
         return EXIT_OK
     finally:
         engine.close()
@@ -804,32 +872,69 @@ def cmd_status(common: Common, out: Out) -> int:
     engine = Engine(common.config())
     try:
         status = engine.status()
+        tags = {tag.revision: tag.name for tag in reversed(engine.history())}  # newest wins
     finally:
         engine.close()
     if out.json:
         out.document(status)
         return EXIT_OK
-    out.line(f"instance:  {status['instance']} ({status['backend']} backend)")
-    for key in ("desired_revision", "applied_revision", "attempted_revision"):
-        out.line(f"{key.replace('_', ' ')}: {status[key] or '(none)'}")
-    pin = status["pinned"]
-    out.line(f"pinned:    {pin['revision'][:12] + ' (' + (pin['tag'] or 'revision') + ')' if pin else 'no'}")
+    render_status(out, status, tags)
+    return EXIT_OK
+
+
+VERDICT_COLOURS = {"synced": "32", "out_of_sync": "33", "progressing": "36", "pinned": "35", "failed": "31"}
+
+
+def table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Rows with every column padded to its widest cell (trailing blanks dropped)."""
+    widths = [max(len(row[i]) if i < len(row) else 0 for row in rows) for i in range(max(map(len, rows), default=0))]
+    return [indent + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def render_status(out: Out, status: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+    """The verdict first, then revisions (short SHAs with their applied tags), then live stages and aliases."""
+
+    def named(revision: str | None) -> str:
+        if revision is None:
+            return "(none)"
+        return f"{revision[:12]}  {tags[revision]}" if revision in tags else revision[:12]
+
+    out.line(out.paint(status["sync"], VERDICT_COLOURS.get(status["sync"], "0")) + f": {status['sync_reason']}")
+    branch, pin = status["branch"] or "the branch", status["pinned"]
+    rows = [["instance", f"{status['instance']} ({status['backend']} backend), following {branch}"]]
+    if pin:
+        rows.append(["pinned", f"{named(pin['revision'])}  since {pin['pinned_at']}"])
+        if status["branch_head"] != pin["revision"]:
+            rows.append(["branch head", f"{named(status['branch_head'])}  (not applied while pinned)"])
+    else:
+        rows.append(["desired", f"{named(status['desired_revision'])}  (head of {branch})"])
+    applied_at = f"  at {status['applied_at']}" if status.get("applied_at") else ""
+    rows.append(["applied", named(status["applied_revision"]) + applied_at])
+    if status["attempted_revision"] != status["applied_revision"]:
+        rows.append(["attempted", named(status["attempted_revision"])])
+    for line in table(rows):
+        out.line(line)
     if status["last_error"]:
-        out.line(out.paint(f"last error: {status['last_error']}", "31"))
-    out.line(f"stages ({len(status['stages'])}):")
+        out.line(out.paint(f"last error  {status['last_error']}", "31"))
+
+    out.line(f"stages ({len(status['stages'])})")
+    stages = []
     for name, stage in status["stages"].items():
         canary = stage["canary"]
-        extra = f", canary {canary['percentTraffic']:g}% → {canary['deployment_id']}" if canary else ""
-        unmanaged = "" if stage["managed"] else " [unmanaged]"
-        out.line(f"  {name}: deployment {stage['deployment_id']}{extra} {stage['url']}{unmanaged}")
+        extra = f"canary {canary['percentTraffic']:g}% → {canary['deployment_id']}" if canary else ""
+        unmanaged = "unmanaged" if not stage["managed"] else ""
+        stages.append([name, f"deployment {stage['deployment_id']}", extra, stage["url"], unmanaged])
+    for line in table(stages, "  "):
+        out.line(line)
     for line in rollout_lines(status.get("rollouts", {})):
         out.line(line)
-    out.line(f"aliases ({len(status['aliases'])}):")
+    out.line(f"aliases ({len(status['aliases'])})")
+    aliases = []
     for name, alias in status["aliases"].items():
-        routing = ", ".join(f"{v}: {p}%" for v, p in alias["routing"].items())
-        unmanaged = "" if alias["managed"] else " [unmanaged]"
-        out.line(f"  {name}: {routing}{unmanaged}")
-    return EXIT_OK
+        routing = ", ".join(f"{version} {percent:g}%" for version, percent in alias["routing"].items())
+        aliases.append([name, routing, "" if alias["managed"] else "unmanaged"])
+    for line in table(aliases, "  "):
+        out.line(line)
 
 
 def rollout_lines(rollouts: Mapping[str, Any]) -> list[str]:

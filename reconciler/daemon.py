@@ -40,7 +40,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.backends.local import DB_NAME
-from reconciler.engine import Config, Engine, ReconcileResult, signature_policy
+from reconciler.engine import ActionDone, Config, Engine, ReconcileResult, signature_policy
 from reconciler.errors import GitError, ReconcilerError, StateError, UnverifiedCommitError, UsageError
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
 from reconciler.gitsource import GitRepo, TagTakenError, check_branch_name, is_remote, redact
@@ -50,7 +50,6 @@ from reconciler.logs import configure_logging
 from reconciler.metrics import Metrics
 from reconciler.notify import RESULTS as NOTIFY_RESULTS
 from reconciler.notify import Notifier, NotifyConfig, make_notifier
-from reconciler.plan import Action
 from reconciler.records import make_record_store
 from reconciler.sinks import GITHUB_API
 from reconciler.state import InstanceRecord, StateDir
@@ -736,9 +735,9 @@ class Daemon:
             return
         self.metrics.show_rollouts({r: (s.phase, s.weight) for r, s in states.items()})
 
-    def _count_action(self, action: Action, error: BaseException | None) -> None:
+    def _count_action(self, done: ActionDone) -> None:
         self._beat = time.monotonic()
-        self.metrics.actions.labels(action.action, "failed" if error else "success").inc()
+        self.metrics.actions.labels(done.action.action, "failed" if done.error else "success").inc()
 
     def _observe(self, engine: Engine, result: ReconcileResult, previous: str | None, reasons: set[str]) -> None:
         if not result.progressing:  # a rollout's passes are told by its rollout_* events; `applied` comes at its end

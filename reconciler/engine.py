@@ -64,6 +64,7 @@ from reconciler.plan import (
     UpdateStage,
     canary_json,
     make_plan,
+    percent_json,
     routing_json,
 )
 from reconciler.records import RecordStore, make_record_store
@@ -100,6 +101,20 @@ class Config:
     allow_empty: bool = False  # let prune empty the backend when the specs declare nothing (Argo CD's allowEmpty)
     allowed_signers: str | None = None  # git's SSH allowed-signers file: applied commits must be signed by one
     trusted_gpg_keys: str | None = None  # armored OpenPGP public keys: the same, for GPG signatures
+
+
+@dataclass(frozen=True)
+class ActionDone:
+    """One action of a pass, done or failed: what ``reconcile``'s ``on_action`` hears (progress, metrics)."""
+
+    action: Action
+    index: int  # 1-based, in plan order
+    total: int  # actions in the plan
+    seconds: float
+    error: BaseException | None = None
+
+
+WaitHook = Callable[[float, str], None]  # (seconds, what for): a backend is about to wait, e.g. for an AWS quota
 
 
 @dataclass
@@ -153,8 +168,9 @@ def execution_order(actions: Sequence[Action]) -> list[Action]:
     return ordered
 
 
-def make_backend(config: Config, state_dir: Path) -> Backend:
-    """The backend named by ``config.backend`` (boto3 is imported only for ``aws``)."""
+def make_backend(config: Config, state_dir: Path, on_wait: WaitHook | None = None) -> Backend:
+    """The backend named by ``config.backend`` (boto3 is imported only for ``aws``); ``on_wait`` hears its
+    pacing waits (the local backend never waits)."""
     if config.backend == "local":
         from reconciler.backends.local import LocalBackend
 
@@ -162,9 +178,69 @@ def make_backend(config: Config, state_dir: Path) -> Backend:
     if config.backend == "aws":
         from reconciler.backends.aws import AwsBackend
 
-        backend: Backend = AwsBackend(region=config.region, endpoint_url=config.endpoint_url, instance=config.instance)
+        backend: Backend = AwsBackend(
+            region=config.region, endpoint_url=config.endpoint_url, instance=config.instance, on_wait=on_wait
+        )
         return backend
     raise StateError(f"unknown backend {config.backend!r}; expected local or aws")
+
+
+SYNC_VERDICTS = ("synced", "out_of_sync", "progressing", "pinned", "failed")
+
+
+@dataclass(frozen=True)
+class SyncVerdict:
+    sync: str  # one of SYNC_VERDICTS
+    reason: str  # one line for people, short SHAs with their applied tags
+
+
+def sync_verdict(
+    record: InstanceRecord,
+    target: str | None,
+    head: str | None,
+    branch: str,
+    live_changes: int | None,
+    rollout: str | None,
+    tags: dict[str, str],
+) -> SyncVerdict:
+    """DESIGN §13's verdict, first match wins: failed (the last pass failed), progressing (a rollout under
+    way), pinned, out_of_sync (the target is not what is applied, or live state drifted), synced.
+
+    ``live_changes`` counts the actions that would bring live state to ``target`` (None: not known).
+    """
+
+    def named(revision: str | None) -> str:
+        if revision is None:
+            return "(none)"
+        tag = tags.get(revision)
+        return f"{revision[:12]} ({tag})" if tag else revision[:12]
+
+    drift = f"; live state differs from it in {live_changes} place{'s' if live_changes != 1 else ''}"
+    drifted = drift if live_changes else ""
+    if record.last_error:
+        return SyncVerdict(
+            "failed", f"the last pass, at {named(record.attempted_revision)}, failed: {record.last_error}"
+        )
+    if rollout:
+        return SyncVerdict("progressing", rollout)
+    if record.pinned is not None:
+        where = f"; {branch} is at {named(head)}" if head and head != record.pinned.revision else ""
+        state = "applied" if record.applied_revision == record.pinned.revision else "not applied yet"
+        return SyncVerdict(
+            "pinned",
+            f"to {named(record.pinned.revision)}, {state}{drifted}{where}; `reconciler resume` follows {branch} again",
+        )
+    if target is None:
+        return SyncVerdict("out_of_sync", f"{branch} cannot be read")
+    if record.applied_revision is None:
+        return SyncVerdict("out_of_sync", f"nothing applied yet; {branch} is at {named(target)}")
+    if record.applied_revision != target:
+        return SyncVerdict(
+            "out_of_sync", f"{branch} is at {named(target)}; applied is {named(record.applied_revision)}"
+        )
+    if live_changes:
+        return SyncVerdict("out_of_sync", f"{named(target)}, the head of {branch}, is applied{drift} (drift)")
+    return SyncVerdict("synced", f"{named(target)}, the head of {branch}, is applied and live")
 
 
 def _now() -> str:
@@ -224,13 +300,14 @@ class Engine:
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
         self._loaded_commands: dict[str, str | None] = {}  # rollout commands in the record as this pass read it
+        self.on_wait: WaitHook | None = None  # told when the backend waits (AWS pacing); set before first use
 
     # ----------------------------------------------------------------- parts
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = make_backend(self.config, self.state.path)
+            self._backend = make_backend(self.config, self.state.path, self.on_wait)
         return self._backend
 
     @property
@@ -373,7 +450,7 @@ class Engine:
         rev: str | None = None,
         prune: bool = False,
         rollback: bool = False,
-        on_action: Callable[[Action, BaseException | None], None] | None = None,
+        on_action: Callable[[ActionDone], None] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> ReconcileResult:
         """One pass; never raises an expected error, it is returned in the result.
@@ -474,7 +551,7 @@ class Engine:
         rollback: bool,
         result: ReconcileResult,
         events: list[Event],
-        on_action: Callable[[Action, BaseException | None], None] | None,
+        on_action: Callable[[ActionDone], None] | None,
         stop: Callable[[], bool] | None,
     ) -> None:
         """Plan and apply; while a rollout moved a weight and needs no wait, read live back and go on."""
@@ -502,6 +579,7 @@ class Engine:
                 self._save(record)
             events += shaped.events
             final = not shaped.failed and not shaped.again and not shaped.pending  # these actions finish the commit
+            number = len(planned) - len(plan.actions) + 1  # of this round's first action, counted over the pass
             for index, action in enumerate(execution_order(plan.actions)):
                 if stop is not None and stop():
                     raise BackendError(
@@ -511,15 +589,16 @@ class Engine:
                     listed = [*self._owed(record, revision), *_listed([*result.applied, action])]
                     self._owe_tag(record, revision, listed, rollback, prune)
                 failpoints.hit("before_action")
+                began = time.monotonic()
                 try:
                     self.backend.apply(action)
                 except BackendError as exc:
                     exc.args = (f"{action.action} {action.resource}: {exc}",)
                     if on_action:
-                        on_action(action, exc)
+                        on_action(ActionDone(action, number + index, len(planned), time.monotonic() - began, exc))
                     raise
                 if on_action:
-                    on_action(action, None)
+                    on_action(ActionDone(action, number + index, len(planned), time.monotonic() - began))
                 result.applied.append(action)
             if shaped.failed:
                 raise RolloutError(
@@ -698,7 +777,9 @@ class Engine:
             on_branch = set()
         return [replace(t, trusted=t.trusted and t.name in on_branch) for t in tags]
 
-    def rollback(self, target: str | None, prune: bool = False) -> ReconcileResult:
+    def rollback(
+        self, target: str | None, prune: bool = False, on_action: Callable[[ActionDone], None] | None = None
+    ) -> ReconcileResult:
         """Apply ``target`` (default: the applied tag before the current one) and pin to it.
 
         The pin stays after a temporary failure (throttling, a busy backend), so
@@ -707,7 +788,7 @@ class Engine:
         """
         self.check_checkout()
         revision, tag = self._rollback_target(target)
-        result = self.reconcile(revision, prune=prune, rollback=True)
+        result = self.reconcile(revision, prune=prune, rollback=True, on_action=on_action)
         if result.error is None or result.error.temporary:
 
             def pin(record: InstanceRecord) -> None:
@@ -779,27 +860,42 @@ class Engine:
         return self.records.update(self.instance, unpin)
 
     def status(self, known: DesiredState | None = None) -> dict[str, Any]:
-        """The status JSON; ``known``: a desired state already loaded (the daemon's last), used when it is
-        the applied revision's, so that answering reads no specs."""
+        """Live state and the instance record; ``desired_revision`` is what the next pass applies (the pin,
+        else the branch head), ``sync`` the verdict of DESIGN §13 and ``sync_reason`` why.  ``known``: a
+        desired state already loaded (the daemon's last), used when it is the applied revision's, so that
+        answering reads no specs."""
         record = self.record()
         try:
-            desired_revision: str | None = self.head()
+            head: str | None = self.head()
         except GitError:
-            desired_revision = None
+            head = None
+        target = record.pinned.revision if record.pinned else head
         if known is not None and known.revision is not None and known.revision == record.applied_revision:
             desired = known
         else:
-            desired = self._desired_for_status(record, desired_revision)
+            desired = self._desired_for_status(record, head)
         live_error: str | None = None
         try:
             live = self.backend.read(desired)
         except BackendError as exc:  # e.g. no credentials: the record still says what happened
             live, live_error = LiveState(), str(exc)
+        verdict = sync_verdict(
+            record,
+            target,
+            head,
+            self._branch or "the branch",
+            None if live_error else self._live_changes(record, target, desired, live),
+            self.rollout_under_way(record),
+            {tag.revision: tag.name for tag in reversed(self.history())},
+        )
         return {
             "instance": self.instance,
             "backend": self.config.backend,
             "branch": self._branch,
-            "desired_revision": desired_revision,
+            "sync": verdict.sync,
+            "sync_reason": verdict.reason,
+            "desired_revision": target,
+            "branch_head": head,
             "applied_revision": record.applied_revision,
             "attempted_revision": record.attempted_revision,
             "applied_at": record.applied_at,
@@ -836,6 +932,30 @@ class Engine:
                 for (function, name), a in sorted(live.aliases.items())
             },
         }
+
+    @staticmethod
+    def rollout_under_way(record: InstanceRecord) -> str | None:
+        """What the rollouts in flight are doing ("Alias/orders-handler/prod at step 2 of 4, 10 %"), else None:
+        the ``progressing`` verdict."""
+        active = [(resource, state) for resource, state in sorted(load_states(record.extra).items()) if state.active]
+        if not active:
+            return None
+        return "; ".join(
+            f"{resource} at step {state.shown_step} of {state.steps}, {percent_json(state.weight)} %"
+            for resource, state in active
+        )
+
+    def _live_changes(
+        self, record: InstanceRecord, target: str | None, desired: DesiredState, live: LiveState
+    ) -> int | None:
+        """How many actions would bring live state to ``target`` when it is the applied revision (0: none,
+        drift otherwise); None when that cannot be told cheaply (another revision, or it does not plan)."""
+        if target is None or target != record.applied_revision or desired.revision != target:
+            return None
+        try:
+            return len(make_plan(desired, live).actions)
+        except SpecError:
+            return None
 
     def _desired_for_status(self, record: InstanceRecord, head: str | None) -> DesiredState:
         """What to ask the backend about: the applied specs, else the head's (best effort)."""

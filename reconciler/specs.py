@@ -878,12 +878,11 @@ def _stage(
 def _check_variables(doc: _Doc, path: str, definition: Definition, variables: dict[str, str], issues: _Issues) -> None:
     missing = sorted(definition.variables - set(variables))
     if missing:
-        names = ", ".join(missing)
+        used = ", ".join(f"${{stageVariables.{name}}}" for name in missing)
         issues.doc(
             doc,
             path,
-            f"{definition.source} uses ${{stageVariables.X}} for {names}; expected the stage to set "
-            f"{'it' if len(missing) == 1 else 'them'}",
+            f"{definition.source} uses {used}; expected the stage to set {', '.join(missing)}",
         )
 
 

@@ -113,7 +113,7 @@ def test_environment_sets_a_common_flag_given_neither_before_nor_after(
     """RECONCILER_OUTPUT=json makes status print JSON; --output text on the command line wins."""
     monkeypatch.setenv("RECONCILER_OUTPUT", "json")
     assert run("status", *where(example_repo)).json["instance"] == "default"
-    assert run("-o", "text", "status", *where(example_repo)).stdout.startswith("instance")
+    assert run("-o", "text", "status", *where(example_repo)).stdout.startswith("out_of_sync: nothing applied yet")
 
 
 # ------------------------------------------------------------ help

@@ -103,10 +103,18 @@ class AwsBackend:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         instance: str = DEFAULT_INSTANCE,
+        on_wait: Callable[[float, str], None] | None = None,
     ) -> None:
         self.instance = instance
         self.calls = AwsCalls(
-            region, endpoint_url, rates or Rates.from_env(), retry_mode, max_attempts, clock=clock, sleep=sleep
+            region,
+            endpoint_url,
+            rates or Rates.from_env(),
+            retry_mode,
+            max_attempts,
+            clock=clock,
+            sleep=sleep,
+            on_wait=on_wait,
         )
         self.region = self.calls.region
         self._live = LiveState()

@@ -147,16 +147,30 @@ class _Bucket:
         return 0.0 if self.tokens >= 1 - 1e-9 else (1 - self.tokens) / self.rate
 
 
+QUOTA_NAMES = {"apigateway": "API Gateway request rate", "lambda": "Lambda request rate"}
+
+
+def quota_name(bucket: str) -> str:
+    """``apigateway.CreateDeployment`` -> ``CreateDeployment quota``; ``lambda`` -> ``Lambda request rate``."""
+    return QUOTA_NAMES.get(bucket) or f"{bucket.rsplit('.', 1)[-1]} quota"
+
+
 class RateLimiter:
-    """Token buckets by name; ``acquire(names)`` blocks until each named bucket has a token."""
+    """Token buckets by name; ``acquire(names)`` blocks until each named bucket has a token.
+
+    ``on_wait(seconds, quota)`` is told before each wait, naming the bucket that holds the call back
+    (the CLI shows "waiting 4.2s for the CreateDeployment quota").
+    """
 
     def __init__(
         self,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[float, str], None] | None = None,
     ) -> None:
         self.clock = clock
         self.sleep = sleep
+        self.on_wait = on_wait
         self.buckets: dict[str, _Bucket] = {}
         self.waited = 0.0
         self._lock = threading.Lock()
@@ -166,26 +180,33 @@ class RateLimiter:
 
     def acquire(self, names: Iterable[str]) -> float:
         """Take one token from every named bucket (unknown names are free); return the seconds waited."""
-        buckets = [self.buckets[n] for n in names if n in self.buckets]
+        buckets = [(n, self.buckets[n]) for n in names if n in self.buckets]
         waited = 0.0
         with self._lock:
             while True:
                 now = self.clock()
-                for bucket in buckets:
+                for _, bucket in buckets:
                     bucket.refill(now)
-                delay = max((b.wait() for b in buckets), default=0.0)
+                delay, holder = max(((b.wait(), n) for n, b in buckets), default=(0.0, ""))
                 if delay <= 0:
                     break
+                if self.on_wait is not None:
+                    self.on_wait(delay, quota_name(holder))
                 self.sleep(delay)
                 waited += delay
-            for bucket in buckets:
+            for _, bucket in buckets:
                 bucket.tokens -= 1
             self.waited += waited
         return waited
 
 
-def make_limiter(rates: Rates, clock: Callable[[], float], sleep: Callable[[float], None]) -> RateLimiter:
-    limiter = RateLimiter(clock, sleep)
+def make_limiter(
+    rates: Rates,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    on_wait: Callable[[float, str], None] | None = None,
+) -> RateLimiter:
+    limiter = RateLimiter(clock, sleep, on_wait)
     limiter.add("apigateway", rates.apigateway, rates.apigateway_burst)
     limiter.add("apigateway.CreateDeployment", rates.create_deployment, 1)
     limiter.add("apigateway.CreateRestApi", rates.create_rest_api, 1)
@@ -244,6 +265,7 @@ class AwsCalls:
         max_attempts: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[float, str], None] | None = None,
     ) -> None:
         mode = retry_mode or os.environ.get("AWS_RETRY_MODE") or "standard"
         if mode not in ("standard", "adaptive"):
@@ -258,7 +280,7 @@ class AwsCalls:
             read_timeout=30,
             user_agent_extra="reconciler",
         )
-        self.limiter = make_limiter(rates, clock, sleep)
+        self.limiter = make_limiter(rates, clock, sleep, on_wait)
         self._endpoint_url, self._config = endpoint_url, config
         self._cloudwatch: CloudWatchClient | None = None
         try:

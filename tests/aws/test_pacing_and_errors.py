@@ -87,3 +87,25 @@ def test_missing_region_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     with pytest.raises(BackendError, match="--region"):
         AwsBackend()
+
+
+def test_waits_are_reported_naming_the_quota(aws_repo: AwsRepo, aws: Aws, tmp_path: Path) -> None:
+    """Each pacing wait is told to on_wait before it is slept, naming the quota (the CLI's live line)."""
+    clock = FakeClock()
+    waits: list[tuple[float, str]] = []
+    backend = AwsBackend(
+        region="us-east-1",
+        endpoint_url=aws.url,
+        rates=Rates(),
+        clock=clock.time,
+        sleep=clock.sleep,
+        on_wait=lambda seconds, quota: waits.append((seconds, quota)),
+    )
+    engine = Engine(Config(repo=str(aws_repo.path), backend="aws", state_dir=str(tmp_path / "state")), backend=backend)
+    try:
+        assert engine.reconcile().ok
+    finally:
+        engine.close()
+    assert [seconds for seconds, _ in waits] == clock.sleeps
+    assert any(quota == "CreateDeployment quota" and seconds >= 3 for seconds, quota in waits), waits
+    assert {quota for _, quota in waits} <= {"CreateDeployment quota", "PutRestApi quota", "API Gateway request rate"}
