@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,3 +165,44 @@ def test_the_walkthrough_runs_as_written(clone: tuple[Path, dict[str, str]]) -> 
         assert expected is not None
         actual = "".join(printed)
         assert matches(expected, actual), f"{commands}\n--- README shows:\n{expected}--- printed:\n{actual}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_moto_recipe_runs_as_written(tmp_path: Path) -> None:
+    """The "Pointing it at moto" recipe, in a fresh clone whose .venv is this one (it has moto from the test
+    extra), on a free port instead of 5000: it applies, and the plan after it is in sync."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs this repository's git history to clone")
+    text = README.read_text(encoding="utf-8")
+    recipe = next(body for language, body in blocks(section(text, "The aws backend")) if "moto_server" in body)
+    port = str(free_port())
+    gitconfig = tmp_path / "gitconfig"
+    gitconfig.write_text("[user]\n\tname = N\n\temail = n@example.com\n[commit]\n\tgpgsign = false\n", encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RECONCILER_", "GIT_", "AWS_"))}
+    env.update(GIT_CONFIG_GLOBAL=str(gitconfig), GIT_CONFIG_NOSYSTEM="1", NO_COLOR="1")
+    path = tmp_path / "reconciler"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True, env=env)
+    (path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    script = "set -e\n" + recipe.replace("127.0.0.1:5000", f"127.0.0.1:{port}").replace("-p 5000", f"-p {port}")
+    shell = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # moto_server, started with &, is in this group: killed below
+    )
+    try:
+        output, _ = shell.communicate(timeout=600)
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)
+    assert shell.returncode == 0, output
+    assert "published version 2" in output
+    assert re.search(r"^Applied \d+ actions at [0-9a-f]{12}, tagged applied/default/1\.$", output, re.MULTILINE), output
+    assert re.search(r"^In sync at [0-9a-f]{12}: no changes\.\n\Z", output, re.MULTILINE), output
