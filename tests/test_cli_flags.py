@@ -5,6 +5,7 @@ Run in-process through ``reconciler.cli.main`` (as the console script does), on 
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 from contextlib import redirect_stderr, redirect_stdout
@@ -196,3 +197,17 @@ def test_publish_version_works_outside_a_git_repository(tmp_path: Path, monkeypa
         "function": "fn",
         "version": "3",
     }
+
+
+def test_nothing_below_the_cli_imports_click() -> None:
+    """Configuration flows down as data: only cli.py knows the parser (no click, no argparse below it)."""
+    package = Path(__file__).resolve().parent.parent / "reconciler"
+    for module in package.rglob("*.py"):
+        if module.name == "cli.py":
+            continue
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        imported = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"click", "argparse"}, module
