@@ -14,6 +14,9 @@ How to extend it (the one pattern every command follows):
 * A **daemon flag** is an ``@option`` on ``run`` plus a field of the same name in
   ``reconciler.daemon.DaemonConfig``; ``daemon_config`` copies it over.  Nothing below this module
   imports click: commands hand the engine and daemon frozen dataclasses (``Config``, ``DaemonConfig``).
+* A command that **applies actions** (apply, rollback, rollout ...) shows them as they complete:
+  ``progress = Progress(out, sys.stderr)``; ``engine.on_wait = progress.wait``; pass
+  ``on_action=progress.action`` to the engine; ``progress.close()`` at the end.
 * Expected failures are ``ReconcilerError``s (each with its ``exit_code``); ``main`` prints them as
   one ``error:`` line on stderr, never a traceback.  Usage errors exit 1 (plan's 2 means "changes").
 """
