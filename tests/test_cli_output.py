@@ -184,11 +184,11 @@ def test_drift_is_out_of_sync(live_repo: SpecRepo) -> None:
 
 def test_a_failed_pass_is_failed(live_repo: SpecRepo) -> None:
     """After an apply of an invalid commit the verdict is failed, with the error."""
-    edit(live_repo, STAGES, "percentTraffic: 10", "percentTraffic: 0")
-    live_repo.commit("bad canary")
+    edit(live_repo, ALIASES, '{"1": 95, "2": 5}', '{"1": 90, "2": 5}')
+    live_repo.commit("routing that sums to 95")
     assert live_repo.cli("apply").code == 1
     line = first_line(live_repo)
-    assert line.startswith("failed: the last pass, at ") and "percentTraffic" in line
+    assert line.startswith("failed: the last pass, at ") and "summing to 100" in line
 
 
 @pytest.fixture
