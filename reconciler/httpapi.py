@@ -51,8 +51,8 @@ WEBHOOK_FETCH_PERIOD = 1.0  # at most one webhook-caused fetch per this many sec
 DELIVERIES_REMEMBERED = 4096  # recent delivery ids kept for dedupe (bounded memory)
 MAX_CONNECTIONS = 256  # open connections beyond which uvicorn answers 503
 BACKLOG = 1024  # the listen backlog (the kernel caps it at net.core.somaxconn)
-TOKEN_HEADERS = ("x-reconciler-token", "x-gitlab-token")
-DELIVERY_HEADERS = ("x-github-delivery", "x-gitlab-event-uuid", "x-request-uuid", "x-gitea-delivery")
+TOKEN_HEADERS = ("X-Reconciler-Token", "X-Gitlab-Token")
+DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Gitlab-Event-UUID", "X-Request-UUID", "X-Gitea-Delivery")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -135,7 +135,7 @@ class WebhookAuth:
             token = headers.get(name)
             if token is not None:
                 ok = hmac.compare_digest(token.strip().encode(), self.secret)
-                return _Settled(None if ok else f"{_title(name)} does not match")
+                return _Settled(None if ok else f"{name} does not match")
         return _Settled("no X-Hub-Signature-256, X-Gitea-Signature, X-Hub-Signature or token header")
 
     def verify(self, headers: Headers, body: bytes) -> str | None:
@@ -143,10 +143,6 @@ class WebhookAuth:
         verifier = self.verifier(headers)
         verifier.update(body)
         return verifier.verdict()
-
-
-def _title(name: str) -> str:
-    return "-".join(part.capitalize() for part in name.split("-"))
 
 
 class _HeaderMap:

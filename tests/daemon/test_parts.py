@@ -140,19 +140,25 @@ def test_listen_without_port_is_a_usage_error() -> None:
 def test_git_token_reaches_git_only_through_the_credential_helper(monkeypatch: pytest.MonkeyPatch) -> None:
     """git gets RECONCILER_GIT_TOKEN from the helper when it asks; the token is in no URL, argument or config value."""
     monkeypatch.setenv("RECONCILER_GIT_TOKEN", "ghp_s3cret_token")
-    env = _remote_env()
+    env = _remote_env(url="https://git.example.com/acme/deploy.git")
     assert all("ghp_s3cret_token" not in value for value in env.values())
-    done = subprocess.run(
-        ["git", "credential", "fill"],
-        input="protocol=https\nhost=git.example.com\npath=acme/deploy.git\n\n",
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    assert "username=x-access-token" in done.stdout.splitlines()
-    assert "password=ghp_s3cret_token" in done.stdout.splitlines()
+
+    def fill(protocol: str, host: str) -> list[str]:
+        done = subprocess.run(
+            ["git", "-c", "credential.interactive=false", "credential", "fill"],
+            input=f"protocol={protocol}\nhost={host}\npath=acme/deploy.git\n\n",
+            env={**os.environ, **env, "GIT_ASKPASS": "", "SSH_ASKPASS": ""},
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return done.stdout.splitlines()
+
+    answer = fill("https", "git.example.com")
+    assert "username=x-access-token" in answer and "password=ghp_s3cret_token" in answer
+    for protocol, host in (("http", "git.example.com"), ("https", "elsewhere.example.com")):  # DESIGN §11
+        assert "password=ghp_s3cret_token" not in fill(protocol, host)
 
 
 @pytest.fixture
