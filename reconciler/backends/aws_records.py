@@ -27,7 +27,8 @@ from reconciler.state import InstanceRecord, record_from_json
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+# as the lease: fail fast (a store that hangs must not hold a pass, or a stop, for long)
+CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=2, retries={"mode": "standard", "max_attempts": 2})
 KEY_PREFIX = "record/"
 
 
