@@ -909,6 +909,10 @@ class Engine:
             "last_error": record.last_error,
             "live_error": live_error,
             "rollouts": {r: state.view() for r, state in sorted(load_states(record.extra).items())},
+            "apis": {
+                name: {"id": a.id, "endpointType": a.endpoint_type, "tags": a.tags, "url": a.url}
+                for name, a in sorted(live.apis.items())
+            },
             "stages": {
                 f"{api}/{name}": {
                     "deployment_id": s.deployment_id,

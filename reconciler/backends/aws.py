@@ -157,7 +157,7 @@ class AwsBackend:
         live = LiveState(instance=self.instance)
         self._hashes = {}
         for item in self._list_apis():
-            api = live_api(item)
+            api = live_api(item, self.region)
             if api.name not in desired.apis and owner_of(api) != self.instance:
                 continue
             known = live.apis.get(api.name)
@@ -298,7 +298,7 @@ class AwsBackend:
         api = self._live.apis.get(name)
         if api is None and not self._listed:
             for item in self._list_apis():
-                found = live_api(item)
+                found = live_api(item, self.region)
                 if found.name == name and (api is None or self._rank(found) < self._rank(api)):
                     api = found
             if api is not None:
@@ -381,6 +381,7 @@ class AwsBackend:
                     name=action.api,
                     description=api_description(action.description, sha, self.instance),
                     tags=self._owner_tags(),
+                    endpointConfiguration={"types": ["REGIONAL"]},  # a new API is REGIONAL (DESIGN §10)
                 ),
             )
             api = LiveApi(action.api, str(created["id"]), action.description, sha, True, self.instance)

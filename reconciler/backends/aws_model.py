@@ -316,9 +316,10 @@ def _tag_owner(tags: Mapping[str, str]) -> tuple[bool, str | None]:
     return tags.get(MANAGED_TAG) == "true" or owner is not None, owner
 
 
-def live_api(item: Mapping[str, Any]) -> LiveApi:
+def live_api(item: Mapping[str, Any], region: str = "us-east-1") -> LiveApi:
     marker = parse_api_description(item.get("description"))
     managed, owner = _tag_owner(item.get("tags") or {})
+    types = (item.get("endpointConfiguration") or {}).get("types") or ["EDGE"]
     return LiveApi(
         str(item["name"]),
         str(item["id"]),
@@ -326,6 +327,9 @@ def live_api(item: Mapping[str, Any]) -> LiveApi:
         marker.sha256,
         managed or marker.marked,
         owner or marker.owner,
+        endpoint_type=str(types[0]),
+        tags={k: v for k, v in (item.get("tags") or {}).items() if not _kept_tag(k)},
+        url=f"https://{item['id']}.execute-api.{region}.amazonaws.com",
     )
 
 

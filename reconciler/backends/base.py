@@ -37,6 +37,9 @@ class LiveApi:
     definition_sha256: str | None
     managed: bool
     owner: str | None = None  # the instance that manages it (managed with no owner: DEFAULT_INSTANCE)
+    endpoint_type: str | None = None  # EDGE | REGIONAL | PRIVATE
+    tags: dict[str, str] = field(default_factory=dict)  # the API's own tags (marks and aws: tags left out)
+    url: str | None = None  # the invoke URL without a stage
 
 
 @dataclass(frozen=True)

@@ -522,6 +522,8 @@ class LocalBackend:
                 row["definition_sha256"],
                 bool(row["managed"]),
                 row["owner"],
+                endpoint_type="REGIONAL",
+                url=self.cloud.url(row["id"], "").rstrip("/"),
             )
         hashes: dict[str, str | None] = {}
         for row in db.execute("SELECT id, api_id, definition_sha256, revision FROM deployments ORDER BY created_at"):

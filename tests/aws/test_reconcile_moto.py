@@ -45,6 +45,20 @@ def test_first_apply_creates_everything_and_then_plans_nothing(aws_repo: AwsRepo
     assert plan["in_sync"] is True, plan["actions"]
 
 
+def test_a_new_api_is_regional_and_status_lists_apis(aws_repo: AwsRepo, aws: Aws) -> None:
+    """CreateRestApi asks for a REGIONAL endpoint; status gains apis with id, endpointType, tags and url."""
+    assert aws_repo.aws("apply").code == 0
+    api = aws.api()
+    assert api["endpointConfiguration"]["types"] == ["REGIONAL"]
+    status = aws_repo.aws_json("status")
+    assert status["apis"]["orders"] == {
+        "id": api["id"],
+        "endpointType": "REGIONAL",
+        "tags": {},
+        "url": f"https://{api['id']}.execute-api.us-east-1.amazonaws.com",
+    }
+
+
 def test_pinned_stage_serves_its_own_definition(aws_repo: AwsRepo, aws: Aws) -> None:
     """v1 points at a deployment of openapi-v1.yaml; dev and prod share the current definition's deployment."""
     assert aws_repo.aws("apply").code == 0
