@@ -104,3 +104,43 @@ def integration_variables(data: Any) -> set[str]:
             if isinstance(value, str):
                 names.update(STAGE_VARIABLE_REF.findall(value))
     return names
+
+
+AWS_VARIABLES = re.compile(r"\$\{AWS::(Region|AccountId|Partition)\}")
+LAMBDA_FUNCTION_ARN = re.compile(r"arn:([a-z-]+):lambda:([a-z0-9-]*):([0-9]*|\{account\}):function:([^/\"'\s]+)")
+UNKNOWN_ACCOUNT = "{account}"
+
+
+def lambda_targets(text: str, variables: dict[str, str]) -> tuple[set[tuple[str, str, str, str]], list[str]]:
+    """The Lambda aliases a definition's integrations invoke with these stage variables, and what cannot be told.
+
+    Returns ({(function, qualifier, partition, account)}, [problems]). Every form API Gateway accepts:
+    ``function:NAME:${stageVariables.alias}``, ``function:${stageVariables.fn}`` with ``fn: name:alias``,
+    ``${AWS::Region}``/``${AWS::AccountId}``/``${AWS::Partition}`` in the ARN (account: ``{account}``, to be
+    filled by the caller), and literal qualifiers. An unqualified function or an unset variable is a problem.
+    """
+    aws = {"Region": "", "AccountId": UNKNOWN_ACCOUNT, "Partition": "aws"}
+    resolved = AWS_VARIABLES.sub(lambda m: aws[m.group(1)], text)
+    missing: set[str] = set()
+
+    def stage_variable(match: re.Match[str]) -> str:
+        value = variables.get(match.group(1))
+        if value is None:
+            missing.add(match.group(1))
+            return match.group(0)
+        return value
+
+    resolved = STAGE_VARIABLE_REF.sub(stage_variable, resolved)
+    targets: set[tuple[str, str, str, str]] = set()
+    problems: list[str] = []
+    for partition, _region, account, function in LAMBDA_FUNCTION_ARN.findall(resolved):
+        if "${" in function:
+            names = ", ".join(sorted(STAGE_VARIABLE_REF.findall(function))) or function
+            problems.append(f"Lambda function {function}: stage variable {names} is not set")
+            continue
+        name, _, qualifier = function.partition(":")
+        if not qualifier:
+            problems.append(f"Lambda function {name} is invoked without an alias; grant its invoke permission yourself")
+            continue
+        targets.add((name, qualifier, partition, account))
+    return targets, sorted(set(problems))

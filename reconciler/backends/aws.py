@@ -20,6 +20,7 @@ parsing: ``aws_model.py``; calls, pacing and errors: ``aws_calls.py``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -51,6 +52,7 @@ from reconciler.backends.aws_model import (
     patch_replace,
     stage_patch,
     tag_changes,
+    unresolved_targets,
 )
 from reconciler.backends.base import (
     DEFAULT_INSTANCE,
@@ -63,6 +65,7 @@ from reconciler.backends.base import (
     owner_of,
 )
 from reconciler.errors import BackendError, ConflictError
+from reconciler.openapi import UNKNOWN_ACCOUNT
 from reconciler.plan import (
     Action,
     AdoptAlias,
@@ -124,6 +127,8 @@ class AwsBackend:
         self._imported: dict[str, str] = {}  # api id -> sha256 this process imported last
         self._granted: set[tuple[str, str, str]] = set()
         self._hashes: dict[str, dict[str, str]] = {}  # api name -> deployment id -> definition sha256
+        self._accounts: dict[str, str] = {}  # function -> account id, from its aliases' ARNs
+        self._policies: dict[tuple[str, str], set[str]] = {}
         self._listed = False  # read() has listed every REST API: a name it did not see does not exist
 
     def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
@@ -190,6 +195,7 @@ class AwsBackend:
         self._functions_read = set(desired.functions)
         self._imported = {}  # someone may have imported since the last pass: import again before snapshotting
         self._granted = set()  # or removed a permission: grant again when a stage or alias changes
+        self._policies = {}  # statement ids per alias, read (GetPolicy) at most once per pass
         self._definitions = {}
         for api in desired.apis.values():
             self._definitions[api.definition.sha256] = api.definition
@@ -263,6 +269,7 @@ class AwsBackend:
         for item in aliases:
             alias = live_alias(function, item)
             live.aliases[(function, alias.name)] = alias
+            self._note_account(function, item)
 
     # ----------------------------------------------------------------- apply
 
@@ -646,6 +653,7 @@ class AwsBackend:
                 current = live_alias(action.function, found)
                 revision_id = current.revision_id
             else:
+                self._note_account(action.function, created)
                 self._live.aliases[key] = live_alias(action.function, created)
                 self._grant_alias(action.function, action.alias)
                 return
@@ -696,6 +704,11 @@ class AwsBackend:
 
     def _grant_stage(self, api: LiveApi, action: CreateStage | UpdateStage, before: LiveStage | None) -> None:
         """Let API Gateway invoke every alias the stage names now and did not name before."""
+        problems = unresolved_targets(action.definition, action.variables)
+        if action.canary is not None:
+            problems += unresolved_targets(action.canary.definition, {**action.variables, **action.canary.variables})
+        for problem in sorted(set(problems)):
+            log.warning("permission_not_granted", stage=action.resource, api=api.name, reason=problem)
         for ref in sorted(
             desired_refs(action.definition, action.variables, action.canary) - self._old_refs(before),
             key=lambda r: (r.function, r.alias),
@@ -729,6 +742,19 @@ class AwsBackend:
             )
             self._granted.add(key)  # warn once per pass
             return
+        account = self._accounts.get(ref.function, "") if ref.account == UNKNOWN_ACCOUNT else ref.account
+        if not account:
+            log.warning(
+                "permission_not_granted",
+                alias=f"{ref.function}:{ref.alias}",
+                api=api.name,
+                reason="the account of ${AWS::AccountId} is unknown (the function has no alias yet)",
+            )
+            return
+        statement = f"{STATEMENT_PREFIX}{api.id}"
+        if statement in self._policy(ref.function, ref.alias):
+            self._granted.add(key)  # granted before: not sent again
+            return
         try:
             self.calls.call(
                 f"Alias/{ref.function}/{ref.alias}",
@@ -739,10 +765,40 @@ class AwsBackend:
                     StatementId=f"{STATEMENT_PREFIX}{api.id}",
                     Action="lambda:InvokeFunction",
                     Principal=INVOKE_PRINCIPAL,
-                    SourceArn=f"arn:{ref.partition}:execute-api:{self.region}:{ref.account}:{api.id}/*",
+                    SourceArn=f"arn:{ref.partition}:execute-api:{self.region}:{account}:{api.id}/*",
                 ),
             )
         except BackendError as exc:
             if exc.code != "ResourceConflictException" or "already exists" not in str(exc):
                 raise  # else: granted before
+        self._policies.setdefault((ref.function, ref.alias), set()).add(statement)
         self._granted.add(key)
+
+    def _note_account(self, function: str, item: Mapping[str, Any]) -> None:
+        """Remember the function's account from an alias ARN (for integration ARNs using ${AWS::AccountId})."""
+        arn = str(item.get("AliasArn") or "").split(":")
+        if len(arn) > 4 and arn[4]:
+            self._accounts[function] = arn[4]
+
+    def _policy(self, function: str, alias: str) -> set[str]:
+        """The statement ids of an alias's resource policy, read once per pass (GetPolicy)."""
+        key = (function, alias)
+        if key not in self._policies:
+            try:
+                found = self.calls.call(
+                    f"Alias/{function}/{alias}",
+                    "GetPolicy",
+                    lambda: self.calls.lambda_.get_policy(FunctionName=function, Qualifier=alias),
+                )
+                statements = json.loads(found.get("Policy") or "{}").get("Statement") or []
+                qualified = f":function:{function}:{alias}"  # moto answers with the whole function's policy
+                self._policies[key] = {
+                    str(s.get("Sid"))
+                    for s in statements
+                    if isinstance(s, dict) and str(s.get("Resource", qualified)).endswith(qualified)
+                }
+            except BackendError as exc:
+                if exc.code != "ResourceNotFoundException":
+                    raise
+                self._policies[key] = set()  # no policy yet
+        return self._policies[key]

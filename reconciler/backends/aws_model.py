@@ -23,6 +23,7 @@ from reconciler.backends.base import (
     LiveStage,
     LiveState,
 )
+from reconciler.openapi import lambda_targets
 from reconciler.plan import percent_json, routing_from_lambda
 from reconciler.settings import (
     StageSettings,
@@ -40,10 +41,6 @@ ALIAS_DESCRIPTION_MAX = 256
 API_MARKER = re.compile(r"\s*\[reconciler:(?:owner=([^\]\s]+))?\s*(?:definition-sha256=([0-9a-f]{64}))?\]\Z")
 STATEMENT_PREFIX = "reconciler-"
 INVOKE_PRINCIPAL = "apigateway.amazonaws.com"
-_VAR = r"\$\{stageVariables\.([A-Za-z0-9_]+)\}"
-LAMBDA_REF = re.compile(
-    r"arn:(aws[a-z-]*):lambda:[a-z0-9-]+:([0-9]{12}):function:(?:([A-Za-z0-9_-]+)|" + _VAR + r"):" + _VAR
-)
 PatchOp = dict[str, str]
 
 
@@ -135,14 +132,17 @@ class AliasRef:
 
 
 def alias_refs(definition: Definition, variables: Mapping[str, str]) -> set[AliasRef]:
-    """Every alias that ``definition``'s Lambda integrations reach with these stage variables."""
-    refs: set[AliasRef] = set()
-    for partition, account, literal, function_var, alias_var in LAMBDA_REF.findall(definition.body):
-        function = literal or variables.get(function_var)
-        alias = variables.get(alias_var)
-        if function and alias:
-            refs.add(AliasRef(function, alias, partition, account))
-    return refs
+    """Every alias that ``definition``'s Lambda integrations reach with these stage variables (every URI form).
+
+    ``account`` is ``{account}`` where the ARN says ``${AWS::AccountId}``: the caller fills it in.
+    """
+    targets, _ = lambda_targets(definition.payload, dict(variables))
+    return {AliasRef(function, alias, partition, account) for function, alias, partition, account in targets}
+
+
+def unresolved_targets(definition: Definition, variables: Mapping[str, str]) -> list[str]:
+    """The Lambda integrations of ``definition`` whose invoke permission cannot be worked out."""
+    return lambda_targets(definition.payload, dict(variables))[1]
 
 
 def desired_refs(definition: Definition, variables: Mapping[str, str], canary: DesiredCanary | None) -> set[AliasRef]:

@@ -77,6 +77,11 @@ def test_a_stage_this_tool_created_in_a_lost_attempt_is_updated(backend: AwsBack
             "patchOperations": [{"op": "replace", "path": "/deploymentId", "value": "d1"}],
         },
     )
+    stubs.lambda_.add_response(  # the alias's policy, read once: no statement for this API yet
+        "get_policy",
+        {"Policy": '{"Statement": []}'},
+        {"FunctionName": "orders-handler", "Qualifier": "prod"},
+    )
     stubs.lambda_.add_response(
         "add_permission",
         {"Statement": "{}"},

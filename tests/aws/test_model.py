@@ -20,6 +20,7 @@ from reconciler.backends.aws_model import (
     parse_api_description,
     parse_deployment_description,
     stage_patch,
+    unresolved_targets,
 )
 from reconciler.backends.base import LiveCanary, LiveStage
 from reconciler.specs import Definition
@@ -145,3 +146,34 @@ def test_markers_are_written_in_the_stored_format() -> None:
     assert alias_description("production", "default") == STORED_ALIAS_DESCRIPTION
     assert json.loads(deployment_description(SHA, "r1")) == json.loads(STORED_DEPLOYMENT_DESCRIPTION)
     assert MANAGED_TAG == "reconciler:managed"
+
+
+def test_every_lambda_uri_form_api_gateway_accepts_leads_to_its_alias() -> None:
+    """Alias in a variable, the whole function:alias in one variable, AWS:: variables, a literal qualifier."""
+    path = "arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/"
+    uris = [
+        path + "arn:aws:lambda:us-east-1:123456789012:function:orders:${stageVariables.alias}/invocations",
+        path + "arn:aws:lambda:us-east-1:123456789012:function:${stageVariables.fn}/invocations",
+        path + "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:audit:${stageVariables.alias}"
+        "/invocations",
+        path + "arn:aws:lambda:us-east-1:123456789012:function:billing:live/invocations",
+    ]
+    body = "paths:\n" + "".join(f"  /p{i}:\n    get:\n      uri: {uri}\n" for i, uri in enumerate(uris))
+    definition = Definition(SHA, "{}", "openapi.yaml", text=body)
+    assert alias_refs(definition, {"alias": "prod", "fn": "payments:blue"}) == {
+        AliasRef("orders", "prod", "aws", "123456789012"),
+        AliasRef("payments", "blue", "aws", "123456789012"),
+        AliasRef("audit", "prod", "aws", "{account}"),
+        AliasRef("billing", "live", "aws", "123456789012"),
+    }
+
+
+def test_a_lambda_integration_whose_permission_cannot_be_worked_out_is_named() -> None:
+    """An unset variable or an unqualified function is reported, not silently skipped."""
+    path = "arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/arn:aws:lambda:us-east-1:123456789012:"
+    body = f"a: {path}function:${{stageVariables.fn}}/invocations\nb: {path}function:plain/invocations\n"
+    definition = Definition(SHA, "{}", "openapi.yaml", text=body)
+    assert unresolved_targets(definition, {}) == [
+        "Lambda function ${stageVariables.fn}: stage variable fn is not set",
+        "Lambda function plain is invoked without an alias; grant its invoke permission yourself",
+    ]

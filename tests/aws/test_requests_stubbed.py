@@ -214,6 +214,11 @@ def test_new_stage_is_created_with_its_canary_and_grant(backend: AwsBackend, stu
             },
         },
     )
+    lambda_.add_response(  # the alias's policy, read once: no statement for this API yet
+        "get_policy",
+        {"Policy": '{"Statement": []}'},
+        {"FunctionName": "orders-handler", "Qualifier": "prod"},
+    )
     lambda_.add_response(
         "add_permission",
         {"Statement": "{}"},
