@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.engine import Config, Engine
-from reconciler.plan import Action
+from reconciler.engine import ActionDone, Config, Engine
 from reconciler.rollout import PROMOTE
 from reconciler.rollouts import load_states
 from reconciler.state import InstanceRecord, Pin
@@ -26,7 +25,7 @@ def test_a_promote_and_a_pin_made_during_a_pass_are_not_overwritten_by_it(
     laptop = Engine(Config(repo=str(repo.path), state_dir=str(repo.state_dir)))
     pin = Pin(revision=repo.head(), tag=None, pinned_at="2026-01-01T00:00:00+00:00")
 
-    def meanwhile(action: Action, error: BaseException | None) -> None:
+    def meanwhile(done: ActionDone) -> None:
         laptop.rollout_command(ALIAS, PROMOTE)
 
         def pinning(record: InstanceRecord) -> None:
