@@ -242,7 +242,9 @@ def to_backend_error(exc: Exception, resource: str, operation: str) -> BackendEr
             code=code,
         )
     if isinstance(exc, NoRegionError):
-        return BackendError(f"{resource}: {operation} failed: {code}: pass --region or set AWS_REGION", code=code)
+        return BackendError(
+            f"{resource}: {operation} failed: {code}: pass --region or set AWS_DEFAULT_REGION", code=code
+        )
     temporary = isinstance(exc, ConnectionError | HTTPClientError)
     return BackendError(f"{resource}: {operation} failed: {code}: {one_line(str(exc))}", temporary=temporary, code=code)
 
@@ -294,7 +296,7 @@ class AwsCalls:
             )
         except (BotoCoreError, ValueError) as exc:
             if isinstance(exc, NoRegionError):
-                raise BackendError("the aws backend needs a region: pass --region or set AWS_REGION") from None
+                raise BackendError("the aws backend needs a region: pass --region or set AWS_DEFAULT_REGION") from None
             raise BackendError(f"cannot create AWS clients: {one_line(str(exc))}") from None
         self.region: str = self.apigateway.meta.region_name
         self.apigateway.meta.events.register("before-call", self._pace_apigateway)

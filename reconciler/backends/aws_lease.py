@@ -26,6 +26,7 @@ from reconciler.lease import LeaseError, LeaseHolder
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
+# fail fast: a table that hangs must not hold a pass, or a stop, for long
 CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=2, retries={"mode": "standard", "max_attempts": 2})
 TAKE_IF_FREE = "attribute_not_exists(#id) OR #expires < :now OR #holder = :me"
 NAMES = {"#id": "id", "#holder": "holder", "#expires": "expires"}
@@ -45,12 +46,7 @@ class DynamoDbLease:
         self.table = table
         self.key = key
         self._clock = clock
-        try:
-            self.client: DynamoDBClient = boto3.client(
-                "dynamodb", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG
-            )
-        except NoRegionError:
-            raise UsageError("--lock needs an AWS region: set --region or AWS_REGION") from None
+        self.client = dynamodb_client(region, endpoint_url)
 
     def acquire(self, holder: str, duration: float) -> bool:
         now = self._clock()
@@ -107,21 +103,37 @@ class DynamoDbLease:
         self.client.close()
 
     def _error(self, what: str, exc: ClientError | BotoCoreError) -> LeaseError:
-        where = f"the lease {self.key!r} in DynamoDB table {self.table!r}"
-        if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
-            message = exc.response.get("Error", {}).get("Message", "")
-            if code == "ResourceNotFoundException":
-                return LeaseError(
-                    f"cannot {what} {where}: the table does not exist; create it with a string partition key "
-                    "'id' (see the README, Running in a cluster)",
-                    temporary=False,
-                )
-            if code == "ValidationException" and "key" in message.lower():
-                return LeaseError(
-                    f"cannot {what} {where}: the table's key schema does not fit ({' '.join(message.split())}); "
-                    "expected a string partition key 'id' and no sort key",
-                    temporary=False,
-                )
-            return LeaseError(f"cannot {what} {where}: {code}: {message}".rstrip(": "))
-        return LeaseError(f"cannot {what} {where}: {' '.join(str(exc).split())}")
+        message, temporary = describe_dynamodb_error(
+            what, f"the lease {self.key!r} in DynamoDB table {self.table!r}", exc
+        )
+        return LeaseError(message, temporary=temporary)
+
+
+def dynamodb_client(region: str | None, endpoint_url: str | None) -> DynamoDBClient:
+    """The DynamoDB client of ``--lock`` (the lease and the record store): short timeouts, two attempts."""
+    try:
+        return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG)
+    except NoRegionError:
+        raise UsageError("--lock needs an AWS region: set --region or AWS_DEFAULT_REGION") from None
+
+
+def describe_dynamodb_error(what: str, where: str, exc: ClientError | BotoCoreError) -> tuple[str, bool]:
+    """One line for a failed call on the ``--lock`` table, and whether retrying can help (a missing table or a
+    wrong key schema cannot)."""
+    if not isinstance(exc, ClientError):
+        return f"cannot {what} {where}: {' '.join(str(exc).split())}", True
+    code = exc.response.get("Error", {}).get("Code", "")
+    message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+    if code == "ResourceNotFoundException":
+        return (
+            f"cannot {what} {where}: the table does not exist; create it with a string partition key "
+            "'id' (see the README, Running in a cluster)",
+            False,
+        )
+    if code == "ValidationException" and "key" in message.lower():
+        return (
+            f"cannot {what} {where}: the table's key schema does not fit ({message}); expected a string "
+            "partition key 'id' and no sort key",
+            False,
+        )
+    return f"cannot {what} {where}: {code}: {message}".rstrip(": "), True

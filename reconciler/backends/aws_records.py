@@ -14,21 +14,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from reconciler.errors import StateError, UsageError
+from reconciler.backends.aws_lease import describe_dynamodb_error, dynamodb_client
+from reconciler.errors import StateError
 from reconciler.records import UPDATE_ATTEMPTS, VersionTracker
 from reconciler.state import InstanceRecord, record_from_json
 
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
-# as the lease: fail fast (a store that hangs must not hold a pass, or a stop, for long)
-CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=2, retries={"mode": "standard", "max_attempts": 2})
 KEY_PREFIX = "record/"
 
 
@@ -47,12 +40,7 @@ class DynamoDbRecordStore(VersionTracker):
         super().__init__()
         self.table = table
         self.where = f"DynamoDB table {table!r}"
-        try:
-            self.client: DynamoDBClient = boto3.client(
-                "dynamodb", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG
-            )
-        except NoRegionError:
-            raise UsageError("--lock needs an AWS region: set --region or AWS_REGION") from None
+        self.client = dynamodb_client(region, endpoint_url)
 
     def load(self, instance: str) -> InstanceRecord:
         record = self._read(instance)
@@ -125,20 +113,5 @@ class DynamoDbRecordStore(VersionTracker):
 
     def _error(self, what: str, instance: str, exc: ClientError | BotoCoreError) -> RecordStoreError:
         where = f"the record {KEY_PREFIX}{instance!r} in {self.where}"
-        if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
-            message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
-            if code == "ResourceNotFoundException":
-                return RecordStoreError(
-                    f"cannot {what} {where}: the table does not exist; create it with a string partition key "
-                    "'id' (see the README, Running in a cluster)",
-                    temporary=False,
-                )
-            if code == "ValidationException" and "key" in message.lower():
-                return RecordStoreError(
-                    f"cannot {what} {where}: the table's key schema does not fit ({message}); expected a string "
-                    "partition key 'id' and no sort key",
-                    temporary=False,
-                )
-            return RecordStoreError(f"cannot {what} {where}: {code}: {message}".rstrip(": "))
-        return RecordStoreError(f"cannot {what} {where}: {' '.join(str(exc).split())}")
+        message, temporary = describe_dynamodb_error(what, where, exc)
+        return RecordStoreError(message, temporary=temporary)

@@ -81,7 +81,7 @@ def test_unreachable_endpoint_is_a_temporary_error(moto_url: str) -> None:
 
 
 def test_missing_region_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Without --region or AWS_REGION the backend says which flag to pass."""
+    """Without --region or AWS_DEFAULT_REGION the backend says which flag to pass."""
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
