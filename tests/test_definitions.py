@@ -44,8 +44,8 @@ def _examples(repo: SpecRepo) -> None:
     repo.write("deploy_specs/pets.yaml", (EXAMPLES / "pets-openapi3.yaml").read_text(encoding="utf-8"))
 
 
-def test_real_examples_validate_with_only_the_variables_their_integrations_need(repo: SpecRepo) -> None:
-    """The Swagger 2.0 JSON and OpenAPI 3.0 YAML examples validate; a template-only variable is not required."""
+def _commit_examples(repo: SpecRepo) -> None:
+    """Both examples committed, each with a prod stage setting only the variable its integration needs."""
     _examples(repo)
     repo.write(
         "deploy_specs/specs.yaml",
@@ -56,6 +56,11 @@ def test_real_examples_validate_with_only_the_variables_their_integrations_need(
         + stage("prod", "pets", "{petsHost: pets.example.com}"),
     )
     repo.commit("examples")
+
+
+def test_real_examples_validate_with_only_the_variables_their_integrations_need(repo: SpecRepo) -> None:
+    """The Swagger 2.0 JSON and OpenAPI 3.0 YAML examples validate; a template-only variable is not required."""
+    _commit_examples(repo)
     code, errors = validate(repo)
     assert (code, errors) == (0, [])
 
@@ -203,16 +208,7 @@ def test_local_backend_refuses_what_api_gateway_refuses(tmp_path: Path) -> None:
 
 def test_both_examples_apply_on_the_local_backend(repo: SpecRepo) -> None:
     """The Swagger 2.0 JSON and OpenAPI 3.0 YAML examples import, deploy and settle (plan in sync)."""
-    _examples(repo)
-    repo.write(
-        "deploy_specs/specs.yaml",
-        api("calc", "calc.json")
-        + stage("prod", "calc", "{calcAlias: prod}")
-        + "---\n"
-        + api("pets", "pets.yaml")
-        + stage("prod", "pets", "{petsHost: pets.example.com}"),
-    )
-    repo.commit("examples")
+    _commit_examples(repo)
     result = repo.cli("apply")
     assert result.code == 0, result.stderr
     assert repo.cli_json("plan")["in_sync"] is True
