@@ -16,7 +16,7 @@ from reconciler.backends.aws import AwsBackend
 from reconciler.backends.aws_model import deployment_description
 from reconciler.errors import BackendError, ConflictError
 from reconciler.plan import CreateAlias, CreateStage, DeleteAlias, DeleteStage, UpdateAlias, UpdateStage
-from tests.aws.test_requests_stubbed import MAIN, MANAGED, OTHER, Stubbed, backend, stubs
+from tests.aws.test_requests_stubbed import MAIN, MANAGED, OTHER, Stubbed, backend, expect_invoke_grant, stubs
 
 __all__ = ["backend", "stubs"]  # the stubbed backend and its read, shared with test_requests_stubbed
 
@@ -77,23 +77,7 @@ def test_a_stage_this_tool_created_in_a_lost_attempt_is_updated(backend: AwsBack
             "patchOperations": [{"op": "replace", "path": "/deploymentId", "value": "d1"}],
         },
     )
-    stubs.lambda_.add_response(  # the alias's policy, read once: no statement for this API yet
-        "get_policy",
-        {"Policy": '{"Statement": []}'},
-        {"FunctionName": "orders-handler", "Qualifier": "prod"},
-    )
-    stubs.lambda_.add_response(
-        "add_permission",
-        {"Statement": "{}"},
-        {
-            "FunctionName": "orders-handler",
-            "Qualifier": "prod",
-            "StatementId": "reconciler-a1",
-            "Action": "lambda:InvokeFunction",
-            "Principal": "apigateway.amazonaws.com",
-            "SourceArn": "arn:aws:execute-api:us-east-1:123456789012:a1/*",
-        },
-    )
+    expect_invoke_grant(stubs.lambda_)
     backend.apply(create_stage())
 
 

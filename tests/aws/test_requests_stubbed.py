@@ -188,6 +188,27 @@ def test_canary_removal_is_one_remove_op(backend: AwsBackend, stubs: Stubbed) ->
     backend.apply(_stage(UpdateStage, None))
 
 
+def expect_invoke_grant(lambda_: Stubber) -> None:
+    """The prod alias's policy is read once (no statement for API a1 yet), then API a1 is allowed to invoke it."""
+    lambda_.add_response(
+        "get_policy",
+        {"Policy": '{"Statement": []}'},
+        {"FunctionName": "orders-handler", "Qualifier": "prod"},
+    )
+    lambda_.add_response(
+        "add_permission",
+        {"Statement": "{}"},
+        {
+            "FunctionName": "orders-handler",
+            "Qualifier": "prod",
+            "StatementId": "reconciler-a1",
+            "Action": "lambda:InvokeFunction",
+            "Principal": "apigateway.amazonaws.com",
+            "SourceArn": "arn:aws:execute-api:us-east-1:123456789012:a1/*",
+        },
+    )
+
+
 def test_new_stage_is_created_with_its_canary_and_grant(backend: AwsBackend, stubs: Stubbed) -> None:
     """CreateStage carries canarySettings and the managed tag; the existing alias it names is granted to the API."""
     apigateway, lambda_ = stubs.apigateway, stubs.lambda_
@@ -214,23 +235,7 @@ def test_new_stage_is_created_with_its_canary_and_grant(backend: AwsBackend, stu
             },
         },
     )
-    lambda_.add_response(  # the alias's policy, read once: no statement for this API yet
-        "get_policy",
-        {"Policy": '{"Statement": []}'},
-        {"FunctionName": "orders-handler", "Qualifier": "prod"},
-    )
-    lambda_.add_response(
-        "add_permission",
-        {"Statement": "{}"},
-        {
-            "FunctionName": "orders-handler",
-            "Qualifier": "prod",
-            "StatementId": "reconciler-a1",
-            "Action": "lambda:InvokeFunction",
-            "Principal": "apigateway.amazonaws.com",
-            "SourceArn": "arn:aws:execute-api:us-east-1:123456789012:a1/*",
-        },
-    )
+    expect_invoke_grant(lambda_)
     backend.apply(_stage(CreateStage, DesiredCanary(10.0, OTHER, {"lambdaAlias": "canary"}), stage="beta"))
 
 
