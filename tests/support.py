@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -233,3 +234,16 @@ def with_state_dir(repo: SpecRepo, state_dir: Path) -> SpecRepo:
     other = copy.copy(repo)
     other.state_dir = state_dir
     return other
+
+
+def self_signed_tls(folder: Path) -> ssl.SSLContext:
+    """A server TLS context with a fresh one-day self-signed certificate for localhost and 127.0.0.1 (openssl)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context

@@ -21,7 +21,7 @@ import pytest
 
 from reconciler.errors import GitError
 from reconciler.gitsource import clone_or_open, redact
-from tests.support import SpecRepo
+from tests.support import SpecRepo, self_signed_tls
 
 TOKEN = "ghp_trust-token-6f1d"
 
@@ -103,15 +103,7 @@ class GitHttpServer(ThreadingHTTPServer):
 
 @pytest.fixture
 def tls(tmp_path: Path) -> ssl.SSLContext:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    return context
+    return self_signed_tls(tmp_path)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from reconciler.errors import GitError
 from reconciler.gitsource import SshIdentity, _remote_env, clone_or_open
 from tests.daemon.conftest import Daemon, set_prod_routing, wait_for
-from tests.support import SpecRepo
+from tests.support import SpecRepo, self_signed_tls
 
 pytestmark = pytest.mark.daemon
 
@@ -121,15 +121,7 @@ class RefusingGitServer:
 
 @pytest.fixture
 def refusing(tmp_path: Path) -> Iterator[RefusingGitServer]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
-    server = RefusingGitServer(tls)
+    server = RefusingGitServer(self_signed_tls(tmp_path))
     yield server
     server.close()
 
