@@ -22,10 +22,16 @@ def test_a_commit_after_an_unfinished_rollout_is_tagged_with_its_own_actions(
     repo, engine, clock = world
     repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}', "    steps: [{setWeight: 10}, {pause: {}}]\n"))
     a = repo.commit("A: version 2 with a rollout")
+    for attempt in range(64):  # A's sha in the upper half, so that B below can be made to sort before it
+        if a >= "8":
+            break
+        repo.git("commit", "-q", "--amend", "-m", f"A: version 2 with a rollout ({attempt})")
+        a = repo.head()
+    assert a >= "8"
     assert pass_at(engine, clock, 0).progressing
     repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}'))
     b = repo.commit("B: version 2 at once")
-    for attempt in range(64):  # B's sha must sort before A's (about one try in two)
+    for attempt in range(64):  # B's sha must sort before A's (at least one try in two)
         if b < a:
             break
         repo.git("commit", "-q", "--amend", "-m", f"B: version 2 at once ({attempt})")
