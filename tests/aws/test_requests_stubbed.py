@@ -73,10 +73,21 @@ class Stubbed:
     once: Stubber  # the apigateway client CreateDeployment goes through (no retries)
 
 
-@pytest.fixture
-def stubs(backend: AwsBackend) -> Iterator[Stubbed]:
-    """Stubbers for apigateway and lambda, after a stubbed read of one API and one function."""
-    apigateway, lambda_ = Stubber(backend.calls.apigateway), Stubber(backend.calls.lambda_)
+PROD_STAGE: dict[str, Any] = {
+    "stageName": "prod",
+    "deploymentId": "d1",
+    "variables": {"lambdaAlias": "prod"},
+    "tags": MANAGED,
+    "canarySettings": {
+        "percentTraffic": 10.0,
+        "deploymentId": "d2",
+        "stageVariableOverrides": {"lambdaAlias": "canary"},
+    },
+}
+
+
+def expect_read(apigateway: Stubber, lambda_: Stubber, prod: dict[str, Any] = PROD_STAGE) -> None:
+    """The calls of one read of DESIRED: API a1 (deployments d1, d2), its stage ``prod``, the function's alias."""
     apigateway.add_response(
         "get_rest_apis",
         {"items": [{"id": "a1", "name": "orders", "description": api_description("Orders", SHA1), "tags": MANAGED}]},
@@ -92,25 +103,7 @@ def stubs(backend: AwsBackend) -> Iterator[Stubbed]:
         },
         {"restApiId": "a1", "limit": 500},
     )
-    apigateway.add_response(
-        "get_stages",
-        {
-            "item": [
-                {
-                    "stageName": "prod",
-                    "deploymentId": "d1",
-                    "variables": {"lambdaAlias": "prod"},
-                    "tags": MANAGED,
-                    "canarySettings": {
-                        "percentTraffic": 10.0,
-                        "deploymentId": "d2",
-                        "stageVariableOverrides": {"lambdaAlias": "canary"},
-                    },
-                }
-            ]
-        },
-        {"restApiId": "a1"},
-    )
+    apigateway.add_response("get_stages", {"item": [prod]}, {"restApiId": "a1"})
     lambda_.add_response(
         "list_aliases",
         {
@@ -131,6 +124,13 @@ def stubs(backend: AwsBackend) -> Iterator[Stubbed]:
         {"Versions": [{"Version": "$LATEST"}, {"Version": "1"}, {"Version": "2"}]},
         {"FunctionName": "orders-handler", "MaxItems": 50},
     )
+
+
+@pytest.fixture
+def stubs(backend: AwsBackend) -> Iterator[Stubbed]:
+    """Stubbers for apigateway and lambda, after a stubbed read of one API and one function."""
+    apigateway, lambda_ = Stubber(backend.calls.apigateway), Stubber(backend.calls.lambda_)
+    expect_read(apigateway, lambda_)
     once = Stubber(backend.calls.apigateway_once)
     with apigateway, lambda_, once:
         yield Stubbed(apigateway, lambda_, backend.read(DESIRED), once)

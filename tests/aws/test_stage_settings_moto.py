@@ -8,16 +8,24 @@ through botocore's ``Stubber`` with the exact patch operations AWS takes.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from reconciler.backends.aws import AwsBackend
 from reconciler.engine import Config, Engine
 from reconciler.plan import UpdateStage
-from reconciler.settings import MethodSetting, StageSettings
+from reconciler.settings import StageSettings
 from reconciler.specs import DesiredCanary
 from tests.aws.conftest import REGION, Aws, AwsRepo
-from tests.aws.test_requests_stubbed import MAIN, OTHER, Stubbed, backend, stubs  # noqa: F401 - fixtures
+from tests.aws.test_requests_stubbed import (  # noqa: F401 - fixtures
+    DESIRED,
+    MAIN,
+    OTHER,
+    PROD_STAGE,
+    Stubbed,
+    backend,
+    expect_read,
+    stubs,
+)
 
 SETTINGS = """\
   tracingEnabled: true
@@ -85,9 +93,10 @@ def test_client_certificate_stage_cache_and_removed_method_setting_patch_ops(
     stubs: Stubbed,  # noqa: F811
 ) -> None:
     """clientCertificateId, canary useStageCache and a dropped method setting are exact UpdateStage operations."""
-    live = backend._live.stages[("orders", "prod")]
-    had = StageSettings(methodSettings={"/orders/GET": MethodSetting(cachingEnabled=True)})
-    backend._live.stages[("orders", "prod")] = replace(live, settings=had)
+    prod = {**PROD_STAGE, "methodSettings": {"~1orders/GET": {"cachingEnabled": True}}}
+    expect_read(stubs.apigateway, stubs.lambda_, prod)  # the stage as GetStages returns it, with its method setting
+    live = backend.read(DESIRED).stages[("orders", "prod")]
+    assert live.settings is not None and live.settings.methodSettings["/orders/GET"].cachingEnabled
     stubs.apigateway.add_response(
         "update_stage",
         {"stageName": "prod", "deploymentId": "d1"},
