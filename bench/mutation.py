@@ -1,7 +1,7 @@
 """Mutation testing of the code whose mistakes matter most, with cosmic-ray; prints every surviving mutant.
 
 Not part of CI (slow: one test run per mutant).  Targets: ``plan.py`` and
-``engine.py`` whole, the applied-tag code of ``gitsource.py`` and the webhook
+``engine.py`` whole, the routing conversions of ``model.py``, the applied-tag code of ``gitsource.py`` and the webhook
 verification of ``httpapi.py`` (function line ranges found with ``ast``, so
 edits elsewhere in those modules do not move them).  Each target runs in a
 fresh copy of the working tree under ``bench/out/mutation/`` (cosmic-ray
@@ -53,6 +53,11 @@ TARGETS = {
         "reconciler/plan.py",
         (),
         ("tests/test_plan.py", "tests/test_local_backend.py", "tests/test_local_read.py", "tests/test_cli.py"),
+    ),
+    "model": Target(
+        "reconciler/model.py",
+        ("owner_of", "percent_json", "version_key", "primary_version", "routing_to_lambda", "routing_from_lambda"),
+        ("tests/test_plan.py", "tests/test_local_backend.py", "tests/aws/test_model.py"),
     ),
     "engine": Target(
         "reconciler/engine.py",

@@ -41,7 +41,8 @@ from click.core import ParameterSource
 from reconciler import __version__
 from reconciler.engine import WORKTREE, ActionDone, Config, Engine, ReconcileResult
 from reconciler.errors import ReconcilerError, SpecError, UsageError
-from reconciler.plan import Action, Plan
+from reconciler.model import Action
+from reconciler.plan import Plan
 from reconciler.sinks import GITHUB_API
 from reconciler.terminal import LiveLine
 

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from reconciler import failpoints
-from reconciler.backends.base import Backend, LiveState
+from reconciler.backends.base import Backend
 from reconciler.errors import (
     BackendError,
     GitError,
@@ -49,8 +49,7 @@ from reconciler.gitsource import (
     clone_or_open,
     is_remote,
 )
-from reconciler.parsecache import ParseCache
-from reconciler.plan import (
+from reconciler.model import (
     Action,
     AdoptApi,
     AdoptStage,
@@ -59,14 +58,13 @@ from reconciler.plan import (
     CreateStage,
     DeleteAlias,
     DeleteStage,
-    Plan,
+    LiveState,
     UpdateApi,
     UpdateStage,
-    canary_json,
-    make_plan,
     percent_json,
-    routing_json,
 )
+from reconciler.parsecache import ParseCache
+from reconciler.plan import Plan, canary_json, make_plan, routing_json
 from reconciler.records import RecordStore, make_record_store
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape

@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from reconciler.plan import ACTION_ORDER
+from reconciler.model import ACTION_ORDER
 from reconciler.rollout import PHASES
 
 RESULTS = ("success", "noop", "invalid", "failed")

@@ -9,11 +9,35 @@ touched.  The engine applies ``Plan.actions`` in order; ``plan`` prints them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
-from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveStage, LiveState, owner_of
 from reconciler.errors import PlanError, SpecIssue
+from reconciler.model import (
+    ACTION_ORDER,
+    Action,
+    AdoptAlias,
+    AdoptApi,
+    AdoptStage,
+    Change,
+    CreateAlias,
+    CreateApi,
+    CreateDeployment,
+    CreateStage,
+    DeleteAlias,
+    DeleteStage,
+    LiveAlias,
+    LiveApi,
+    LiveCanary,
+    LiveStage,
+    LiveState,
+    UpdateAlias,
+    UpdateApi,
+    UpdateStage,
+    owner_of,
+    percent_json,
+    version_key,
+)
 from reconciler.settings import StageSettings
 from reconciler.specs import (
     LATEST,
@@ -24,218 +48,13 @@ from reconciler.specs import (
     DesiredStage,
     DesiredState,
     Location,
-    normalize_percent,
 )
-
-Change = tuple[Any, Any]
-
-
-def percent_json(value: float) -> float | int:
-    """A percentage as shown to people and in JSON: 95 rather than 95.0."""
-    return int(value) if float(value).is_integer() else value
 
 
 def routing_json(routing: dict[str, float] | None) -> dict[str, float | int] | None:
     if routing is None:
         return None
-    return {version: percent_json(p) for version, p in sorted(routing.items(), key=lambda kv: _version_key(kv[0]))}
-
-
-def _version_key(version: str) -> tuple[int, int]:
-    return (1, 0) if version == LATEST else (0, int(version))
-
-
-def primary_version(routing: dict[str, float]) -> str:
-    """The version an alias points at; any other version takes a weight."""
-    return max(routing, key=lambda v: (routing[v], -_version_key(v)[1]))
-
-
-def routing_to_lambda(routing: dict[str, float]) -> tuple[str, dict[str, float]]:
-    """version -> percent as Lambda's (FunctionVersion, AdditionalVersionWeights 0.0-1.0)."""
-    primary = primary_version(routing)
-    return primary, {v: round(p / 100, 8) for v, p in routing.items() if v != primary}
-
-
-def routing_from_lambda(version: str, weights: dict[str, float]) -> dict[str, float]:
-    """Lambda's (FunctionVersion, AdditionalVersionWeights) as version -> percent."""
-    routing = {v: normalize_percent(w * 100) for v, w in weights.items()}
-    routing[version] = normalize_percent(100 - sum(routing.values()))
-    return routing
-
-
-@dataclass(frozen=True)
-class _Action:
-    action: ClassVar[str]
-    changes: dict[str, Change] = field(default_factory=dict, kw_only=True)
-
-    @property
-    def resource(self) -> str:  # pragma: no cover - every action overrides it
-        raise NotImplementedError
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "resource": self.resource,
-            "changes": {name: [old, new] for name, (old, new) in self.changes.items()},
-        }
-
-
-@dataclass(frozen=True)
-class _ApiAction(_Action):
-    api: str
-
-    @property
-    def resource(self) -> str:
-        return f"RestApi/{self.api}"
-
-
-@dataclass(frozen=True)
-class _StageAction(_Action):
-    api: str
-    stage: str
-
-    @property
-    def resource(self) -> str:
-        return f"Stage/{self.api}/{self.stage}"
-
-
-@dataclass(frozen=True)
-class _AliasAction(_Action):
-    function: str
-    alias: str
-
-    @property
-    def resource(self) -> str:
-        return f"Alias/{self.function}/{self.alias}"
-
-
-@dataclass(frozen=True)
-class CreateApi(_ApiAction):
-    action: ClassVar[str] = "create_api"
-    description: str | None
-    definition: Definition
-
-
-@dataclass(frozen=True)
-class UpdateApi(_ApiAction):
-    """Import the API's definition (and/or set its description)."""
-
-    action: ClassVar[str] = "update_api"
-    description: str | None
-    definition: Definition
-
-
-@dataclass(frozen=True)
-class CreateDeployment(_ApiAction):
-    """Snapshot ``definition``; ``api_definition`` is what the API keeps as current."""
-
-    action: ClassVar[str] = "create_deployment"
-    definition: Definition
-    api_definition: Definition
-    revision: str | None
-
-
-@dataclass(frozen=True)
-class CreateStage(_StageAction):
-    action: ClassVar[str] = "create_stage"
-    description: str | None
-    definition: Definition
-    variables: dict[str, str]
-    canary: DesiredCanary | None
-    settings: StageSettings | None = None  # None: leave the stage's settings as they are
-
-
-@dataclass(frozen=True)
-class UpdateStage(_StageAction):
-    action: ClassVar[str] = "update_stage"
-    description: str | None
-    definition: Definition
-    variables: dict[str, str]
-    canary: DesiredCanary | None
-    settings: StageSettings | None = None  # None: leave the stage's settings as they are
-
-
-@dataclass(frozen=True)
-class CreateAlias(_AliasAction):
-    action: ClassVar[str] = "create_alias"
-    description: str | None
-    routing: dict[str, float]
-
-
-@dataclass(frozen=True)
-class UpdateAlias(_AliasAction):
-    action: ClassVar[str] = "update_alias"
-    description: str | None
-    routing: dict[str, float]
-    revision_id: str | None = None
-
-
-@dataclass(frozen=True)
-class AdoptApi(_ApiAction):
-    """Mark an existing, unmanaged API as this instance's (its id and URL stay)."""
-
-    action: ClassVar[str] = "adopt_api"
-    instance: str
-
-
-@dataclass(frozen=True)
-class AdoptStage(_StageAction):
-    """Mark an existing, unmanaged stage as this instance's (it keeps its deployment until an update moves it)."""
-
-    action: ClassVar[str] = "adopt_stage"
-    instance: str
-
-
-@dataclass(frozen=True)
-class AdoptAlias(_AliasAction):
-    """Mark an existing, unmanaged alias as this instance's (its routing stays until an update changes it)."""
-
-    action: ClassVar[str] = "adopt_alias"
-    instance: str
-    revision_id: str | None = None
-
-
-@dataclass(frozen=True)
-class DeleteStage(_StageAction):
-    action: ClassVar[str] = "delete_stage"
-
-
-@dataclass(frozen=True)
-class DeleteAlias(_AliasAction):
-    action: ClassVar[str] = "delete_alias"
-
-
-Action = (
-    CreateApi
-    | AdoptApi
-    | UpdateApi
-    | CreateDeployment
-    | CreateStage
-    | AdoptStage
-    | UpdateStage
-    | CreateAlias
-    | AdoptAlias
-    | UpdateAlias
-    | DeleteStage
-    | DeleteAlias
-)
-ACTION_ORDER = [
-    cls.action
-    for cls in (
-        CreateApi,
-        AdoptApi,
-        UpdateApi,
-        CreateDeployment,
-        CreateStage,
-        AdoptStage,
-        UpdateStage,
-        CreateAlias,
-        AdoptAlias,
-        UpdateAlias,
-        DeleteStage,
-        DeleteAlias,
-    )
-]
+    return {version: percent_json(p) for version, p in sorted(routing.items(), key=lambda kv: version_key(kv[0]))}
 
 
 @dataclass(frozen=True)
@@ -484,9 +303,9 @@ def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue
             )
         )
         return False
-    missing = sorted((v for v in alias.routing if v not in versions), key=_version_key)
+    missing = sorted((v for v in alias.routing if v not in versions), key=version_key)
     if missing:
-        published = ", ".join(sorted((v for v in versions if v != LATEST), key=_version_key)) or "none"
+        published = ", ".join(sorted((v for v in versions if v != LATEST), key=version_key)) or "none"
         issues.append(
             SpecIssue(
                 alias.location.file,

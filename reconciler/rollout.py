@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from reconciler.plan import percent_json
+from reconciler.model import percent_json
 from reconciler.specs import Definition, DesiredAlias, DesiredCanary, DesiredRollout, DesiredStage
 
 PROGRESSING, PAUSED, SUCCEEDED, FAILED, HALTED = "progressing", "paused", "succeeded", "failed", "halted"

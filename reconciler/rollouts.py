@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.analysis import run_analysis
-from reconciler.backends.base import LiveState
+from reconciler.model import LiveState
 from reconciler.rollout import (
     ACTIVE,
     FAILED,

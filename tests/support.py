@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.backends.base import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
 from reconciler.cli import main
+from reconciler.model import LiveAlias, LiveApi, LiveCanary, LiveDeployment, LiveStage, LiveState
 from reconciler.specs import (
     Definition,
     DesiredAlias,

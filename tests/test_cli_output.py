@@ -15,7 +15,7 @@ import pytest
 from reconciler.backends.local import LocalCloud
 from reconciler.cli import Out, Progress, main
 from reconciler.engine import ActionDone
-from reconciler.plan import UpdateAlias
+from reconciler.model import UpdateAlias
 from tests.support import SpecRepo
 
 ALIASES = "deploy_specs/aliases.yaml"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reconciler.engine import execution_order
-from reconciler.plan import (
+from reconciler.model import (
     AdoptAlias,
     AdoptApi,
     AdoptStage,

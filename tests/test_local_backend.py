@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.backends.base import LiveState
 from reconciler.backends.local import LocalBackend, LocalCloud
 from reconciler.errors import BackendError, ConflictError
-from reconciler.plan import DeleteAlias, DeleteStage, Plan, make_plan, routing_from_lambda, routing_to_lambda
+from reconciler.model import DeleteAlias, DeleteStage, LiveState, routing_from_lambda, routing_to_lambda
+from reconciler.plan import Plan, make_plan
 from reconciler.specs import DesiredState
 from tests.support import desired_alias, desired_api, desired_stage, desired_state, make_definition
 

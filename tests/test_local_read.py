@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.backends.base import LiveState
 from reconciler.backends.local import LocalBackend, LocalCloud
+from reconciler.model import LiveState
 from reconciler.plan import make_plan
 from reconciler.specs import DesiredState
 from tests.support import desired_alias, desired_api, desired_stage, desired_state, make_definition

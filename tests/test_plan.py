@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.backends.base import LiveState
 from reconciler.errors import PlanError
-from reconciler.plan import ACTION_ORDER, Plan, make_plan
+from reconciler.model import ACTION_ORDER, LiveState
+from reconciler.plan import Plan, make_plan
 from reconciler.specs import DesiredCanary, DesiredState
 from tests.support import (
     SPEC_FILE,

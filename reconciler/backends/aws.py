@@ -54,19 +54,10 @@ from reconciler.backends.aws_model import (
     tag_changes,
     unresolved_targets,
 )
-from reconciler.backends.base import (
-    DEFAULT_INSTANCE,
-    AlarmState,
-    LiveAlias,
-    LiveApi,
-    LiveDeployment,
-    LiveStage,
-    LiveState,
-    owner_of,
-)
+from reconciler.backends.base import AlarmState
 from reconciler.errors import BackendError, ConflictError
-from reconciler.openapi import UNKNOWN_ACCOUNT
-from reconciler.plan import (
+from reconciler.model import (
+    DEFAULT_INSTANCE,
     Action,
     AdoptAlias,
     AdoptApi,
@@ -77,11 +68,18 @@ from reconciler.plan import (
     CreateStage,
     DeleteAlias,
     DeleteStage,
+    LiveAlias,
+    LiveApi,
+    LiveDeployment,
+    LiveStage,
+    LiveState,
     UpdateAlias,
     UpdateApi,
     UpdateStage,
+    owner_of,
     routing_to_lambda,
 )
+from reconciler.openapi import UNKNOWN_ACCOUNT
 from reconciler.specs import Definition, DesiredState
 
 ALARM_BATCH = 100  # DescribeAlarms takes at most 100 AlarmNames

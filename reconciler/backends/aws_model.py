@@ -15,16 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.backends.base import (
+from reconciler.model import (
     DEFAULT_INSTANCE,
     LiveAlias,
     LiveApi,
     LiveCanary,
     LiveStage,
     LiveState,
+    percent_json,
+    routing_from_lambda,
 )
 from reconciler.openapi import lambda_targets
-from reconciler.plan import percent_json, routing_from_lambda
 from reconciler.settings import (
     StageSettings,
     method_key_from_aws,

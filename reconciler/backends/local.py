@@ -22,20 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, assert_never
 
-from reconciler.backends.base import (
-    ALARM_STATES,
-    DEFAULT_INSTANCE,
-    AlarmState,
-    LiveAlias,
-    LiveApi,
-    LiveCanary,
-    LiveDeployment,
-    LiveStage,
-    LiveState,
-)
+from reconciler.backends.base import ALARM_STATES, AlarmState
 from reconciler.errors import BackendError, ConflictError
-from reconciler.openapi import definition_problems
-from reconciler.plan import (
+from reconciler.model import (
+    DEFAULT_INSTANCE,
     Action,
     AdoptAlias,
     AdoptApi,
@@ -46,12 +36,19 @@ from reconciler.plan import (
     CreateStage,
     DeleteAlias,
     DeleteStage,
+    LiveAlias,
+    LiveApi,
+    LiveCanary,
+    LiveDeployment,
+    LiveStage,
+    LiveState,
     UpdateAlias,
     UpdateApi,
     UpdateStage,
     routing_from_lambda,
     routing_to_lambda,
 )
+from reconciler.openapi import definition_problems
 from reconciler.settings import StageSettings, problems_of, settings_from_json
 from reconciler.specs import LATEST, DesiredCanary, DesiredState, normalize_percent
 

@@ -15,7 +15,7 @@ import pytest
 from reconciler.backends.aws import AwsBackend
 from reconciler.backends.aws_model import deployment_description
 from reconciler.errors import BackendError, ConflictError
-from reconciler.plan import CreateAlias, CreateStage, DeleteAlias, DeleteStage, UpdateAlias, UpdateStage
+from reconciler.model import CreateAlias, CreateStage, DeleteAlias, DeleteStage, UpdateAlias, UpdateStage
 from tests.aws.test_requests_stubbed import MAIN, MANAGED, OTHER, Stubbed, backend, expect_invoke_grant, stubs
 
 __all__ = ["backend", "stubs"]  # the stubbed backend and its read, shared with test_requests_stubbed

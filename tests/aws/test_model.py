@@ -22,7 +22,7 @@ from reconciler.backends.aws_model import (
     stage_patch,
     unresolved_targets,
 )
-from reconciler.backends.base import LiveCanary, LiveStage
+from reconciler.model import LiveCanary, LiveStage
 from reconciler.specs import Definition
 
 SHA = "ab" * 32

@@ -23,9 +23,8 @@ from botocore.stub import Stubber
 from reconciler.backends.aws import AwsBackend
 from reconciler.backends.aws_calls import Rates
 from reconciler.backends.aws_model import api_description, deployment_description
-from reconciler.backends.base import LiveCanary, LiveState
 from reconciler.errors import BackendError, ConflictError
-from reconciler.plan import CreateDeployment, CreateStage, UpdateAlias, UpdateStage
+from reconciler.model import CreateDeployment, CreateStage, LiveCanary, LiveState, UpdateAlias, UpdateStage
 from reconciler.specs import Definition, DesiredAlias, DesiredApi, DesiredCanary, DesiredState, Location
 
 SHA1 = "1" * 64

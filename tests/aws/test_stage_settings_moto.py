@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reconciler.backends.aws import AwsBackend
 from reconciler.engine import Config, Engine
-from reconciler.plan import UpdateStage
+from reconciler.model import UpdateStage
 from reconciler.settings import StageSettings
 from reconciler.specs import DesiredCanary
 from tests.aws.conftest import REGION, Aws, AwsRepo

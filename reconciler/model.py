@@ -1,0 +1,307 @@
+"""The data the plan works on: the ``LiveState`` a backend reads and the actions a backend applies.
+
+Pure data (frozen dataclasses) and the value conversions both sides need, no
+I/O.  ``plan.py`` diffs a ``DesiredState`` against a ``LiveState`` into these
+actions; ``backends/`` read the one and apply the other; the engine passes
+them between.  Nothing here imports ``plan`` or ``backends``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from reconciler.settings import StageSettings
+from reconciler.specs import LATEST, Definition, DesiredCanary, normalize_percent
+
+Change = tuple[Any, Any]
+
+Routing = dict[str, float]
+DEFAULT_INSTANCE = "default"  # the owner of resources marked before marks named their instance
+
+
+@dataclass(frozen=True)
+class LiveCanary:
+    percent_traffic: float
+    definition_sha256: str | None
+    deployment_id: str
+    variables: dict[str, str] = field(default_factory=dict)
+    use_stage_cache: bool = False
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    name: str
+    id: str
+    description: str | None
+    definition_sha256: str | None
+    managed: bool
+    owner: str | None = None  # the instance that manages it (managed with no owner: DEFAULT_INSTANCE)
+    endpoint_type: str | None = None  # EDGE | REGIONAL | PRIVATE
+    tags: dict[str, str] = field(default_factory=dict)  # the API's own tags (marks and aws: tags left out)
+    url: str | None = None  # the invoke URL without a stage
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    id: str
+    definition_sha256: str | None
+    revision: str | None
+
+
+@dataclass(frozen=True)
+class LiveStage:
+    api: str
+    name: str
+    deployment_id: str
+    definition_sha256: str | None
+    description: str | None
+    variables: dict[str, str]
+    canary: LiveCanary | None
+    url: str
+    managed: bool
+    owner: str | None = None
+    settings: StageSettings | None = None  # None: the backend does not report settings
+
+
+@dataclass(frozen=True)
+class LiveAlias:
+    function: str
+    name: str
+    description: str | None
+    routing: Routing
+    managed: bool
+    revision_id: str | None = None
+    owner: str | None = None
+
+
+@dataclass
+class LiveState:
+    """What the backend holds now, keyed the way the plan looks things up.
+
+    ``deployments[api]`` maps definition sha256 -> deployment; ``versions``
+    maps a function name to its published versions (``$LATEST`` included); a
+    function that does not exist is absent.
+    """
+
+    apis: dict[str, LiveApi] = field(default_factory=dict)
+    deployments: dict[str, dict[str, LiveDeployment]] = field(default_factory=dict)
+    stages: dict[tuple[str, str], LiveStage] = field(default_factory=dict)
+    aliases: dict[tuple[str, str], LiveAlias] = field(default_factory=dict)
+    versions: dict[str, set[str]] = field(default_factory=dict)
+    instance: str = DEFAULT_INSTANCE  # the instance this state was read for: it owns what ``owner_of`` names it
+
+
+def owner_of(resource: LiveApi | LiveStage | LiveAlias) -> str | None:
+    """The instance managing ``resource``, None if no instance does (old marks: ``default``'s)."""
+    if not resource.managed:
+        return None
+    return resource.owner or DEFAULT_INSTANCE
+
+
+# ------------------------------------------------------------------ values
+
+
+def percent_json(value: float) -> float | int:
+    """A percentage as shown to people and in JSON: 95 rather than 95.0."""
+    return int(value) if float(value).is_integer() else value
+
+
+def version_key(version: str) -> tuple[int, int]:
+    return (1, 0) if version == LATEST else (0, int(version))
+
+
+def primary_version(routing: dict[str, float]) -> str:
+    """The version an alias points at; any other version takes a weight."""
+    return max(routing, key=lambda v: (routing[v], -version_key(v)[1]))
+
+
+def routing_to_lambda(routing: dict[str, float]) -> tuple[str, dict[str, float]]:
+    """version -> percent as Lambda's (FunctionVersion, AdditionalVersionWeights 0.0-1.0)."""
+    primary = primary_version(routing)
+    return primary, {v: round(p / 100, 8) for v, p in routing.items() if v != primary}
+
+
+def routing_from_lambda(version: str, weights: dict[str, float]) -> dict[str, float]:
+    """Lambda's (FunctionVersion, AdditionalVersionWeights) as version -> percent."""
+    routing = {v: normalize_percent(w * 100) for v, w in weights.items()}
+    routing[version] = normalize_percent(100 - sum(routing.values()))
+    return routing
+
+
+# ----------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class _Action:
+    action: ClassVar[str]
+    changes: dict[str, Change] = field(default_factory=dict, kw_only=True)
+
+    @property
+    def resource(self) -> str:  # pragma: no cover - every action overrides it
+        raise NotImplementedError
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "resource": self.resource,
+            "changes": {name: [old, new] for name, (old, new) in self.changes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class _ApiAction(_Action):
+    api: str
+
+    @property
+    def resource(self) -> str:
+        return f"RestApi/{self.api}"
+
+
+@dataclass(frozen=True)
+class _StageAction(_Action):
+    api: str
+    stage: str
+
+    @property
+    def resource(self) -> str:
+        return f"Stage/{self.api}/{self.stage}"
+
+
+@dataclass(frozen=True)
+class _AliasAction(_Action):
+    function: str
+    alias: str
+
+    @property
+    def resource(self) -> str:
+        return f"Alias/{self.function}/{self.alias}"
+
+
+@dataclass(frozen=True)
+class CreateApi(_ApiAction):
+    action: ClassVar[str] = "create_api"
+    description: str | None
+    definition: Definition
+
+
+@dataclass(frozen=True)
+class UpdateApi(_ApiAction):
+    """Import the API's definition (and/or set its description)."""
+
+    action: ClassVar[str] = "update_api"
+    description: str | None
+    definition: Definition
+
+
+@dataclass(frozen=True)
+class CreateDeployment(_ApiAction):
+    """Snapshot ``definition``; ``api_definition`` is what the API keeps as current."""
+
+    action: ClassVar[str] = "create_deployment"
+    definition: Definition
+    api_definition: Definition
+    revision: str | None
+
+
+@dataclass(frozen=True)
+class CreateStage(_StageAction):
+    action: ClassVar[str] = "create_stage"
+    description: str | None
+    definition: Definition
+    variables: dict[str, str]
+    canary: DesiredCanary | None
+    settings: StageSettings | None = None  # None: leave the stage's settings as they are
+
+
+@dataclass(frozen=True)
+class UpdateStage(_StageAction):
+    action: ClassVar[str] = "update_stage"
+    description: str | None
+    definition: Definition
+    variables: dict[str, str]
+    canary: DesiredCanary | None
+    settings: StageSettings | None = None  # None: leave the stage's settings as they are
+
+
+@dataclass(frozen=True)
+class CreateAlias(_AliasAction):
+    action: ClassVar[str] = "create_alias"
+    description: str | None
+    routing: dict[str, float]
+
+
+@dataclass(frozen=True)
+class UpdateAlias(_AliasAction):
+    action: ClassVar[str] = "update_alias"
+    description: str | None
+    routing: dict[str, float]
+    revision_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AdoptApi(_ApiAction):
+    """Mark an existing, unmanaged API as this instance's (its id and URL stay)."""
+
+    action: ClassVar[str] = "adopt_api"
+    instance: str
+
+
+@dataclass(frozen=True)
+class AdoptStage(_StageAction):
+    """Mark an existing, unmanaged stage as this instance's (it keeps its deployment until an update moves it)."""
+
+    action: ClassVar[str] = "adopt_stage"
+    instance: str
+
+
+@dataclass(frozen=True)
+class AdoptAlias(_AliasAction):
+    """Mark an existing, unmanaged alias as this instance's (its routing stays until an update changes it)."""
+
+    action: ClassVar[str] = "adopt_alias"
+    instance: str
+    revision_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteStage(_StageAction):
+    action: ClassVar[str] = "delete_stage"
+
+
+@dataclass(frozen=True)
+class DeleteAlias(_AliasAction):
+    action: ClassVar[str] = "delete_alias"
+
+
+Action = (
+    CreateApi
+    | AdoptApi
+    | UpdateApi
+    | CreateDeployment
+    | CreateStage
+    | AdoptStage
+    | UpdateStage
+    | CreateAlias
+    | AdoptAlias
+    | UpdateAlias
+    | DeleteStage
+    | DeleteAlias
+)
+ACTION_ORDER = [
+    cls.action
+    for cls in (
+        CreateApi,
+        AdoptApi,
+        UpdateApi,
+        CreateDeployment,
+        CreateStage,
+        AdoptStage,
+        UpdateStage,
+        CreateAlias,
+        AdoptAlias,
+        UpdateAlias,
+        DeleteStage,
+        DeleteAlias,
+    )
+]
