@@ -45,16 +45,16 @@ from reconciler.errors import GitError, ReconcilerError, StateError, UnverifiedC
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
 from reconciler.gitsource import GitRepo, TagTakenError, check_branch_name, is_remote, redact
 from reconciler.httpapi import HttpApi, WebhookAuth
-from reconciler.lease import STOP_TIMEOUT, Elector, make_lease
+from reconciler.lease import STOP_TIMEOUT, Elector
 from reconciler.logs import configure_logging
 from reconciler.metrics import Metrics
 from reconciler.notify import RESULTS as NOTIFY_RESULTS
 from reconciler.notify import Notifier, NotifyConfig, make_notifier
-from reconciler.records import make_record_store
 from reconciler.sinks import GITHUB_API
 from reconciler.state import InstanceRecord, StateDir
 from reconciler.statepath import url_state_path
 from reconciler.statewatch import StateWatch
+from reconciler.stores import make_lease, make_record_store
 
 log = structlog.get_logger("reconciler.daemon")
 

@@ -65,12 +65,13 @@ from reconciler.model import (
 )
 from reconciler.parsecache import ParseCache
 from reconciler.plan import Plan, canary_json, make_plan, routing_json
-from reconciler.records import RecordStore, make_record_store
+from reconciler.records import RecordStore
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
 from reconciler.specs import DesiredState, SpecMemo, load_desired
 from reconciler.state import InstanceRecord, Pin, StateDir
 from reconciler.statepath import state_path, url_state_path
+from reconciler.stores import make_record_store
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)

@@ -65,16 +65,6 @@ class Lease(Protocol):
     def close(self) -> None: ...
 
 
-def make_lease(lock: str, key: str, region: str | None, endpoint_url: str | None) -> Lease:
-    """The store ``--lock`` names (``dynamodb://TABLE``); boto3 is imported only when one is asked for."""
-    scheme, sep, table = lock.partition("://")
-    if scheme != "dynamodb" or not sep or not table or "/" in table:
-        raise UsageError(f"--lock {lock!r}: expected dynamodb://TABLE")
-    from reconciler.backends.aws_lease import DynamoDbLease
-
-    return DynamoDbLease(table, key, region=region, endpoint_url=endpoint_url)
-
-
 class Elector:
     """Keeps (or waits for) one lease; ``is_leader`` is what may act, checked before every action."""
 

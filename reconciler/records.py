@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from reconciler.errors import StateError, UsageError
+from reconciler.errors import StateError
 from reconciler.state import InstanceRecord, StateDir
 
 UPDATE_ATTEMPTS = 10  # conditional writes tried before an update gives up (each lost race re-reads)
@@ -66,20 +66,6 @@ class VersionTracker:
     def _wrote(self, record: InstanceRecord) -> None:
         with self._lock:
             self._known[record.instance] = max(self._known.get(record.instance, 0), record.version)
-
-
-def make_record_store(
-    lock: str | None, state: StateDir, region: str | None = None, endpoint_url: str | None = None
-) -> RecordStore:
-    """With ``--lock dynamodb://TABLE`` the records live in that table (boto3 imported only then); else in ``state``."""
-    if lock is None:
-        return FileRecordStore(state)
-    scheme, sep, table = lock.partition("://")
-    if scheme != "dynamodb" or not sep or not table or "/" in table:
-        raise UsageError(f"--lock {lock!r}: expected dynamodb://TABLE")
-    from reconciler.backends.aws_records import DynamoDbRecordStore
-
-    return DynamoDbRecordStore(table, region=region, endpoint_url=endpoint_url)
 
 
 class FileRecordStore(VersionTracker):

@@ -1,4 +1,4 @@
-"""The DynamoDB ``Lease`` of ``run --lock dynamodb://TABLE``: one item, conditional writes; used by ``lease.py``.
+"""The DynamoDB ``Lease`` of ``run --lock dynamodb://TABLE``: one item, conditional writes; built by ``stores.py``.
 
 The table has a string partition key ``id`` (the README, Running in a cluster, creates it).  The
 item ``{"id": KEY, "holder": S, "expires": N (Unix seconds), "renewed_at": N}``

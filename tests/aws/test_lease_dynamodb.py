@@ -11,7 +11,8 @@ import pytest
 
 from reconciler.backends.aws_lease import DynamoDbLease
 from reconciler.errors import UsageError
-from reconciler.lease import Elector, LeaseError, LeaseHolder, make_lease
+from reconciler.lease import Elector, LeaseError, LeaseHolder
+from reconciler.stores import make_lease
 from tests.aws.conftest import REGION
 
 pytestmark = pytest.mark.aws
