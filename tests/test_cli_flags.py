@@ -211,3 +211,20 @@ def test_nothing_below_the_cli_imports_click() -> None:
         }
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not imported & {"click", "argparse"}, module
+
+
+@pytest.mark.parametrize(
+    "contract",
+    [
+        pytest.param("no-cycles", id="no-import-cycles"),
+        pytest.param("layers", id="cli-daemon-engine-plan-model-specs"),
+        pytest.param("pure-plan", id="model-plan-specs-do-no-io"),
+        pytest.param("boto3", id="only-backends-aws-import-boto3"),
+    ],
+)
+def test_imports_keep_the_layers_of_the_design(contract: str) -> None:
+    """Each import-linter contract of pyproject.toml holds: no import cycle inside reconciler comes back, and so on."""
+    from importlinter.cli import lint_imports
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    assert lint_imports(str(pyproject), limit_to_contracts=(contract,), no_cache=True, no_logo=True) == 0
