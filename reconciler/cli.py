@@ -595,12 +595,18 @@ def cmd_validate(common: Common, out: Out, rev: str | None, worktree: bool) -> i
         except SpecError as exc:
             report_spec_error(out, exc)
             return EXIT_ERROR
-        summary = {"apis": len(desired.apis), "stages": len(desired.stages), "aliases": len(desired.aliases)}
+        summary = {
+            "apis": len(desired.apis),
+            "stages": len(desired.stages),
+            "aliases": len(desired.aliases),
+            "basePathMappings": len(desired.mappings),
+        }
         if out.json:
             out.document({"valid": True, "revision": revision, "errors": [], **summary})
         else:
+            kinds = (("apis", "API"), ("stages", "stage"), ("aliases", "alias"), ("basePathMappings", "mapping"))
             counts = ", ".join(
-                plural(summary[key], word) for key, word in (("apis", "API"), ("stages", "stage"), ("aliases", "alias"))
+                plural(summary[key], word) for key, word in kinds if key != "basePathMappings" or summary[key]
             )
             out.line(f"Valid {'in the working tree' if worktree else 'at ' + revision[:12]}: {counts}.")
         return EXIT_OK
@@ -1018,6 +1024,30 @@ def cmd_publish_version(common: Common, out: Out, function: str) -> int:
         out.document({"function": function, "version": str(version)})
     else:
         out.line(str(version))
+    return EXIT_OK
+
+
+@command(
+    local,
+    "create-domain",
+    flags=("repo", "state_dir", *OUTPUT),
+    example="reconciler local create-domain api.example.com --state-dir /tmp/state",
+    help="Create the custom domain name NAME in the local backend, as one made with its certificate in API "
+    "Gateway, so that BasePathMapping specs can map its paths. Creating one that exists changes nothing.",
+)
+@click.argument("name")
+def cmd_create_domain(common: Common, out: Out, name: str) -> int:
+    from reconciler.backends.local import LocalCloud
+
+    cloud = LocalCloud(local_state_dir(common))
+    try:
+        created = cloud.create_domain_name(name)
+    finally:
+        cloud.close()
+    if out.json:
+        out.document({"domain": name, "created": created})
+    else:
+        out.line(f"domain {name}: " + ("created" if created else "exists already"))
     return EXIT_OK
 
 

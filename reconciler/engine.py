@@ -57,6 +57,7 @@ from reconciler.model import (
     CreateDeployment,
     CreateStage,
     DeleteAlias,
+    DeleteBasePathMapping,
     DeleteStage,
     LiveState,
     UpdateApi,
@@ -68,7 +69,7 @@ from reconciler.plan import Plan, canary_json, make_plan, routing_json
 from reconciler.records import RecordStore
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
-from reconciler.specs import DesiredState, SpecMemo, load_desired
+from reconciler.specs import NONE_BASE_PATH, DesiredState, SpecMemo, load_desired
 from reconciler.state import InstanceRecord, Pin, StateDir
 from reconciler.statepath import state_path, url_state_path
 from reconciler.stores import make_record_store
@@ -428,17 +429,17 @@ class Engine:
         record = self.record()
         shaped = shape(load_states(record.extra), desired, live, self.clock(), pinned=record.pinned is not None)
         plan = make_plan(shaped.desired, live, prune=prune)
-        if prune and not self.config.allow_empty and not desired.stages and not desired.aliases:
+        if prune and not self.config.allow_empty and not (desired.stages or desired.aliases or desired.mappings):
             self._refuse_empty_prune(plan)
         return plan, desired, live
 
     def _refuse_empty_prune(self, plan: Plan) -> None:
         """Pruning everything because the specs went empty is almost always a mistake: say so, apply nothing."""
-        deletes = [a for a in plan.actions if isinstance(a, DeleteStage | DeleteAlias)]
+        deletes = [a for a in plan.actions if isinstance(a, DeleteStage | DeleteAlias | DeleteBasePathMapping)]
         if deletes:
             message = (
-                f"declares no stage and no alias, so --prune would delete all {len(deletes)} managed "
-                "stages and aliases; expected specs, or --allow-empty to empty the backend on purpose"
+                f"declares no stage, alias or base path mapping, so --prune would delete all {len(deletes)} managed "
+                "stages, aliases and mappings; expected specs, or --allow-empty to empty the backend on purpose"
             )
             raise SpecError([SpecIssue(f"{self.spec_root.strip('/')}/", None, "", message)], plan.revision)
 
@@ -567,7 +568,7 @@ class Engine:
                     log.warning("rollout_analysis_inconclusive", resource=resource, errors=list(analysis.errors))
             shaped = shape(states, desired, live, now, done, pinned=pinned)
             plan = make_plan(shaped.desired, live, prune=prune)
-            if prune and not self.config.allow_empty and not desired.stages and not desired.aliases:
+            if prune and not self.config.allow_empty and not (desired.stages or desired.aliases or desired.mappings):
                 self._refuse_empty_prune(plan)
             planned += plan.actions
             result.plan = Plan(plan.revision, tuple(planned), plan.orphans)
@@ -933,6 +934,16 @@ class Engine:
             "aliases": {
                 f"{function}/{name}": {"routing": routing_json(a.routing), "managed": a.managed}
                 for (function, name), a in sorted(live.aliases.items())
+            },
+            "basePathMappings": {
+                f"{domain}/{base_path}": {
+                    "api": m.api,
+                    "restApiId": m.rest_api_id,
+                    "stage": m.stage,
+                    "url": f"https://{domain}/" + ("" if base_path == NONE_BASE_PATH else base_path),
+                    "managed": m.managed,
+                }
+                for (domain, base_path), m in sorted(live.mappings.items())
             },
         }
 

@@ -75,13 +75,27 @@ class LiveAlias:
     owner: str | None = None
 
 
+@dataclass(frozen=True)
+class LiveBasePathMapping:
+    """A custom domain's base path (``(none)``: the root) and the stage it maps to."""
+
+    domain: str
+    base_path: str
+    rest_api_id: str
+    api: str | None  # the API's name, None if the read did not see the API of ``rest_api_id``
+    stage: str | None  # None: callers name the stage in the URL (AWS's "(none)" stage)
+    managed: bool
+    owner: str | None = None
+
+
 @dataclass
 class LiveState:
     """What the backend holds now, keyed the way the plan looks things up.
 
     ``deployments[api]`` maps definition sha256 -> deployment; ``versions``
     maps a function name to its published versions (``$LATEST`` included); a
-    function that does not exist is absent.
+    function that does not exist is absent; ``domains`` holds the custom domain
+    names that exist, ``mappings`` their base path mappings.
     """
 
     apis: dict[str, LiveApi] = field(default_factory=dict)
@@ -89,10 +103,12 @@ class LiveState:
     stages: dict[tuple[str, str], LiveStage] = field(default_factory=dict)
     aliases: dict[tuple[str, str], LiveAlias] = field(default_factory=dict)
     versions: dict[str, set[str]] = field(default_factory=dict)
+    domains: set[str] = field(default_factory=set)  # the custom domain names that exist (those the read looked at)
+    mappings: dict[tuple[str, str], LiveBasePathMapping] = field(default_factory=dict)  # (domain, base path) ->
     instance: str = DEFAULT_INSTANCE  # the instance this state was read for: it owns what ``owner_of`` names it
 
 
-def owner_of(resource: LiveApi | LiveStage | LiveAlias) -> str | None:
+def owner_of(resource: LiveApi | LiveStage | LiveAlias | LiveBasePathMapping) -> str | None:
     """The instance managing ``resource``, None if no instance does (old marks: ``default``'s)."""
     if not resource.managed:
         return None
@@ -176,6 +192,16 @@ class _AliasAction(_Action):
     @property
     def resource(self) -> str:
         return f"Alias/{self.function}/{self.alias}"
+
+
+@dataclass(frozen=True)
+class _MappingAction(_Action):
+    domain: str
+    base_path: str  # "(none)": the domain's root
+
+    @property
+    def resource(self) -> str:
+        return f"BasePathMapping/{self.domain}/{self.base_path}"
 
 
 @dataclass(frozen=True)
@@ -265,6 +291,37 @@ class AdoptAlias(_AliasAction):
 
 
 @dataclass(frozen=True)
+class CreateBasePathMapping(_MappingAction):
+    """Map the domain's base path to stage ``stage`` of API ``api`` (both exist by the time it runs)."""
+
+    action: ClassVar[str] = "create_base_path_mapping"
+    api: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class AdoptBasePathMapping(_MappingAction):
+    """Mark an existing, unmanaged mapping as this instance's (it keeps its target until an update moves it)."""
+
+    action: ClassVar[str] = "adopt_base_path_mapping"
+    instance: str
+
+
+@dataclass(frozen=True)
+class UpdateBasePathMapping(_MappingAction):
+    """Point the mapping at another API and/or stage."""
+
+    action: ClassVar[str] = "update_base_path_mapping"
+    api: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class DeleteBasePathMapping(_MappingAction):
+    action: ClassVar[str] = "delete_base_path_mapping"
+
+
+@dataclass(frozen=True)
 class DeleteStage(_StageAction):
     action: ClassVar[str] = "delete_stage"
 
@@ -285,9 +342,14 @@ Action = (
     | CreateAlias
     | AdoptAlias
     | UpdateAlias
+    | CreateBasePathMapping
+    | AdoptBasePathMapping
+    | UpdateBasePathMapping
+    | DeleteBasePathMapping
     | DeleteStage
     | DeleteAlias
 )
+# mappings point at stages: made or moved after every stage is in place, deleted before any stage is
 ACTION_ORDER = [
     cls.action
     for cls in (
@@ -301,6 +363,10 @@ ACTION_ORDER = [
         CreateAlias,
         AdoptAlias,
         UpdateAlias,
+        CreateBasePathMapping,
+        AdoptBasePathMapping,
+        UpdateBasePathMapping,
+        DeleteBasePathMapping,
         DeleteStage,
         DeleteAlias,
     )

@@ -18,21 +18,26 @@ from reconciler.model import (
     Action,
     AdoptAlias,
     AdoptApi,
+    AdoptBasePathMapping,
     AdoptStage,
     Change,
     CreateAlias,
     CreateApi,
+    CreateBasePathMapping,
     CreateDeployment,
     CreateStage,
     DeleteAlias,
+    DeleteBasePathMapping,
     DeleteStage,
     LiveAlias,
     LiveApi,
+    LiveBasePathMapping,
     LiveCanary,
     LiveStage,
     LiveState,
     UpdateAlias,
     UpdateApi,
+    UpdateBasePathMapping,
     UpdateStage,
     owner_of,
     percent_json,
@@ -44,6 +49,7 @@ from reconciler.specs import (
     Definition,
     DesiredAlias,
     DesiredApi,
+    DesiredBasePathMapping,
     DesiredCanary,
     DesiredStage,
     DesiredState,
@@ -87,10 +93,10 @@ def make_plan(desired: DesiredState, live: LiveState, prune: bool = False) -> Pl
     actions += plan_deployments(desired, live)
     actions += plan_stages(desired, live, issues)
     actions += plan_aliases(desired, live, issues)
+    actions += plan_mappings(desired, live, issues)
     orphans = find_orphans(desired, live)
     if prune:
-        actions += [o for o in orphans if isinstance(o, DeleteStage)]
-        actions += [o for o in orphans if isinstance(o, DeleteAlias)]
+        actions += orphans  # ordered by kind below: mappings first, then stages, then aliases
     if issues:
         raise PlanError(issues, desired.revision)
     rank = {name: i for i, name in enumerate(ACTION_ORDER)}
@@ -124,9 +130,13 @@ def _foreign(issues: list[SpecIssue], location: Location, what: str, owner: str,
 
 
 def take_over(
-    current: LiveApi | LiveStage | LiveAlias, adopt: bool, live: LiveState, location: Location, what: str,
+    current: LiveApi | LiveStage | LiveAlias | LiveBasePathMapping,
+    adopt: bool,
+    live: LiveState,
+    location: Location,
+    what: str,
     issues: list[SpecIssue],
-) -> bool | None:  # fmt: skip
+) -> bool | None:
     """Whether an existing resource is adopted now (True), already this instance's (False), or off limits (None)."""
     owner = owner_of(current)
     if owner == live.instance:
@@ -376,9 +386,88 @@ def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]
     return creates + updates
 
 
-def find_orphans(desired: DesiredState, live: LiveState) -> list[DeleteStage | DeleteAlias]:
+def _mapping_target(mapping: LiveBasePathMapping) -> tuple[str, str | None]:
+    """(API, stage) a live mapping points at, the API by name when the read knows it, else by id."""
+    return mapping.api or mapping.rest_api_id, mapping.stage
+
+
+def plan_mappings(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+    """Base path mappings: created, adopted or moved to the stage their spec names (its domain must exist)."""
+    creates: list[Action] = []
+    updates: list[Action] = []
+    for key in sorted(desired.mappings):
+        mapping: DesiredBasePathMapping = desired.mappings[key]
+        current = live.mappings.get(key)
+        if current is None:
+            if mapping.domain not in live.domains:
+                issues.append(
+                    SpecIssue(
+                        mapping.location.file,
+                        mapping.location.line_of("spec.domain"),
+                        "spec.domain",
+                        f"custom domain name {mapping.domain!r} does not exist in the backend; expected an existing "
+                        "domain (create it with its certificate first: in API Gateway, or for the local backend "
+                        f"`reconciler local create-domain {mapping.domain}`)",
+                    )
+                )
+                continue
+            creates.append(
+                CreateBasePathMapping(
+                    domain=mapping.domain,
+                    base_path=mapping.base_path,
+                    api=mapping.api,
+                    stage=mapping.stage,
+                    changes={"api": (None, mapping.api), "stage": (None, mapping.stage)},
+                )
+            )
+            continue
+        what = f"base path mapping {mapping.domain}/{mapping.base_path}"
+        adopting = take_over(current, mapping.adopt, live, mapping.location, what, issues)
+        if adopting is None:
+            continue
+        if adopting:
+            updates.append(
+                AdoptBasePathMapping(
+                    domain=mapping.domain,
+                    base_path=mapping.base_path,
+                    instance=live.instance,
+                    changes={"owner": (None, live.instance)},
+                )
+            )
+        api = live.apis.get(mapping.api)
+        old_api, old_stage = _mapping_target(current)
+        changes: dict[str, Change] = {}
+        if api is None or api.id != current.rest_api_id:  # an API not made yet is another API
+            changes["api"] = (old_api, mapping.api)
+        _changed(changes, "stage", old_stage, mapping.stage)
+        if changes:
+            updates.append(
+                UpdateBasePathMapping(
+                    domain=mapping.domain,
+                    base_path=mapping.base_path,
+                    api=mapping.api,
+                    stage=mapping.stage,
+                    changes=changes,
+                )
+            )
+    return creates + updates
+
+
+Orphan = DeleteBasePathMapping | DeleteStage | DeleteAlias
+
+
+def find_orphans(desired: DesiredState, live: LiveState) -> list[Orphan]:
     """Resources this instance manages that no spec names any more (never another instance's)."""
-    orphans: list[DeleteStage | DeleteAlias] = []
+    orphans: list[Orphan] = []
+    for domain, base_path in sorted(live.mappings):
+        mapping = live.mappings[(domain, base_path)]
+        if owner_of(mapping) == live.instance and (domain, base_path) not in desired.mappings:
+            api, stage = _mapping_target(mapping)
+            orphans.append(
+                DeleteBasePathMapping(
+                    domain=domain, base_path=base_path, changes={"api": (api, None), "stage": (stage, None)}
+                )
+            )
     for api, stage in sorted(live.stages):
         current = live.stages[(api, stage)]
         if owner_of(current) == live.instance and (api, stage) not in desired.stages:

@@ -1,7 +1,7 @@
 """Spec models and validation: the files of one commit -> ``DesiredState``.
 
 The pydantic models describe the YAML kinds (``RestApi``, ``Stage``,
-``Alias``); ``load_desired`` reads every ``*.yaml``/``*.yml`` below the specs
+``Alias``, ``BasePathMapping``); ``load_desired`` reads every ``*.yaml``/``*.yml`` below the specs
 root through a ``SpecSource`` (git blobs at one commit, see ``gitsource.py``),
 checks schema, references, routing and stage variables, and collects every
 problem into one ``SpecError``.  No I/O of its own: the caller passes the
@@ -43,7 +43,7 @@ from reconciler.settings import (
 from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
 
 API_VERSION = "reconciler/v1"
-KINDS = ("RestApi", "Stage", "Alias")
+KINDS = ("RestApi", "Stage", "Alias", "BasePathMapping")
 ENVELOPE = ("apiVersion", "kind", "metadata", "spec")
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB per spec file
 MAX_DEFINITION_BYTES = 10 << 20  # 10 MiB per OpenAPI definition
@@ -81,7 +81,36 @@ def check_api_name(value: str) -> str:
 
 check_stage_name = _rule(r"[A-Za-z0-9_-]{1,128}", "1-128 characters of [A-Za-z0-9_-]")
 check_alias_name = _rule(r"(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}", "1-128 characters of [a-zA-Z0-9_-], not all digits")
-NAME_RULES = {"RestApi": check_api_name, "Stage": check_stage_name, "Alias": check_alias_name}
+NONE_BASE_PATH = "(none)"  # API Gateway's name for the domain's root mapping
+# API Gateway's (v1) base path: one path segment of these characters (CDK checks the same); "(none)" is the root
+check_base_path = _rule(r"[A-Za-z0-9$_.+!*'()-]+", "a base path of letters, digits and $-_.+!*'() (one segment, no /)")
+# a custom domain name: lowercase DNS labels (1-63 characters each, 253 in all), optionally a wildcard *.
+DOMAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"(?:\*\.)?(?:{DOMAIN_LABEL}\.)+{DOMAIN_LABEL}")
+
+
+def check_domain_name(value: str) -> str:
+    """A custom domain name as API Gateway takes it: ``api.example.com`` (``*.example.com`` for a wildcard)."""
+    if len(value) > 253 or not _DOMAIN.fullmatch(value):
+        raise ValueError(
+            f"expected a lowercase domain name like api.example.com (at most 253 characters), got {value!r}"
+        )
+    return value
+
+
+def check_mapping_name(value: str) -> str:
+    """A BasePathMapping's ``metadata.name``: a label for people (the mapping is keyed by domain and base path)."""
+    if not 1 <= len(value) <= 128 or not value.isprintable():
+        raise ValueError(f"expected 1-128 printable characters, got {value[:80]!r}")
+    return value
+
+
+NAME_RULES = {
+    "RestApi": check_api_name,
+    "Stage": check_stage_name,
+    "Alias": check_alias_name,
+    "BasePathMapping": check_mapping_name,
+}
 ApiName = Annotated[str, AfterValidator(check_api_name)]
 FunctionName = Annotated[
     str, _matching(r"[a-zA-Z0-9_-]{1,64}", "a Lambda function name: 1-64 characters of [a-zA-Z0-9_-]")
@@ -278,7 +307,25 @@ def routing_problems(routing: dict[str, float]) -> list[str]:
     return problems
 
 
-SPEC_MODELS: dict[str, type[_Model]] = {"RestApi": RestApiSpec, "Stage": StageSpec, "Alias": AliasSpec}
+def _base_path(value: str) -> str:
+    return value if value == NONE_BASE_PATH else check_base_path(value)
+
+
+class BasePathMappingSpec(_Model):
+    """A custom domain's path -> a stage (the domain, with its certificate, exists already)."""
+
+    domain: Annotated[str, AfterValidator(check_domain_name)]
+    basePath: Annotated[str, AfterValidator(_base_path)] = NONE_BASE_PATH  # omitted: the root, "(none)"
+    api: ApiName
+    stage: Annotated[str, AfterValidator(check_stage_name)]
+
+
+SPEC_MODELS: dict[str, type[_Model]] = {
+    "RestApi": RestApiSpec,
+    "Stage": StageSpec,
+    "Alias": AliasSpec,
+    "BasePathMapping": BasePathMappingSpec,
+}
 
 
 # ------------------------------------------------------------- desired state
@@ -421,12 +468,26 @@ class DesiredAlias:
     adopt: bool = False
 
 
+@dataclass(frozen=True)
+class DesiredBasePathMapping:
+    """``domain``/``base_path`` (``(none)``: the root) -> stage ``stage`` of API ``api``."""
+
+    domain: str
+    base_path: str
+    api: str
+    stage: str
+    location: Location
+    adopt: bool = False
+
+
 @dataclass
 class DesiredState:
     revision: str | None = None
     apis: dict[str, DesiredApi] = field(default_factory=dict)
     stages: dict[tuple[str, str], DesiredStage] = field(default_factory=dict)
     aliases: dict[tuple[str, str], DesiredAlias] = field(default_factory=dict)
+    # (domain, base path) -> mapping
+    mappings: dict[tuple[str, str], DesiredBasePathMapping] = field(default_factory=dict)
 
     @property
     def functions(self) -> set[str]:
@@ -515,6 +576,7 @@ class _FileResult:
     read_issues: list[SpecIssue]  # reading, YAML and envelope
     schema_issues: list[SpecIssue]  # names and spec fields
     apis: frozenset[str]  # the RestApi names it declares (valid or not)
+    stages: frozenset[tuple[str, str]] = frozenset()  # the (API, stage) names it declares (valid or not)
 
 
 class SpecMemo:
@@ -536,7 +598,12 @@ def _check_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str
     schema = _Issues()
     typed = _validate_schema(docs, schema)
     apis = frozenset(doc.name for doc in docs if doc.kind == "RestApi")
-    return _FileResult(docs, typed, read.items, schema.items, apis)
+    stages = frozenset(
+        (doc.spec["api"], doc.name)
+        for doc in docs
+        if doc.kind == "Stage" and isinstance(doc.spec, dict) and isinstance(doc.spec.get("api"), str)
+    )
+    return _FileResult(docs, typed, read.items, schema.items, apis, stages)
 
 
 def load_desired(
@@ -572,7 +639,8 @@ def load_desired(
         typed.extend(result.typed)
     declared_apis: set[str] = set().union(*(result.apis for result in checked.values()))
     definitions = _Definitions(source, files, cache, issues)
-    state = _resolve(typed, declared_apis, definitions, issues)
+    declared_stages: set[tuple[str, str]] = set().union(*(result.stages for result in checked.values()))
+    state = _resolve(typed, declared_apis, definitions, issues, declared_stages)
     for path, items in unreadable.items():
         if path not in definitions.used:  # a definition is checked as one (10 MiB, any YAML), not as a spec file
             issues.items.extend(items)
@@ -753,6 +821,7 @@ def _resolve(
     declared_apis: set[str],
     definitions: _Definitions,
     issues: _Issues,
+    declared_stages: set[tuple[str, str]] | None = None,
 ) -> DesiredState:
     state = DesiredState()
     seen: dict[tuple[str, ...], _Doc] = {}
@@ -805,7 +874,64 @@ def _resolve(
                 )
                 doc.resolved = (None, alias)
             state.aliases[(spec.function, doc.name)] = doc.resolved[1]
+    _mappings(typed, state, declared_apis, declared_stages or set(), unique, issues)
     return state
+
+
+def _mappings(
+    typed: list[tuple[_Doc, Any]],
+    state: DesiredState,
+    declared_apis: set[str],
+    declared_stages: set[tuple[str, str]],
+    unique: Callable[[_Doc, tuple[str, ...], str], bool],
+    issues: _Issues,
+) -> None:
+    """BasePathMappings: one per (domain, base path), each naming a RestApi and a Stage of the specs (one
+    declared but invalid has its own error: the mapping adds none)."""
+    for doc, spec in typed:
+        if doc.kind != "BasePathMapping":
+            continue
+        key = (spec.domain, spec.basePath)
+        if not unique(doc, ("BasePathMapping", *key), f"mapping of {spec.domain}/{spec.basePath}"):
+            continue
+        if spec.api not in state.apis:
+            if spec.api not in declared_apis:
+                known = ", ".join(sorted(state.apis)) or "none"
+                issues.doc(
+                    doc, "spec.api", f"expected the name of a RestApi in the specs, got {spec.api!r} (known: {known})"
+                )
+            continue  # else the RestApi is in the specs but invalid: its own error says why
+        if (spec.api, spec.stage) not in state.stages:
+            if (spec.api, spec.stage) not in declared_stages:
+                known = ", ".join(sorted(s for a, s in state.stages if a == spec.api)) or "none"
+                issues.doc(
+                    doc,
+                    "spec.stage",
+                    f"expected the name of a Stage of API {spec.api!r} in the specs, got {spec.stage!r} "
+                    f"(known: {known})",
+                )
+            continue
+        state.mappings[key] = DesiredBasePathMapping(
+            spec.domain, spec.basePath, spec.api, spec.stage, doc.at(""), doc.adopt
+        )
+    _check_root_mappings(state, issues)
+
+
+def _check_root_mappings(state: DesiredState, issues: _Issues) -> None:
+    """API Gateway refuses other mappings on a domain whose root is mapped ("(none)"), and the reverse."""
+    for (domain, base_path), mapping in sorted(state.mappings.items()):
+        if base_path == NONE_BASE_PATH:
+            continue
+        root = state.mappings.get((domain, NONE_BASE_PATH))
+        if root is not None:
+            issues.add(
+                mapping.location.file,
+                mapping.location.line_of("spec.basePath"),
+                "spec.basePath",
+                f"BasePathMapping of {domain}/{base_path}: {domain} maps its root ((none)) at "
+                f"{root.location}; expected the root mapping alone on a domain, or only named base paths "
+                "(API Gateway allows one mapping on a domain whose base path is empty)",
+            )
 
 
 def _stage(
@@ -975,11 +1101,13 @@ class _Definitions:
 
 __all__ = [
     "AliasSpec",
+    "BasePathMappingSpec",
     "CanarySpec",
     "Definition",
     "DesiredAlias",
     "DesiredAnalysis",
     "DesiredApi",
+    "DesiredBasePathMapping",
     "DesiredCanary",
     "DesiredCheck",
     "DesiredRollout",

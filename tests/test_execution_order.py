@@ -7,10 +7,13 @@ from reconciler.model import (
     AdoptAlias,
     AdoptApi,
     AdoptStage,
+    CreateBasePathMapping,
     CreateDeployment,
+    DeleteBasePathMapping,
     DeleteStage,
     UpdateAlias,
     UpdateApi,
+    UpdateBasePathMapping,
     UpdateStage,
 )
 from tests.support import make_definition
@@ -52,3 +55,23 @@ def test_each_apis_chain_runs_together_and_everything_else_keeps_its_place() -> 
         ("delete_stage", "Stage/a/old"),
     ]
     assert sorted(map(id, execution_order(plan))) == sorted(map(id, plan))  # the same actions, each once
+
+
+def test_mapping_actions_run_after_every_stage_and_their_deletes_before_any_stage_delete() -> None:
+    """A plan's mapping creates/updates follow the stages (and aliases); its mapping deletes precede stage deletes."""
+    plan = [
+        UpdateApi(api="a", description=None, definition=V),
+        stage("a", "one"),
+        CreateBasePathMapping(domain="api.example.com", base_path="v1", api="a", stage="one"),
+        UpdateBasePathMapping(domain="api.example.com", base_path="v2", api="a", stage="one"),
+        DeleteBasePathMapping(domain="api.example.com", base_path="old"),
+        DeleteStage(api="a", stage="old"),
+    ]
+    assert [(a.action, a.resource) for a in execution_order(plan)] == [
+        ("update_api", "RestApi/a"),
+        ("update_stage", "Stage/a/one"),
+        ("create_base_path_mapping", "BasePathMapping/api.example.com/v1"),
+        ("update_base_path_mapping", "BasePathMapping/api.example.com/v2"),
+        ("delete_base_path_mapping", "BasePathMapping/api.example.com/old"),
+        ("delete_stage", "Stage/a/old"),
+    ]

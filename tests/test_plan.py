@@ -415,6 +415,10 @@ def test_actions_follow_the_documented_order() -> None:
         "create_alias",
         "adopt_alias",
         "update_alias",
+        "create_base_path_mapping",
+        "adopt_base_path_mapping",
+        "update_base_path_mapping",
+        "delete_base_path_mapping",
         "delete_stage",
         "delete_alias",
     ]

@@ -13,7 +13,9 @@ What marks a resource as the tool's own (README.md, "The aws backend", has the d
   ``GetRestApis`` returns descriptions and tags but moto cannot tag an API later;
 * Deployment: description ``{"revision": ..., "sha256": ...}``;
 * Stage: tag ``reconciler:managed=true``;
-* Alias: description ``[reconciler] <the spec's description>``.
+* Alias: description ``[reconciler] <the spec's description>``;
+* BasePathMapping (no tags of its own): a tag of its custom domain,
+  ``reconciler:mapping:<base path>=<instance>`` (``aws_model.mapping_tag``).
 Unmarked resources are never changed or deleted.  Markers, patches and
 parsing: ``aws_model.py``; calls, pacing and errors: ``aws_calls.py``.
 """
@@ -28,13 +30,14 @@ from typing import Any, assert_never
 
 import structlog
 
-from reconciler.backends.aws_calls import AwsCalls, Rates
+from reconciler.backends.aws_calls import ACCESS_CODES, AwsCalls, Rates
 from reconciler.backends.aws_model import (
     ALIAS_DESCRIPTION_MAX,
     ALIAS_MARKER,
     INSTANCE_TAG,
     INVOKE_PRINCIPAL,
     MANAGED_TAG,
+    MAPPING_TAG,
     STATEMENT_PREFIX,
     AliasRef,
     CanaryTarget,
@@ -47,7 +50,9 @@ from reconciler.backends.aws_model import (
     desired_refs,
     live_alias,
     live_api,
+    live_mapping,
     live_stage,
+    mapping_tag,
     parse_deployment_description,
     patch_replace,
     stage_patch,
@@ -61,20 +66,25 @@ from reconciler.model import (
     Action,
     AdoptAlias,
     AdoptApi,
+    AdoptBasePathMapping,
     AdoptStage,
     CreateAlias,
     CreateApi,
+    CreateBasePathMapping,
     CreateDeployment,
     CreateStage,
     DeleteAlias,
+    DeleteBasePathMapping,
     DeleteStage,
     LiveAlias,
     LiveApi,
+    LiveBasePathMapping,
     LiveDeployment,
     LiveStage,
     LiveState,
     UpdateAlias,
     UpdateApi,
+    UpdateBasePathMapping,
     UpdateStage,
     owner_of,
     routing_to_lambda,
@@ -128,6 +138,7 @@ class AwsBackend:
         self._accounts: dict[str, str] = {}  # function -> account id, from its aliases' ARNs
         self._policies: dict[tuple[str, str], set[str]] = {}
         self._listed = False  # read() has listed every REST API: a name it did not see does not exist
+        self._domain_arns: dict[str, str] = {}  # custom domain name -> its ARN (the tags' resource)
 
     def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
         """CloudWatch ``DescribeAlarms`` for rollout analysis, 100 names per request (its limit)."""
@@ -170,6 +181,7 @@ class AwsBackend:
             self._read_api(live, live.apis[name])
         for function in sorted(desired.functions):
             self._read_function(live, function)
+        self._read_mappings(live, desired)
         self._remember(desired, live)
         self._listed = True
         return copy_live(live)
@@ -179,7 +191,7 @@ class AwsBackend:
         owner = owner_of(api)
         return 0 if owner == self.instance else 1 if owner is not None else 2
 
-    def _mine(self, resource: LiveApi | LiveStage | LiveAlias, what: str) -> None:
+    def _mine(self, resource: LiveApi | LiveStage | LiveAlias | LiveBasePathMapping, what: str) -> None:
         """Refuse to write to a resource this instance does not manage."""
         owner = owner_of(resource)
         if owner is None:
@@ -235,6 +247,52 @@ class AwsBackend:
         for item in stages.get("item", []):
             stage = live_stage(api, item, hashes, self.region)
             live.stages[(api.name, stage.name)] = stage
+
+    def _read_mappings(self, live: LiveState, desired: DesiredState) -> None:
+        """One ``GetDomainNames`` listing (the domains and their tags, which name each mapping's owner), then
+        ``GetBasePathMappings`` of every domain the specs name or this instance maps a path of.
+
+        Specs without mappings still list the domains, so that a pruned last mapping is found; there an
+        account that may not list domains (no apigateway:GET on /domainnames) has no mapping of this tool.
+        """
+        paginator = self.calls.apigateway.get_paginator("get_domain_names")
+        try:
+            domains: list[Mapping[str, Any]] = self.calls.call(
+                "DomainName/*",
+                "GetDomainNames",
+                lambda: [i for page in paginator.paginate(PaginationConfig={"PageSize": 500}) for i in page["items"]],
+            )
+        except BackendError as exc:
+            if desired.mappings or exc.code not in ACCESS_CODES:
+                raise
+            log.info("domains_not_listed", error=str(exc))
+            return
+        named = {domain for domain, _ in desired.mappings}
+        api_names = {api.id: api.name for api in live.apis.values()}
+        for item in domains:
+            domain = str(item["domainName"])
+            live.domains.add(domain)
+            tags: Mapping[str, str] = item.get("tags") or {}
+            self._domain_arns[domain] = str(item.get("domainNameArn") or self._domain_arn(domain))
+            if domain not in named and self.instance not in {v for k, v in tags.items() if k.startswith(MAPPING_TAG)}:
+                continue
+            for mapping in self._list_mappings(domain):
+                found = live_mapping(domain, mapping, tags, api_names)
+                live.mappings[(domain, found.base_path)] = found
+
+    def _list_mappings(self, domain: str) -> list[Mapping[str, Any]]:
+        """Every base path mapping of ``domain`` (one paginated listing)."""
+        paginator = self.calls.apigateway.get_paginator("get_base_path_mappings")
+        items: list[Mapping[str, Any]] = self.calls.call(
+            f"DomainName/{domain}",
+            "GetBasePathMappings",
+            lambda: [
+                i
+                for page in paginator.paginate(domainName=domain, PaginationConfig={"PageSize": 500})
+                for i in page.get("items", [])
+            ],
+        )
+        return items
 
     def _read_function(self, live: LiveState, function: str) -> None:
         resource = f"Function/{function}"
@@ -293,6 +351,12 @@ class AwsBackend:
                 self._adopt_stage(action)
             case AdoptAlias():
                 self._adopt_alias(action)
+            case CreateBasePathMapping() | UpdateBasePathMapping():
+                self._put_mapping(action)
+            case AdoptBasePathMapping():
+                self._adopt_mapping(action)
+            case DeleteBasePathMapping():
+                self._delete_mapping(action)
             case _:
                 assert_never(action)
 
@@ -684,6 +748,97 @@ class AwsBackend:
             lambda: self.calls.lambda_.delete_alias(FunctionName=action.function, Name=action.alias),
         )
         del self._live.aliases[(action.function, action.alias)]
+
+    # ------------------------------------------------------ base path mappings
+
+    def _domain_arn(self, domain: str) -> str:
+        """The custom domain's ARN, the resource its tags belong to (as listed, else a public domain's)."""
+        return self._domain_arns.get(domain) or f"arn:{self.partition}:apigateway:{self.region}::/domainnames/{domain}"
+
+    def _tag_domain(self, action: CreateBasePathMapping | UpdateBasePathMapping | AdoptBasePathMapping) -> None:
+        """Claim the mapping for this instance: its key on the custom domain's tags."""
+        arn = self._domain_arn(action.domain)
+        tags = {mapping_tag(action.base_path): self.instance}
+        self.calls.call(
+            action.resource, "TagResource", lambda: self.calls.apigateway.tag_resource(resourceArn=arn, tags=tags)
+        )
+
+    def _put_mapping(self, action: CreateBasePathMapping | UpdateBasePathMapping) -> None:
+        """Create the mapping (claimed on the domain first, so a crash never leaves one unowned), or point
+        this instance's at the action's API and stage (``replace /restapiId`` and ``/stage``)."""
+        api = self._api(action.api, own=False)
+        key = (action.domain, action.base_path)
+        current = self._live.mappings.get(key)
+        if current is None:
+            self._tag_domain(action)  # (an update of a mapping gone since the read re-creates it)
+            try:
+                created = self.calls.call(
+                    action.resource,
+                    "CreateBasePathMapping",
+                    lambda: self.calls.apigateway.create_base_path_mapping(
+                        domainName=action.domain, basePath=action.base_path, restApiId=api.id, stage=action.stage
+                    ),
+                )
+            except BackendError as exc:
+                if exc.code != "ConflictException":
+                    raise
+                raise ConflictError(f"{exc}; someone made it since the read: re-plan", code=exc.code) from None
+            self._live.mappings[key] = self._mine_mapping(action.domain, created, api)
+            return
+        self._mine(current, action.resource)
+        ops: list[PatchOp] = []
+        if current.rest_api_id != api.id:
+            ops.append(patch_replace("/restapiId", api.id))
+        if current.stage != action.stage:
+            ops.append(patch_replace("/stage", action.stage))
+        if not ops:
+            return
+        updated = self.calls.call(
+            action.resource,
+            "UpdateBasePathMapping",
+            lambda: self.calls.apigateway.update_base_path_mapping(
+                domainName=action.domain,
+                basePath=action.base_path,
+                patchOperations=ops,  # type: ignore[arg-type]
+            ),
+        )
+        self._live.mappings[key] = self._mine_mapping(action.domain, updated, api)
+
+    def _mine_mapping(self, domain: str, item: Mapping[str, Any], api: LiveApi) -> LiveBasePathMapping:
+        found = live_mapping(domain, item, {}, {api.id: api.name})
+        return replace(found, managed=True, owner=self.instance)
+
+    def _adopt_mapping(self, action: AdoptBasePathMapping) -> None:
+        """Claim an existing, unmanaged mapping on the domain's tags (it keeps its target until an update)."""
+        key = (action.domain, action.base_path)
+        current = self._live.mappings.get(key)
+        if current is None:
+            raise BackendError(f"{action.resource}: no such base path mapping; re-plan", code="NotFoundException")
+        if owner_of(current) == self.instance:
+            return
+        if owner_of(current) is not None:
+            self._mine(current, action.resource)
+        self._tag_domain(action)
+        self._live.mappings[key] = replace(current, managed=True, owner=self.instance)
+
+    def _delete_mapping(self, action: DeleteBasePathMapping) -> None:
+        """Delete this instance's mapping, then its claim on the domain's tags."""
+        current = self._live.mappings.get((action.domain, action.base_path))
+        if current is None or owner_of(current) != self.instance:
+            return  # gone already, or not ours
+        self._delete(
+            action.resource,
+            "DeleteBasePathMapping",
+            "NotFoundException",
+            lambda: self.calls.apigateway.delete_base_path_mapping(domainName=action.domain, basePath=action.base_path),
+        )
+        del self._live.mappings[(action.domain, action.base_path)]
+        arn = self._domain_arn(action.domain)
+        self.calls.call(
+            action.resource,
+            "UntagResource",
+            lambda: self.calls.apigateway.untag_resource(resourceArn=arn, tagKeys=[mapping_tag(action.base_path)]),
+        )
 
     # ----------------------------------------------------------- permissions
 

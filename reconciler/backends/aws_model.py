@@ -9,6 +9,7 @@ integrations reach through stage variables.  Used by ``aws.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from reconciler.model import (
     DEFAULT_INSTANCE,
     LiveAlias,
     LiveApi,
+    LiveBasePathMapping,
     LiveCanary,
     LiveStage,
     LiveState,
@@ -32,7 +34,7 @@ from reconciler.settings import (
     method_key_to_aws,
     method_setting_from_aws,
 )
-from reconciler.specs import Definition, DesiredCanary, normalize_percent
+from reconciler.specs import NONE_BASE_PATH, Definition, DesiredCanary, normalize_percent
 
 MANAGED_TAG = "reconciler:managed"
 INSTANCE_TAG = "reconciler:instance"
@@ -40,6 +42,8 @@ ALIAS_MARKER = "[reconciler]"
 ALIAS_OWNED = re.compile(r"\[reconciler(?::([^\]\s]+))?\](?: (.*))?\Z", re.DOTALL)
 ALIAS_DESCRIPTION_MAX = 256
 API_MARKER = re.compile(r"\s*\[reconciler:(?:owner=([^\]\s]+))?\s*(?:definition-sha256=([0-9a-f]{64}))?\]\Z")
+MAPPING_TAG = "reconciler:mapping:"  # + base path: a tag of the custom domain naming the mapping's instance
+_TAG_SAFE = re.compile(r"[A-Za-z0-9_.+=@-]{1,100}")  # base path characters a tag key may hold as they are
 STATEMENT_PREFIX = "reconciler-"
 INVOKE_PRINCIPAL = "apigateway.amazonaws.com"
 PatchOp = dict[str, str]
@@ -307,7 +311,43 @@ def copy_live(live: LiveState) -> LiveState:
         stages=dict(live.stages),
         aliases=dict(live.aliases),
         versions={function: set(versions) for function, versions in live.versions.items()},
+        domains=set(live.domains),
+        mappings=dict(live.mappings),
         instance=live.instance,
+    )
+
+
+def mapping_tag(base_path: str) -> str:
+    """The custom domain's tag key that names the instance owning its mapping ``base_path``.
+
+    Base path mappings have no tags of their own; the domain's tags are shared by every instance
+    mapping paths on it, so each mapping gets its own key: ``reconciler:mapping:v1`` for ``v1``,
+    ``reconciler:mapping:/`` for the root ``(none)``, and ``reconciler:mapping:sha256:<hex>`` for a
+    base path with characters a tag key cannot hold (``$!*'()``).  No base path is ``/`` or holds ``:``.
+    """
+    if base_path == NONE_BASE_PATH:
+        return f"{MAPPING_TAG}/"
+    if _TAG_SAFE.fullmatch(base_path):
+        return f"{MAPPING_TAG}{base_path}"
+    return f"{MAPPING_TAG}sha256:{hashlib.sha256(base_path.encode('utf-8')).hexdigest()[:32]}"
+
+
+def live_mapping(
+    domain: str, item: Mapping[str, Any], domain_tags: Mapping[str, str], api_names: Mapping[str, str]
+) -> LiveBasePathMapping:
+    """A ``GetBasePathMappings`` item, owned by the instance the domain's tag for its base path names."""
+    base_path = str(item.get("basePath") or NONE_BASE_PATH)
+    rest_api_id = str(item.get("restApiId") or "")
+    owner = domain_tags.get(mapping_tag(base_path)) or None
+    stage = item.get("stage")
+    return LiveBasePathMapping(
+        domain,
+        base_path,
+        rest_api_id,
+        api_names.get(rest_api_id),
+        None if stage in (None, NONE_BASE_PATH) else str(stage),
+        owner is not None,
+        owner,
     )
 
 

@@ -29,28 +29,33 @@ from reconciler.model import (
     Action,
     AdoptAlias,
     AdoptApi,
+    AdoptBasePathMapping,
     AdoptStage,
     CreateAlias,
     CreateApi,
+    CreateBasePathMapping,
     CreateDeployment,
     CreateStage,
     DeleteAlias,
+    DeleteBasePathMapping,
     DeleteStage,
     LiveAlias,
     LiveApi,
+    LiveBasePathMapping,
     LiveCanary,
     LiveDeployment,
     LiveStage,
     LiveState,
     UpdateAlias,
     UpdateApi,
+    UpdateBasePathMapping,
     UpdateStage,
     routing_from_lambda,
     routing_to_lambda,
 )
 from reconciler.openapi import definition_problems
 from reconciler.settings import StageSettings, problems_of, settings_from_json
-from reconciler.specs import LATEST, DesiredCanary, DesiredState, normalize_percent
+from reconciler.specs import LATEST, NONE_BASE_PATH, DesiredCanary, DesiredState, check_domain_name, normalize_percent
 
 DB_NAME = "local-backend.sqlite3"
 REGION = "local"
@@ -79,6 +84,11 @@ CREATE TABLE IF NOT EXISTS aliases (
     function_version TEXT NOT NULL, additional_weights TEXT NOT NULL, revision_id TEXT NOT NULL,
     managed INTEGER NOT NULL, PRIMARY KEY (function, name));
 CREATE TABLE IF NOT EXISTS alarms (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS domain_names (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS base_path_mappings (
+    domain TEXT NOT NULL REFERENCES domain_names(name), base_path TEXT NOT NULL,
+    api_id TEXT NOT NULL REFERENCES rest_apis(id), stage TEXT, managed INTEGER NOT NULL, owner TEXT,
+    PRIMARY KEY (domain, base_path));
 """
 
 
@@ -289,6 +299,57 @@ class LocalCloud:
         if cursor.rowcount == 0:
             raise _error("NotFoundException", f"Invalid stage identifier specified: {name}")
 
+    # --------------------------------------------------- custom domain names
+
+    def create_domain_name(self, name: str) -> bool:
+        """Create the custom domain ``name`` (its certificate is taken as given); False if it exists already."""
+        try:
+            check_domain_name(name)
+        except ValueError as exc:
+            raise _error("BadRequestException", f"domain name: {exc}") from None
+        with self.transaction() as db:
+            found = db.execute("INSERT OR IGNORE INTO domain_names (name, created_at) VALUES (?, ?)", (name, _now()))
+        return found.rowcount == 1
+
+    def _check_mapping_target(self, domain: str, api_id: str, stage: str | None) -> None:
+        if self.db.execute("SELECT 1 FROM domain_names WHERE name = ?", (domain,)).fetchone() is None:
+            raise _error("NotFoundException", f"Invalid domain name identifier specified: {domain}")
+        if self.db.execute("SELECT 1 FROM rest_apis WHERE id = ?", (api_id,)).fetchone() is None:
+            raise _error("BadRequestException", f"Invalid REST API identifier specified: {api_id}")
+        if (
+            stage is not None
+            and not self.db.execute("SELECT 1 FROM stages WHERE api_id = ? AND name = ?", (api_id, stage)).fetchone()
+        ):
+            raise _error("BadRequestException", f"Invalid stage identifier specified: {stage}")
+
+    def create_base_path_mapping(
+        self, domain: str, base_path: str, api_id: str, stage: str | None, managed: bool, owner: str | None = None
+    ) -> None:
+        """Map ``domain``/``base_path`` to a stage, by API Gateway's rules (one mapping per base path; a root
+        mapping, "(none)", only alone on its domain)."""
+        self._check_mapping_target(domain, api_id, stage)
+        others = {
+            str(r[0]) for r in self.db.execute("SELECT base_path FROM base_path_mappings WHERE domain = ?", (domain,))
+        }
+        if base_path in others:
+            raise _error("ConflictException", "Base path already exists for this domain name")
+        if others and NONE_BASE_PATH in others | {base_path}:
+            raise _error("BadRequestException", "Only one base path mapping is allowed if the base path is empty.")
+        self.db.execute(
+            "INSERT INTO base_path_mappings (domain, base_path, api_id, stage, managed, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (domain, base_path, api_id, stage, int(managed), owner),
+        )
+
+    def update_base_path_mapping(self, domain: str, base_path: str, api_id: str, stage: str | None) -> None:
+        self._check_mapping_target(domain, api_id, stage)
+        cursor = self.db.execute(
+            "UPDATE base_path_mappings SET api_id = ?, stage = ? WHERE domain = ? AND base_path = ?",
+            (api_id, stage, domain, base_path),
+        )
+        if cursor.rowcount == 0:
+            raise _error("NotFoundException", f"Invalid base path mapping identifier specified: {base_path}")
+
     # ----------------------------------------------------------------- Lambda
 
     def function_arn(self, function: str, qualifier: str | None = None) -> str:
@@ -468,6 +529,8 @@ class LocalBackend:
             stages=dict(live.stages),
             aliases=dict(live.aliases),
             versions={function: set(versions) for function, versions in live.versions.items()},
+            domains=set(live.domains),
+            mappings=dict(live.mappings),
             instance=live.instance,
         )
 
@@ -538,6 +601,12 @@ class LocalBackend:
             live.versions[row["function"]].add(str(row["version"]))
         for row in db.execute("SELECT * FROM aliases"):
             live.aliases[(row["function"], row["name"])] = self._alias_of(row)
+        live.domains = {str(row[0]) for row in db.execute("SELECT name FROM domain_names")}
+        for row in db.execute("SELECT * FROM base_path_mappings"):
+            key = (row["domain"], row["base_path"])
+            live.mappings[key] = LiveBasePathMapping(
+                *key, row["api_id"], names.get(row["api_id"]), row["stage"], bool(row["managed"]), row["owner"]
+            )
         return live
 
     def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
@@ -649,6 +718,22 @@ class LocalBackend:
         self._check_owner(row, f"stage {stage}")
         return row is not None
 
+    def _put_mapping(self, action: CreateBasePathMapping | UpdateBasePathMapping) -> None:
+        """Create the mapping, or point this instance's at the action's stage (a repeat changes nothing)."""
+        cloud = self.cloud
+        api_id = cloud.api_id(action.api)
+        row = cloud.db.execute(
+            "SELECT managed, owner FROM base_path_mappings WHERE domain = ? AND base_path = ?",
+            (action.domain, action.base_path),
+        ).fetchone()
+        if row is None:
+            cloud.create_base_path_mapping(
+                action.domain, action.base_path, api_id, action.stage, managed=True, owner=self.instance
+            )
+            return
+        self._check_owner(row, action.resource)
+        cloud.update_base_path_mapping(action.domain, action.base_path, api_id, action.stage)
+
     def _apply(self, action: Action) -> None:
         cloud = self.cloud
         match action:
@@ -740,5 +825,16 @@ class LocalBackend:
                 self._adopt(
                     "aliases", "function = ? AND name = ?", (action.function, action.alias), f"alias {action.alias}"
                 )
+            case CreateBasePathMapping() | UpdateBasePathMapping():
+                self._put_mapping(action)
+            case DeleteBasePathMapping():
+                cloud.db.execute(
+                    "DELETE FROM base_path_mappings WHERE domain = ? AND base_path = ? AND managed = 1"
+                    " AND coalesce(owner, ?) = ?",
+                    (action.domain, action.base_path, DEFAULT_INSTANCE, self.instance),
+                )
+            case AdoptBasePathMapping():
+                where = "domain = ? AND base_path = ?"
+                self._adopt("base_path_mappings", where, (action.domain, action.base_path), action.resource)
             case _:
                 assert_never(action)
