@@ -129,7 +129,8 @@ def test_aws_conflicts_that_say_try_again_are_temporary(error: ClientError, temp
 
 
 def test_a_no_op_pass_reads_one_listing_per_api_and_per_function(aws_repo: AwsRepo, tmp_path: Path) -> None:
-    """After a first apply, a pass that changes nothing lists the APIs once, then per API and function only."""
+    """After a first apply, a pass that changes nothing lists the APIs and the custom domains once, then per API
+    and function only (no domain is mapped: no GetBasePathMappings)."""
     backend = AwsBackend(region=REGION, endpoint_url=aws_repo.url)
     sent: list[str] = []
     for client in (backend.calls.apigateway, backend.calls.lambda_):
@@ -143,5 +144,5 @@ def test_a_no_op_pass_reads_one_listing_per_api_and_per_function(aws_repo: AwsRe
         engine.close()
     assert result.ok and result.result == "noop", result.error
     assert sorted(sent) == sorted(
-        ["GetRestApis", "GetDeployments", "GetStages", "ListAliases", "ListVersionsByFunction"]
+        ["GetRestApis", "GetDeployments", "GetStages", "GetDomainNames", "ListAliases", "ListVersionsByFunction"]
     )

@@ -103,6 +103,7 @@ def expect_read(apigateway: Stubber, lambda_: Stubber, prod: dict[str, Any] = PR
         {"restApiId": "a1", "limit": 500},
     )
     apigateway.add_response("get_stages", {"item": [prod]}, {"restApiId": "a1"})
+    apigateway.add_response("get_domain_names", {"items": []}, {"limit": 500})  # no custom domain
     lambda_.add_response(
         "list_aliases",
         {

@@ -151,6 +151,7 @@ def _read(backend: AwsBackend, stubber: Stubber, canary: dict[str, Any] | None) 
     if canary is not None:
         stage["canarySettings"] = canary
     stubber.add_response("get_stages", {"item": [stage]}, {"restApiId": "a1"})
+    stubber.add_response("get_domain_names", {"items": []}, {"limit": 500})  # no custom domain
     return backend.read(DESIRED)
 
 
