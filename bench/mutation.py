@@ -156,7 +156,7 @@ class HandMutant:
 AUDIT = (
     HandMutant(
         "the daemon always prunes",
-        "reconciler/daemon.py",
+        "reconciler/worker.py",
         r"prune=self\.\w+\.prune\b",
         "prune=True",
         ("tests/daemon/test_prune.py",),
@@ -229,7 +229,7 @@ AUDIT = (
     HandMutant(
         "SIGTERM during a fetch waits out the action grace",
         "reconciler/daemon.py",
-        r"if self\._fetching\.is_set\(\):",
+        r"if worker\.fetching\.is_set\(\):",
         "if False:",
         ("tests/daemon/test_audit.py::test_sigterm_during_a_hung_fetch_leaves_no_git_process_behind",),
     ),

@@ -47,7 +47,7 @@ from reconciler.sinks import GITHUB_API
 from reconciler.terminal import LiveLine
 
 if TYPE_CHECKING:
-    from reconciler.daemon import DaemonConfig
+    from reconciler.daemonconfig import DaemonConfig
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 LOCK_WAIT = 30.0  # seconds a CLI writer waits for a daemon's reconcile in flight
@@ -1137,7 +1137,7 @@ def cmd_run(common: Common, out: Out, **settings: Any) -> int:
 
 def daemon_config(params: Mapping[str, Any]) -> DaemonConfig:
     """``run``'s own flags (and --verbose) as the daemon's typed configuration."""
-    from reconciler.daemon import DaemonConfig
+    from reconciler.daemonconfig import DaemonConfig
 
     return DaemonConfig(**{f.name: params[f.name] for f in fields(DaemonConfig) if f.name in params})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.daemon import BACKOFF_CAP, backoff_delay, jittered
+from reconciler.worker import BACKOFF_CAP, backoff_delay, jittered
 from tests.daemon.conftest import Daemon, wait_for
 from tests.support import SpecRepo
 

@@ -70,7 +70,7 @@ def test_the_daemon_counts_deliveries(example_repo: SpecRepo, monkeypatch: pytes
         assert daemon.run() == 0
         [got] = server.delivered()
     assert got.json["event"] == "applied" and got.json["revision"] == example_repo.head()
-    text = daemon.metrics_text()[0].decode()
+    text = daemon.http.metrics_text()[0].decode()
     assert 'reconciler_notifications_total{result="success",sink="webhook"} 1.0' in text
     assert 'reconciler_notifications_total{result="dropped",sink="webhook"} 0.0' in text
 

@@ -16,14 +16,16 @@ import pytest
 import structlog
 import watchfiles
 
-from reconciler import daemon as daemon_module
+from reconciler import httpview
 from reconciler.backends.local import LocalCloud
 from reconciler.cli import parsed_run
-from reconciler.daemon import RefFilter, Triggers, backoff_delay
+from reconciler.daemon import Daemon
 from reconciler.errors import UsageError
 from reconciler.gitsource import _remote_env, redact
 from reconciler.httpapi import WebhookAuth, parse_listen
 from reconciler.logs import MASK, configure_logging, redact_secrets
+from reconciler.triggers import RefFilter, Triggers
+from reconciler.worker import backoff_delay
 from tests.support import SpecRepo
 
 SECRET = b"It's a Secret to Everybody"
@@ -196,15 +198,15 @@ def test_status_reuses_a_backend_read_within_its_ttl(example_repo: SpecRepo, mon
     """/status answers from one backend read for STATUS_TTL seconds (AWS reads cost quota), then reads anew."""
     assert example_repo.cli("apply").code == 0
     config, settings = parsed_run(["--repo", str(example_repo.path), "--state-dir", str(example_repo.state_dir)])
-    monkeypatch.setitem(daemon_module.STATUS_TTL, "local", 60.0)
-    daemon = daemon_module.Daemon(config, settings)
+    monkeypatch.setitem(httpview.STATUS_TTL, "local", 60.0)
+    daemon = Daemon(config, settings)
     try:
-        before = daemon.status()["aliases"]["orders-handler/prod"]["routing"]
+        before = daemon.http.status()["aliases"]["orders-handler/prod"]["routing"]
         cloud = LocalCloud(example_repo.state_dir)
         cloud.update_alias("orders-handler", "prod", "1", {}, "changed by hand")
         cloud.close()
-        assert daemon.status()["aliases"]["orders-handler/prod"]["routing"] == before
-        monkeypatch.setitem(daemon_module.STATUS_TTL, "local", 0.0)
-        assert daemon.status()["aliases"]["orders-handler/prod"]["routing"] == {"1": 100}
+        assert daemon.http.status()["aliases"]["orders-handler/prod"]["routing"] == before
+        monkeypatch.setitem(httpview.STATUS_TTL, "local", 0.0)
+        assert daemon.http.status()["aliases"]["orders-handler/prod"]["routing"] == {"1": 100}
     finally:
         daemon.stop()
