@@ -11,6 +11,7 @@ DEFINITION = textwrap.dedent(
     paths:
       /items:
         get:
+          responses: {{"200": {{description: OK}}}}
           x-amazon-apigateway-integration:
             type: aws_proxy
             httpMethod: POST

@@ -41,7 +41,7 @@ from click.core import ParameterSource
 from reconciler import __version__
 from reconciler.engine import WORKTREE, ActionDone, Config, Engine, ReconcileResult
 from reconciler.errors import ReconcilerError, SpecError, UsageError
-from reconciler.model import Action
+from reconciler.model import Action, PlanWarning
 from reconciler.plan import Plan
 from reconciler.sinks import GITHUB_API
 from reconciler.terminal import LiveLine
@@ -467,11 +467,17 @@ class ErrorStyle:
 ERRORS = ErrorStyle()
 
 
-def error_line(message: str) -> None:
+def error_line(message: str, label: str = "error", colour: str = "31") -> None:
     """One line on stderr, whatever the message holds (line breaks in it are escaped)."""
-    prefix = "\033[31merror:\033[0m" if colour_wanted(ERRORS.colour, sys.stderr) else "error:"
+    prefix = f"\033[{colour}m{label}:\033[0m" if colour_wanted(ERRORS.colour, sys.stderr) else f"{label}:"
     message = message.replace("\r", "\\r").replace("\n", "\\n")
     print(f"{prefix} {message}", file=sys.stderr)
+
+
+def warning_lines(warnings: Sequence[PlanWarning]) -> None:
+    """Warnings, one ``warning:`` line each on stderr (as errors are, with ``-o json`` too)."""
+    for warning in warnings:
+        error_line(str(warning), "warning", "33")
 
 
 def _abbreviate(value: Any) -> Any:
@@ -644,6 +650,7 @@ def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty
             render_plan(out, plan)
             for line in rollout_lines(under_way):
                 out.line(line)
+        warning_lines(plan.warnings)
         return EXIT_OK if plan.in_sync and not under_way else EXIT_CHANGES
     finally:
         engine.close()
@@ -709,6 +716,7 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
                 "error": str(result.error) if result.error else None,
                 "in_sync": result.ok and not result.progressing,
                 "rollouts": {s.resource: s.view() for s in result.rollouts},
+                "warnings": [w.as_json() for w in result.all_warnings],
             }
         )
     else:
@@ -732,6 +740,7 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
                     "Rollouts under way: the commit is tagged when they succeed; "
                     "the daemon drives them in time, or run `reconciler apply` again."
                 )
+    warning_lines(result.all_warnings)
     if result.error is not None:
         if isinstance(result.error, SpecError):
             for issue in result.error.issues:

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from reconciler import failpoints
-from reconciler.backends.base import Backend
+from reconciler.backends.base import Backend, WarningSource
 from reconciler.errors import (
     BackendError,
     GitError,
@@ -60,6 +60,7 @@ from reconciler.model import (
     DeleteBasePathMapping,
     DeleteStage,
     LiveState,
+    PlanWarning,
     UpdateApi,
     UpdateStage,
     percent_json,
@@ -126,6 +127,13 @@ class ReconcileResult:
     error: ReconcilerError | None = None
     duration: float = 0.0
     rollouts: list[RolloutState] = field(default_factory=list)  # under way after this pass
+    warnings: list[PlanWarning] = field(default_factory=list)  # the backend's, of the actions applied
+
+    @property
+    def all_warnings(self) -> list[PlanWarning]:
+        """The plan's warnings, then the applied actions' (shown by ``apply``)."""
+        return [*(self.plan.warnings if self.plan else ()), *self.warnings]
+
     wake_at: float | None = None  # Unix time a rollout wants the next pass at
 
     @property
@@ -166,6 +174,20 @@ def execution_order(actions: Sequence[Action]) -> list[Action]:
         if action is not None:
             ordered.append(action)
     return ordered
+
+
+def log_warnings(plan: Plan) -> None:
+    """Log the plan's warnings about the stages it changes (each deploy of such a stage says it again)."""
+    changed = {a.resource for a in plan.actions if isinstance(a, CreateStage | UpdateStage)}
+    for warning in plan.warnings:
+        if warning.resource in changed:
+            log.warning(
+                warning.code,
+                stage=warning.resource,
+                integration=warning.integration,
+                alias=warning.alias,
+                reason=warning.message,
+            )
 
 
 def make_backend(config: Config, state_dir: Path, on_wait: WaitHook | None = None) -> Backend:
@@ -571,7 +593,9 @@ class Engine:
             if prune and not self.config.allow_empty and not (desired.stages or desired.aliases or desired.mappings):
                 self._refuse_empty_prune(plan)
             planned += plan.actions
-            result.plan = Plan(plan.revision, tuple(planned), plan.orphans)
+            if result.plan is None:
+                log_warnings(plan)
+            result.plan = Plan(plan.revision, tuple(planned), plan.orphans, plan.warnings)
             states = shaped.states
             changed = load_states(record.extra) != states
             save_states(record.extra, states)
@@ -593,6 +617,7 @@ class Engine:
                 try:
                     self.backend.apply(action)
                 except BackendError as exc:
+                    self._take_warnings(result)
                     exc.args = (f"{action.action} {action.resource}: {exc}",)
                     if on_action:
                         on_action(ActionDone(action, number + index, len(planned), time.monotonic() - began, exc))
@@ -600,6 +625,7 @@ class Engine:
                 if on_action:
                     on_action(ActionDone(action, number + index, len(planned), time.monotonic() - began))
                 result.applied.append(action)
+                self._take_warnings(result)
             if shaped.failed:
                 raise RolloutError(
                     "; ".join(f"rollout of {s.resource} {s.phase}: {s.message}" for s in shaped.failed)
@@ -610,6 +636,10 @@ class Engine:
                 result.wake_at = shaped.wake_at
                 return
         raise BackendError(f"rollouts did not settle within {MAX_ROUNDS} rounds; the next reconcile goes on", True)
+
+    def _take_warnings(self, result: ReconcileResult) -> None:
+        if isinstance(self.backend, WarningSource):
+            result.warnings += self.backend.take_warnings()
 
     def _emit(self, events: list[Event]) -> None:
         for name, fields in events:

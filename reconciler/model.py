@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from reconciler.settings import StageSettings
+from reconciler.settings import ApiSettings, StageSettings
 from reconciler.specs import LATEST, Definition, DesiredCanary, normalize_percent
 
 Change = tuple[Any, Any]
@@ -38,6 +38,7 @@ class LiveApi:
     managed: bool
     owner: str | None = None  # the instance that manages it (managed with no owner: DEFAULT_INSTANCE)
     endpoint_type: str | None = None  # EDGE | REGIONAL | PRIVATE
+    vpc_endpoint_ids: tuple[str, ...] = ()  # a PRIVATE API's VPC endpoints, sorted
     tags: dict[str, str] = field(default_factory=dict)  # the API's own tags (marks and aws: tags left out)
     url: str | None = None  # the invoke URL without a stage
 
@@ -209,15 +210,17 @@ class CreateApi(_ApiAction):
     action: ClassVar[str] = "create_api"
     description: str | None
     definition: Definition
+    settings: ApiSettings = field(default_factory=ApiSettings)
 
 
 @dataclass(frozen=True)
 class UpdateApi(_ApiAction):
-    """Import the API's definition (and/or set its description)."""
+    """Import the API's definition, set its description, endpoint type, VPC endpoints, tags (what ``changes`` names)."""
 
     action: ClassVar[str] = "update_api"
     description: str | None
     definition: Definition
+    settings: ApiSettings = field(default_factory=ApiSettings)
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,7 @@ class CreateDeployment(_ApiAction):
     definition: Definition
     api_definition: Definition
     revision: str | None
+    fail_on_warnings: bool = True  # the API's failOnWarnings, for the imports around the snapshot
 
 
 @dataclass(frozen=True)
@@ -371,3 +375,31 @@ ACTION_ORDER = [
         DeleteAlias,
     )
 ]
+
+
+PERMISSION_NOT_GRANTED = "permission_not_granted"
+
+
+@dataclass(frozen=True)
+class PlanWarning:
+    """Something a plan (``permission_not_granted``) or an apply (``import_warnings``) could not do as asked for
+    a resource: shown in the output and logged, never a reason to stop."""
+
+    resource: str  # Stage/<api>/<stage>, RestApi/<api>
+    message: str
+    code: str = PERMISSION_NOT_GRANTED
+    integration: str | None = None  # the method, e.g. "GET /orders"
+    alias: str | None = None  # function:alias, when one is named
+
+    def __str__(self) -> str:
+        where = f"{self.resource}: {self.integration}" if self.integration else self.resource
+        return f"{where}: {self.message}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "resource": self.resource,
+            "integration": self.integration,
+            "alias": self.alias,
+            "message": self.message,
+        }

@@ -7,7 +7,9 @@ Pure functions over a parsed definition (no I/O), shared by ``specs.py``
   ``x-amazon-apigateway-integration``, since REST APIs have no API-level default);
 * ``integration_variables``: the ``${stageVariables.X}`` a stage must set, i.e.
   those in an integration's ``uri``, ``credentials`` or ``connectionId`` (API
-  Gateway resolves mapping templates and the rest at request time, unset is empty).
+  Gateway resolves mapping templates and the rest at request time, unset is empty);
+* ``lambda_targets`` / ``lambda_integrations``: the Lambda aliases a stage's
+  integrations invoke (for invoke permissions, and the plan's warnings).
 """
 
 from __future__ import annotations
@@ -144,3 +146,22 @@ def lambda_targets(text: str, variables: dict[str, str]) -> tuple[set[tuple[str,
             continue
         targets.add((name, qualifier, partition, account))
     return targets, sorted(set(problems))
+
+
+def _method_name(path: str) -> str:
+    """``paths./orders.get.x-amazon-apigateway-integration`` -> ``GET /orders`` (else the dotted path)."""
+    parts = path.split(".")
+    if len(parts) >= 4 and parts[0] == "paths" and parts[-1] == INTEGRATION and parts[-2] in HTTP_METHODS:
+        method = "ANY" if parts[-2] == "x-amazon-apigateway-any-method" else parts[-2].upper()
+        return f"{method} {'.'.join(parts[1:-2])}"
+    return path
+
+
+def lambda_integrations(data: Any) -> list[tuple[str, str]]:
+    """(method such as ``GET /orders``, uri) for every integration whose ``uri`` names a Lambda function."""
+    found: list[tuple[str, str]] = []
+    for path, integration in integrations(data):
+        uri = integration.get("uri")
+        if isinstance(uri, str) and ":lambda:" in uri and ":function:" in uri:
+            found.append((_method_name(path), uri))
+    return found

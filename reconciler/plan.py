@@ -9,6 +9,9 @@ touched.  The engine applies ``Plan.actions`` in order; ``plan`` prints them.
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +38,7 @@ from reconciler.model import (
     LiveCanary,
     LiveStage,
     LiveState,
+    PlanWarning,
     UpdateAlias,
     UpdateApi,
     UpdateBasePathMapping,
@@ -43,7 +47,8 @@ from reconciler.model import (
     percent_json,
     version_key,
 )
-from reconciler.settings import StageSettings
+from reconciler.openapi import lambda_integrations, lambda_targets
+from reconciler.settings import StageSettings, endpoint_change_problem
 from reconciler.specs import (
     LATEST,
     Definition,
@@ -68,6 +73,7 @@ class Plan:
     revision: str | None
     actions: tuple[Action, ...]
     orphans: tuple[str, ...] = ()
+    warnings: tuple[PlanWarning, ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -79,6 +85,7 @@ class Plan:
             "in_sync": self.in_sync,
             "actions": [a.as_json() for a in self.actions],
             "orphans": list(self.orphans),
+            "warnings": [w.as_json() for w in self.warnings],
         }
 
 
@@ -101,7 +108,9 @@ def make_plan(desired: DesiredState, live: LiveState, prune: bool = False) -> Pl
         raise PlanError(issues, desired.revision)
     rank = {name: i for i, name in enumerate(ACTION_ORDER)}
     ordered = sorted(actions, key=lambda a: rank[a.action])  # stable: each kind keeps its own order
-    return Plan(desired.revision, tuple(ordered), () if prune else tuple(o.resource for o in orphans))
+    orphaned = () if prune else tuple(o.resource for o in orphans)
+    pruned = {(o.function, o.alias) for o in orphans if prune and isinstance(o, DeleteAlias)}
+    return Plan(desired.revision, tuple(ordered), orphaned, tuple(plan_permissions(desired, live, pruned)))
 
 
 def _unmanaged(issues: list[SpecIssue], location: Location, what: str) -> None:
@@ -161,15 +170,15 @@ def plan_apis(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -
         api: DesiredApi = desired.apis[name]
         current = live.apis.get(name)
         if current is None:
+            created = {"description": api.description, "definition_sha256": api.definition.sha256}
+            created.update(api.settings.created())
             actions.append(
                 CreateApi(
                     api=name,
                     description=api.description,
                     definition=api.definition,
-                    changes={
-                        "description": (None, api.description),
-                        "definition_sha256": (None, api.definition.sha256),
-                    },
+                    settings=api.settings,
+                    changes={field: (None, value) for field, value in created.items()},
                 )
             )
             continue
@@ -181,8 +190,25 @@ def plan_apis(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -
         changes: dict[str, Change] = {}
         _changed(changes, "description", current.description or None, api.description or None)
         _changed(changes, "definition_sha256", current.definition_sha256, api.definition.sha256)
+        changes.update(api.settings.changes(current.endpoint_type, current.vpc_endpoint_ids, current.tags))
+        if "endpointType" in changes:
+            problem = endpoint_change_problem(current.endpoint_type, changes["endpointType"][1])
+            if problem is not None:
+                location = api.location
+                issues.append(
+                    SpecIssue(location.file, location.line_of("spec.endpointType"), "spec.endpointType", problem)
+                )
+                continue
         if changes:
-            actions.append(UpdateApi(api=name, description=api.description, definition=api.definition, changes=changes))
+            actions.append(
+                UpdateApi(
+                    api=name,
+                    description=api.description,
+                    definition=api.definition,
+                    settings=api.settings,
+                    changes=changes,
+                )
+            )
     return actions
 
 
@@ -216,6 +242,7 @@ def plan_deployments(desired: DesiredState, live: LiveState) -> list[Action]:
                     definition=definition,
                     api_definition=main,
                     revision=desired.revision,
+                    fail_on_warnings=desired.apis[api].settings.failOnWarnings,
                     changes={"deployment": (None, definition.sha256)},
                 )
             )
@@ -483,3 +510,67 @@ def find_orphans(desired: DesiredState, live: LiveState) -> list[Orphan]:
                 )
             )
     return orphans
+
+
+def plan_permissions(
+    desired: DesiredState, live: LiveState, pruned: Collection[tuple[str, str]] = ()
+) -> list[PlanWarning]:
+    """A warning per stage Lambda integration whose invoke permission the backend cannot grant (DESIGN §10).
+
+    The backend grants API Gateway ``lambda:InvokeFunction`` on an alias this instance manages (a spec here,
+    or one it owns) for every stage naming it; an unqualified function, an unset variable or another alias
+    gets no grant, and on AWS such a stage answers 500: said here, at plan time, never left silent.
+    """
+    seen: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[str, str, str | None]]] = {}
+    warnings: list[PlanWarning] = []
+    for key in sorted(desired.stages):
+        stage = desired.stages[key]
+        resource = f"Stage/{stage.api}/{stage.name}"
+        found: dict[tuple[str, str | None], str] = {}
+        sides = [(stage.definition, stage.variables)]
+        if stage.canary is not None:
+            sides.append((stage.canary.definition, {**stage.variables, **stage.canary.variables}))
+        for definition, variables in sides:
+            memo = (definition.sha256, tuple(sorted(variables.items())))
+            if memo not in seen:
+                seen[memo] = _integration_problems(_lambda_integrations(definition.sha256, definition.body), variables)
+            for integration, message, alias in seen[memo]:
+                if alias is None or not _granted(alias, desired, live, pruned):
+                    text = message or (
+                        f"alias {alias} is not managed by reconciler (no Alias spec of this instance); grant API "
+                        "Gateway lambda:InvokeFunction on it yourself"
+                    )
+                    found.setdefault((integration, alias), text)
+        warnings += [
+            PlanWarning(resource, text, integration=integration, alias=alias)
+            for (integration, alias), text in found.items()
+        ]
+    return warnings
+
+
+@functools.lru_cache(maxsize=256)
+def _lambda_integrations(sha256: str, body: str) -> tuple[tuple[str, str], ...]:
+    """A definition's Lambda integrations, parsed once per definition (a daemon plans the same ones every pass)."""
+    return tuple(lambda_integrations(json.loads(body)))
+
+
+def _integration_problems(
+    integrations: tuple[tuple[str, str], ...], variables: dict[str, str]
+) -> list[tuple[str, str, str | None]]:
+    """(integration, problem, None) for a target that cannot be told; (integration, "", alias) per alias named."""
+    out: list[tuple[str, str, str | None]] = []
+    for integration, uri in integrations:
+        targets, problems = lambda_targets(uri, variables)
+        out += [(integration, problem, None) for problem in problems]
+        out += [(integration, "", f"{function}:{alias}") for function, alias, _, _ in sorted(targets)]
+    return out
+
+
+def _granted(alias: str, desired: DesiredState, live: LiveState, pruned: Collection[tuple[str, str]]) -> bool:
+    """Whether the backend grants invoke permissions on ``function:alias``: a spec of it here, or this instance's
+    (and not pruned by this plan)."""
+    function, _, name = alias.partition(":")
+    if (function, name) in desired.aliases:
+        return True
+    current = live.aliases.get((function, name))
+    return current is not None and owner_of(current) == live.instance and (function, name) not in pruned

@@ -1,4 +1,4 @@
-"""Stage settings (DESIGN §10): the spec fields, their AWS rules, and the comparable form both backends share.
+"""Stage and RestApi settings (DESIGN §10): the spec fields, their AWS rules, and the form both backends share.
 
 Pure data and validation, no I/O.  ``specs.py`` puts the pydantic fields on
 ``StageSpec`` and builds ``StageSettings``; ``plan.py`` diffs
@@ -10,6 +10,8 @@ Settings are declarative, as Terraform's are: a setting absent from the spec
 is API Gateway's default (tracing off, no cache, no client certificate, no
 access log, no tags besides the ownership mark, no method settings), and a
 method-settings entry that leaves a field out gets that field's default.
+A RestApi's ``endpointType`` is the exception: unset, an existing API keeps
+its type (a new one is REGIONAL); ``ApiSettings`` carries the RestApi's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ MAX_CACHE_TTL = 3600
 METHOD_KEY = re.compile(r"(\*|/[^\s]*)/(\*|GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS|ANY)")
 ACCESS_LOG_ARN = re.compile(r"arn:aws[a-z-]*:(logs|firehose):[a-z0-9-]+:[0-9]{12}:\S+")
 RESERVED_TAG_PREFIXES = ("aws:", "reconciler:")
+ENDPOINT_TYPES = ("EDGE", "REGIONAL", "PRIVATE")
+NEW_API_ENDPOINT_TYPE = "REGIONAL"  # what a new API is created as when the spec names no type
+VPC_ENDPOINT_ID = re.compile(r"vpce-[0-9a-f]{8,17}")
 
 
 # ------------------------------------------------------------------ rules
@@ -66,6 +71,19 @@ def check_tags(tags: dict[str, str]) -> dict[str, str]:
     if len(tags) > 50:
         raise ValueError(f"expected at most 50 tags, got {len(tags)}")
     return tags
+
+
+def check_vpc_endpoint_id(value: str) -> str:
+    if not VPC_ENDPOINT_ID.fullmatch(value):
+        raise ValueError(f"expected a VPC endpoint id such as vpce-0123456789abcdef0, got {value!r}")
+    return value
+
+
+def endpoint_change_problem(old: str | None, new: str) -> str | None:
+    """Why API Gateway refuses to change an API's endpoint type from ``old`` to ``new`` in place, else None."""
+    if old == "PRIVATE" and new == "EDGE":
+        return "a PRIVATE API cannot become EDGE in place (API Gateway: private to REGIONAL only); expected REGIONAL"
+    return None
 
 
 def check_access_log_arn(value: str) -> str:
@@ -124,6 +142,7 @@ class MethodSettingSpec(_Model):
 
 MethodKey = Annotated[str, AfterValidator(check_method_key)]
 Tags = Annotated[dict[str, str], AfterValidator(check_tags)]
+VpcEndpointId = Annotated[str, AfterValidator(check_vpc_endpoint_id)]
 
 
 # --------------------------------------------------------- comparable form
@@ -246,3 +265,38 @@ def settings_from_json(data: dict[str, Any] | None) -> StageSettings:
         tags=dict(data.get("tags") or {}),
         methodSettings={k: MethodSetting(**v) for k, v in (data.get("methodSettings") or {}).items()},
     )
+
+
+# ----------------------------------------------------------- RestApi settings
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """A RestApi's settings as the spec asks for them (``endpointType`` None: whatever the API has)."""
+
+    endpointType: str | None = None
+    vpcEndpointIds: tuple[str, ...] = ()  # sorted; PRIVATE only
+    tags: dict[str, str] = field(default_factory=dict)
+    failOnWarnings: bool = True
+
+    def changes(
+        self, endpoint_type: str | None, vpc_endpoint_ids: tuple[str, ...], tags: dict[str, str]
+    ) -> dict[str, tuple[Any, Any]]:
+        """(old, new) per setting that differs from a live API's (the type only when the spec names one)."""
+        found: dict[str, tuple[Any, Any]] = {}
+        if self.endpointType is not None and self.endpointType != endpoint_type:
+            found["endpointType"] = (endpoint_type, self.endpointType)
+        if self.endpointType == "PRIVATE" and tuple(sorted(vpc_endpoint_ids)) != self.vpcEndpointIds:
+            found["vpcEndpointIds"] = (sorted(vpc_endpoint_ids), list(self.vpcEndpointIds))
+        if dict(sorted(tags.items())) != dict(sorted(self.tags.items())):
+            found["tags"] = (dict(sorted(tags.items())), dict(sorted(self.tags.items())))
+        return found
+
+    def created(self) -> dict[str, Any]:
+        """What a new API gets, as plan changes show it (defaults left out, but the endpoint type always)."""
+        shown: dict[str, Any] = {"endpointType": self.endpointType or NEW_API_ENDPOINT_TYPE}
+        if self.vpcEndpointIds:
+            shown["vpcEndpointIds"] = list(self.vpcEndpointIds)
+        if self.tags:
+            shown["tags"] = dict(sorted(self.tags.items()))
+        return shown

@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,11 +34,13 @@ from reconciler.errors import SpecError, SpecIssue
 from reconciler.openapi import definition_problems, integration_variables
 from reconciler.settings import (
     AccessLogSpec,
+    ApiSettings,
     CacheClusterSpec,
     MethodKey,
     MethodSettingSpec,
     StageSettings,
     Tags,
+    VpcEndpointId,
     settings_from_spec,
 )
 from reconciler.yamlsafe import Lines, YamlProblem, load_definition, load_documents
@@ -146,6 +149,27 @@ class Metadata(_Model):
 class RestApiSpec(_Model):
     description: Description | None = None
     definition: str
+    endpointType: Literal["EDGE", "REGIONAL", "PRIVATE"] | None = None
+    vpcEndpointIds: list[VpcEndpointId] = []
+    tags: Tags = {}
+    failOnWarnings: bool = True
+
+    @field_validator("vpcEndpointIds")
+    @classmethod
+    def _private_only(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        kind = info.data.get("endpointType")
+        if value and kind != "PRIVATE":
+            raise ValueError(
+                "expected endpointType: PRIVATE with vpcEndpointIds (API Gateway attaches VPC endpoints to private "
+                f"APIs only), got endpointType {kind or 'unset'}"
+            )
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"expected each VPC endpoint once, got {', '.join(repeated)} more than once")
+        return value
+
+    def settings(self) -> ApiSettings:
+        return ApiSettings(self.endpointType, tuple(sorted(self.vpcEndpointIds)), dict(self.tags), self.failOnWarnings)
 
 
 class CanarySpec(_Model):
@@ -433,6 +457,7 @@ class DesiredApi:
     definition: Definition
     location: Location
     adopt: bool = False
+    settings: ApiSettings = field(default_factory=ApiSettings)
 
 
 @dataclass(frozen=True)
@@ -840,7 +865,9 @@ def _resolve(
         if doc.kind == "RestApi" and unique(doc, ("RestApi", doc.name), f"RestApi {doc.name!r}"):
             definition = definitions.get(doc, "spec.definition", spec.definition)
             if definition is not None:
-                state.apis[doc.name] = DesiredApi(doc.name, spec.description, definition, doc.at(""), doc.adopt)
+                state.apis[doc.name] = DesiredApi(
+                    doc.name, spec.description, definition, doc.at(""), doc.adopt, spec.settings()
+                )
     for doc, spec in typed:
         if doc.kind == "Stage" and unique(
             doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"

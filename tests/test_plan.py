@@ -63,7 +63,15 @@ CASES = [
         in_sync_desired(),
         live_state(),
         [
-            ("create_api", "RestApi/orders", {"description": (None, None), "definition_sha256": (None, V1.sha256)}),
+            (
+                "create_api",
+                "RestApi/orders",
+                {
+                    "description": (None, None),
+                    "definition_sha256": (None, V1.sha256),
+                    "endpointType": (None, "REGIONAL"),
+                },
+            ),
             ("create_deployment", "RestApi/orders", {"deployment": (None, V1.sha256)}),
             (
                 "create_stage",
@@ -439,6 +447,7 @@ def test_plan_json_has_the_documented_shape() -> None:
             }
         ],
         "orphans": [],
+        "warnings": [],
     }
 
 

@@ -45,9 +45,11 @@ from reconciler.backends.aws_model import (
     alias_description,
     alias_refs,
     api_description,
+    api_url,
     copy_live,
     deployment_description,
     desired_refs,
+    endpoint_patch,
     live_alias,
     live_api,
     live_mapping,
@@ -57,7 +59,6 @@ from reconciler.backends.aws_model import (
     patch_replace,
     stage_patch,
     tag_changes,
-    unresolved_targets,
 )
 from reconciler.backends.base import AlarmState
 from reconciler.errors import BackendError, ConflictError
@@ -82,6 +83,7 @@ from reconciler.model import (
     LiveDeployment,
     LiveStage,
     LiveState,
+    PlanWarning,
     UpdateAlias,
     UpdateApi,
     UpdateBasePathMapping,
@@ -90,6 +92,7 @@ from reconciler.model import (
     routing_to_lambda,
 )
 from reconciler.openapi import UNKNOWN_ACCOUNT
+from reconciler.settings import NEW_API_ENDPOINT_TYPE
 from reconciler.specs import Definition, DesiredState
 
 ALARM_BATCH = 100  # DescribeAlarms takes at most 100 AlarmNames
@@ -139,6 +142,7 @@ class AwsBackend:
         self._policies: dict[tuple[str, str], set[str]] = {}
         self._listed = False  # read() has listed every REST API: a name it did not see does not exist
         self._domain_arns: dict[str, str] = {}  # custom domain name -> its ARN (the tags' resource)
+        self._warnings: list[PlanWarning] = []  # of the actions applied since take_warnings
 
     def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
         """CloudWatch ``DescribeAlarms`` for rollout analysis, 100 names per request (its limit)."""
@@ -443,22 +447,36 @@ class AwsBackend:
             if exc.code != "NotFoundException":
                 raise
             sha = action.definition.sha256
+            wanted = action.settings
+            endpoint: dict[str, Any] = {"types": [wanted.endpointType or NEW_API_ENDPOINT_TYPE]}  # DESIGN §10
+            if wanted.vpcEndpointIds:
+                endpoint["vpcEndpointIds"] = list(wanted.vpcEndpointIds)
             created = self.calls.call(
                 resource,
                 "CreateRestApi",
                 lambda: self.calls.apigateway.create_rest_api(
                     name=action.api,
                     description=api_description(action.description, sha, self.instance),
-                    tags=self._owner_tags(),
-                    endpointConfiguration={"types": ["REGIONAL"]},  # a new API is REGIONAL (DESIGN §10)
+                    tags={**wanted.tags, **self._owner_tags()},
+                    endpointConfiguration=endpoint,  # type: ignore[arg-type]
                 ),
             )
-            api = LiveApi(action.api, str(created["id"]), action.description, sha, True, self.instance)
+            api = LiveApi(
+                action.api,
+                str(created["id"]),
+                action.description,
+                sha,
+                True,
+                self.instance,
+                endpoint_type=endpoint["types"][0],
+                vpc_endpoint_ids=wanted.vpcEndpointIds,
+                tags=dict(wanted.tags),
+                url=api_url(str(created["id"]), self.region),
+            )
             self._live.apis[action.api] = api
             self._live.deployments[action.api] = {}
-        self._import(
-            api, action.definition, api_description(action.description, action.definition.sha256, self.instance)
-        )
+        description = api_description(action.description, action.definition.sha256, self.instance)
+        self._import(api, action.definition, description, action.settings.failOnWarnings)
         self._live.apis[action.api] = replace(
             api, description=action.description, definition_sha256=action.definition.sha256
         )
@@ -466,23 +484,67 @@ class AwsBackend:
     def _update_api(self, action: UpdateApi) -> None:
         api = self._api(action.api)
         wanted = api_description(action.description, action.definition.sha256, self.instance)
+        settings = action.settings
         if api.definition_sha256 != action.definition.sha256:
-            self._import(api, action.definition, wanted)
+            self._import(api, action.definition, wanted, settings.failOnWarnings)
         elif api_description(api.description, api.definition_sha256, self.instance) != wanted:
             self._patch_api(api, [patch_replace("/description", wanted)])
+        ops = endpoint_patch(api.endpoint_type, api.vpc_endpoint_ids, settings)
+        if ops:
+            self._patch_api(api, ops)
+        self._tag(
+            action.resource,
+            f"arn:{self.partition}:apigateway:{self.region}::/restapis/{api.id}",
+            api.tags,
+            settings.tags,
+        )
+        endpoint_type = settings.endpointType or api.endpoint_type
+        vpc = settings.vpcEndpointIds if settings.endpointType is not None else api.vpc_endpoint_ids
         self._live.apis[action.api] = replace(
-            api, description=action.description, definition_sha256=action.definition.sha256
+            api,
+            description=action.description,
+            definition_sha256=action.definition.sha256,
+            endpoint_type=endpoint_type,
+            vpc_endpoint_ids=vpc if endpoint_type == "PRIVATE" else (),
+            tags=dict(settings.tags),
         )
 
-    def _import(self, api: LiveApi, definition: Definition, description: str) -> None:
-        """``PutRestApi`` (overwrite) ``definition``, then keep the API's name and (marked) description."""
-        imported = self.calls.call(
-            f"RestApi/{api.name}",
-            "PutRestApi",
-            lambda: self.calls.apigateway.put_rest_api(
-                restApiId=api.id, mode="overwrite", failOnWarnings=False, body=definition.payload.encode("utf-8")
-            ),
-        )
+    def take_warnings(self) -> list[PlanWarning]:
+        """The warnings of the actions applied since the last call (import warnings kept with failOnWarnings off)."""
+        taken, self._warnings = self._warnings, []
+        return taken
+
+    def _import(self, api: LiveApi, definition: Definition, description: str, fail_on_warnings: bool = True) -> None:
+        """``PutRestApi`` (overwrite) ``definition``, then keep the API's name and (marked) description.
+
+        ``fail_on_warnings``: API Gateway rolls the import back on a warning (the error names it); off, the
+        warnings come back with the API and are kept for the output (``take_warnings``) and the log.
+        """
+        resource = f"RestApi/{api.name}"
+        try:
+            imported = self.calls.call(
+                resource,
+                "PutRestApi",
+                lambda: self.calls.apigateway.put_rest_api(
+                    restApiId=api.id,
+                    mode="overwrite",
+                    failOnWarnings=fail_on_warnings,
+                    body=definition.payload.encode("utf-8"),
+                ),
+            )
+        except BackendError as exc:
+            if fail_on_warnings and exc.code == "BadRequestException" and "warning" in str(exc).lower():
+                raise BackendError(
+                    f"{exc}; the import is rolled back on warnings (failOnWarnings: true): fix the definition, or "
+                    "set failOnWarnings: false on the RestApi to import it with its warnings",
+                    code=exc.code,
+                ) from None
+            raise
+        warnings = [str(w) for w in imported.get("warnings") or []]
+        if warnings:
+            log.warning("import_warnings", api=api.name, definition_sha256=definition.sha256, warnings=warnings)
+            text = "; ".join(warnings)
+            self._warnings.append(PlanWarning(resource, f"import warnings: {text}", code="import_warnings"))
         self._imported[api.id] = definition.sha256
         ops: list[PatchOp] = []
         if imported.get("name", api.name) != api.name:
@@ -510,12 +572,12 @@ class AwsBackend:
             return
         keep = api_description(api.description, api.definition_sha256, self.instance)
         if self._imported.get(api.id) != sha:
-            self._import(api, action.definition, keep)
+            self._import(api, action.definition, keep, action.fail_on_warnings)
         deployment_id = self._create_deployment_once(api, action)
         existing[sha] = LiveDeployment(deployment_id, sha, action.revision)
         self._hashes.setdefault(api.name, {})[deployment_id] = sha
         if action.api_definition.sha256 != sha:
-            self._import(api, action.api_definition, keep)
+            self._import(api, action.api_definition, keep, action.fail_on_warnings)
 
     def _create_deployment_once(self, api: LiveApi, action: CreateDeployment) -> str:
         """CreateDeployment sent once (never retried blindly); if it fails, the hash is looked for first.
@@ -587,24 +649,20 @@ class AwsBackend:
                 live_stage(api, updated, hashes, self.region), managed=True, owner=self.instance
             )
         if action.settings is not None:
-            self._tag_stage(api, action, current.settings.tags if current.settings else {}, action.settings.tags)
+            arn = f"arn:{self.partition}:apigateway:{self.region}::/restapis/{api.id}/stages/{action.stage}"
+            self._tag(action.resource, arn, current.settings.tags if current.settings else {}, action.settings.tags)
         self._grant_stage(api, action, before)
 
-    def _tag_stage(
-        self, api: LiveApi, action: CreateStage | UpdateStage, live: dict[str, str], wanted: dict[str, str]
-    ) -> None:
-        """Make the stage's own tags ``wanted`` (TagResource/UntagResource); marks and aws: tags stay."""
+    def _tag(self, resource: str, arn: str, live: dict[str, str], wanted: dict[str, str]) -> None:
+        """Make a stage's or API's own tags ``wanted`` (TagResource/UntagResource); marks and aws: tags stay."""
         to_set, to_remove = tag_changes(live, wanted)
-        arn = f"arn:{self.partition}:apigateway:{self.region}::/restapis/{api.id}/stages/{action.stage}"
         if to_set:
             self.calls.call(
-                action.resource,
-                "TagResource",
-                lambda: self.calls.apigateway.tag_resource(resourceArn=arn, tags=to_set),
+                resource, "TagResource", lambda: self.calls.apigateway.tag_resource(resourceArn=arn, tags=to_set)
             )
         if to_remove:
             self.calls.call(
-                action.resource,
+                resource,
                 "UntagResource",
                 lambda: self.calls.apigateway.untag_resource(resourceArn=arn, tagKeys=to_remove),
             )
@@ -856,12 +914,8 @@ class AwsBackend:
         return refs
 
     def _grant_stage(self, api: LiveApi, action: CreateStage | UpdateStage, before: LiveStage | None) -> None:
-        """Let API Gateway invoke every alias the stage names now and did not name before."""
-        problems = unresolved_targets(action.definition, action.variables)
-        if action.canary is not None:
-            problems += unresolved_targets(action.canary.definition, {**action.variables, **action.canary.variables})
-        for problem in sorted(set(problems)):
-            log.warning("permission_not_granted", stage=action.resource, api=api.name, reason=problem)
+        """Let API Gateway invoke every alias the stage names now and did not name before (an integration whose
+        permission cannot be worked out is the plan's warning, logged by the engine: ``plan_permissions``)."""
         for ref in sorted(
             desired_refs(action.definition, action.variables, action.canary) - self._old_refs(before),
             key=lambda r: (r.function, r.alias),
@@ -887,13 +941,7 @@ class AwsBackend:
         if alias is None and ref.function in self._functions_read:
             return  # no such alias yet: creating it grants the permission
         if alias is None or owner_of(alias) != self.instance:
-            log.warning(
-                "permission_not_granted",
-                alias=f"{ref.function}:{ref.alias}",
-                api=api.name,
-                reason="alias is not managed by reconciler; grant API Gateway lambda:InvokeFunction on it yourself",
-            )
-            self._granted.add(key)  # warn once per pass
+            self._granted.add(key)  # not ours: the plan warned about it (permission_not_granted)
             return
         account = self._accounts.get(ref.function, "") if ref.account == UNKNOWN_ACCOUNT else ref.account
         if not account:

@@ -29,6 +29,7 @@ from reconciler.model import (
 )
 from reconciler.openapi import lambda_targets
 from reconciler.settings import (
+    ApiSettings,
     StageSettings,
     method_key_from_aws,
     method_key_to_aws,
@@ -47,6 +48,7 @@ _TAG_SAFE = re.compile(r"[A-Za-z0-9_.+=@-]{1,100}")  # base path characters a ta
 STATEMENT_PREFIX = "reconciler-"
 INVOKE_PRINCIPAL = "apigateway.amazonaws.com"
 PatchOp = dict[str, str]
+VPC_PATH = "/endpointConfiguration/vpcEndpointIds"
 
 
 # ------------------------------------------------------------------ markers
@@ -119,8 +121,13 @@ def parse_deployment_description(stored: str | None) -> tuple[str | None, str | 
     return data["sha256"], revision if isinstance(revision, str) else None
 
 
+def api_url(api_id: str, region: str) -> str:
+    """The invoke URL of an API, without a stage."""
+    return f"https://{api_id}.execute-api.{region}.amazonaws.com"
+
+
 def stage_url(api_id: str, region: str, stage: str) -> str:
-    return f"https://{api_id}.execute-api.{region}.amazonaws.com/{stage}"
+    return f"{api_url(api_id, region)}/{stage}"
 
 
 # --------------------------------------------------------------- permissions
@@ -143,11 +150,6 @@ def alias_refs(definition: Definition, variables: Mapping[str, str]) -> set[Alia
     """
     targets, _ = lambda_targets(definition.payload, dict(variables))
     return {AliasRef(function, alias, partition, account) for function, alias, partition, account in targets}
-
-
-def unresolved_targets(definition: Definition, variables: Mapping[str, str]) -> list[str]:
-    """The Lambda integrations of ``definition`` whose invoke permission cannot be worked out."""
-    return lambda_targets(definition.payload, dict(variables))[1]
 
 
 def desired_refs(definition: Definition, variables: Mapping[str, str], canary: DesiredCanary | None) -> set[AliasRef]:
@@ -233,6 +235,20 @@ def settings_patch(current: StageSettings, target: StageSettings) -> list[PatchO
             # a new entry gets every field written (moto's defaults differ from API Gateway's)
             if had is None or getattr(had, name) != value:
                 ops.append(patch_replace(f"/{method_key_to_aws(key)}/{path}", _method_value(value)))
+    return ops
+
+
+def endpoint_patch(endpoint_type: str | None, vpc_endpoint_ids: tuple[str, ...], target: ApiSettings) -> list[PatchOp]:
+    """The ``UpdateRestApi`` operations that move an API to the spec's endpoint type and VPC endpoints (in place;
+    none when the spec names no type: the API keeps its own)."""
+    if target.endpointType is None:
+        return []
+    ops: list[PatchOp] = []
+    if endpoint_type != target.endpointType:
+        ops.append(patch_replace(f"/endpointConfiguration/types/{endpoint_type or 'EDGE'}", target.endpointType))
+    wanted = set(target.vpcEndpointIds) if target.endpointType == "PRIVATE" else set()
+    ops += [{"op": "add", "path": VPC_PATH, "value": v} for v in sorted(wanted - set(vpc_endpoint_ids))]
+    ops += [{"op": "remove", "path": VPC_PATH, "value": v} for v in sorted(set(vpc_endpoint_ids) - wanted)]
     return ops
 
 
@@ -360,7 +376,8 @@ def _tag_owner(tags: Mapping[str, str]) -> tuple[bool, str | None]:
 def live_api(item: Mapping[str, Any], region: str = "us-east-1") -> LiveApi:
     marker = parse_api_description(item.get("description"))
     managed, owner = _tag_owner(item.get("tags") or {})
-    types = (item.get("endpointConfiguration") or {}).get("types") or ["EDGE"]
+    endpoint = item.get("endpointConfiguration") or {}
+    types = endpoint.get("types") or ["EDGE"]
     return LiveApi(
         str(item["name"]),
         str(item["id"]),
@@ -369,8 +386,9 @@ def live_api(item: Mapping[str, Any], region: str = "us-east-1") -> LiveApi:
         managed or marker.marked,
         owner or marker.owner,
         endpoint_type=str(types[0]),
+        vpc_endpoint_ids=tuple(sorted(str(v) for v in endpoint.get("vpcEndpointIds") or [])),
         tags={k: v for k, v in (item.get("tags") or {}).items() if not _kept_tag(k)},
-        url=f"https://{item['id']}.execute-api.{region}.amazonaws.com",
+        url=api_url(str(item["id"]), region),
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from reconciler.model import Action, LiveState
+from reconciler.model import Action, LiveState, PlanWarning
 
 if TYPE_CHECKING:
     from reconciler.specs import DesiredState
@@ -44,3 +44,10 @@ class AlarmReader(Protocol):
     """A backend that can read alarms for rollout analysis (local: simulated; aws: CloudWatch ``DescribeAlarms``)."""
 
     def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]: ...
+
+
+@runtime_checkable
+class WarningSource(Protocol):
+    """A backend whose applies can end in warnings (aws: import warnings kept with ``failOnWarnings: false``)."""
+
+    def take_warnings(self) -> list[PlanWarning]: ...

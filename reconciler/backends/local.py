@@ -54,13 +54,22 @@ from reconciler.model import (
     routing_to_lambda,
 )
 from reconciler.openapi import definition_problems
-from reconciler.settings import StageSettings, problems_of, settings_from_json
+from reconciler.settings import (
+    ENDPOINT_TYPES,
+    NEW_API_ENDPOINT_TYPE,
+    StageSettings,
+    check_tags,
+    endpoint_change_problem,
+    problems_of,
+    settings_from_json,
+)
 from reconciler.specs import LATEST, NONE_BASE_PATH, DesiredCanary, DesiredState, check_domain_name, normalize_percent
 
 DB_NAME = "local-backend.sqlite3"
 REGION = "local"
 ACCOUNT = "000000000000"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+POLICY = "x-amazon-apigateway-policy"  # a private API deploys only with a resource policy
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rest_apis (
@@ -133,6 +142,9 @@ class LocalCloud:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT")
             if table == "stages" and "settings" not in columns:  # stage settings (DESIGN §10); NULL: defaults
                 self.db.execute("ALTER TABLE stages ADD COLUMN settings TEXT")
+            if table == "rest_apis" and "endpoint_type" not in columns:  # RestApi settings; NULL: REGIONAL, none
+                for column in ("endpoint_type", "vpc_endpoint_ids", "tags"):
+                    self.db.execute(f"ALTER TABLE rest_apis ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -178,16 +190,63 @@ class LocalCloud:
             raise _error("NotFoundException", f"Invalid API identifier specified: no REST API named {name!r}")
         return str(row["id"])
 
-    def create_rest_api(self, name: str, description: str | None, managed: bool, owner: str | None = None) -> str:
+    def create_rest_api(
+        self,
+        name: str,
+        description: str | None,
+        managed: bool,
+        owner: str | None = None,
+        endpoint_type: str = "EDGE",
+        vpc_endpoint_ids: Sequence[str] = (),
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """CreateRestApi; with no endpoint type, API Gateway's own default (EDGE)."""
+        _check_endpoint(endpoint_type, vpc_endpoint_ids)
+        _check_tags(tags or {})
         api_id = _new_id(10)
         try:
             self.db.execute(
-                "INSERT INTO rest_apis (id, name, description, managed, owner, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (api_id, name, description, int(managed), owner, _now()),
+                "INSERT INTO rest_apis (id, name, description, managed, owner, created_at, endpoint_type,"
+                " vpc_endpoint_ids, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    api_id,
+                    name,
+                    description,
+                    int(managed),
+                    owner,
+                    _now(),
+                    endpoint_type,
+                    json.dumps(sorted(vpc_endpoint_ids)),
+                    json.dumps(tags or {}, sort_keys=True),
+                ),
             )
         except sqlite3.IntegrityError:
             raise _error("ConflictException", f"a REST API named {name!r} already exists") from None
         return api_id
+
+    def update_rest_api_endpoint(self, api_id: str, endpoint_type: str, vpc_endpoint_ids: Sequence[str]) -> None:
+        """UpdateRestApi on ``/endpointConfiguration``: the type changes in place, by API Gateway's rules."""
+        row = self.db.execute("SELECT endpoint_type FROM rest_apis WHERE id = ?", (api_id,)).fetchone()
+        if row is None:
+            raise _error("NotFoundException", f"Invalid API identifier specified {ACCOUNT}:{api_id}")
+        old = row["endpoint_type"] or NEW_API_ENDPOINT_TYPE
+        problem = endpoint_change_problem(old, endpoint_type)
+        if problem is not None:
+            raise _error("BadRequestException", problem)
+        _check_endpoint(endpoint_type, vpc_endpoint_ids)
+        self.db.execute(
+            "UPDATE rest_apis SET endpoint_type = ?, vpc_endpoint_ids = ? WHERE id = ?",
+            (endpoint_type, json.dumps(sorted(vpc_endpoint_ids)), api_id),
+        )
+
+    def set_rest_api_tags(self, api_id: str, tags: dict[str, str]) -> None:
+        """TagResource/UntagResource on the API: its tags become ``tags``."""
+        _check_tags(tags)
+        cursor = self.db.execute(
+            "UPDATE rest_apis SET tags = ? WHERE id = ?", (json.dumps(tags, sort_keys=True), api_id)
+        )
+        if cursor.rowcount == 0:
+            raise _error("NotFoundException", f"Invalid API identifier specified {ACCOUNT}:{api_id}")
 
     def put_rest_api(self, api_id: str, definition: str, definition_sha256: str, description: str | None) -> None:
         """Import (overwrite) the API's current definition (canonical JSON), refusing what API Gateway refuses."""
@@ -206,11 +265,18 @@ class LocalCloud:
 
     def create_deployment(self, api_id: str, description: str, revision: str | None) -> str:
         """Snapshot the API's current definition; deployments never change afterwards."""
-        row = self.db.execute("SELECT definition, definition_sha256 FROM rest_apis WHERE id = ?", (api_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT definition, definition_sha256, endpoint_type FROM rest_apis WHERE id = ?", (api_id,)
+        ).fetchone()
         if row is None:
             raise _error("NotFoundException", f"Invalid API identifier specified {ACCOUNT}:{api_id}")
         if row["definition"] is None:
             raise _error("BadRequestException", "The REST API doesn't contain any methods")
+        if row["endpoint_type"] == "PRIVATE" and POLICY not in json.loads(row["definition"]):
+            raise _error(
+                "BadRequestException",
+                f"Private REST API doesn't have a resource policy attached to it; expected {POLICY} in the definition",
+            )
         deployment_id = _new_id(6)
         self.db.execute(
             "INSERT INTO deployments (id, api_id, description, definition_sha256, revision, definition, created_at)"
@@ -480,6 +546,20 @@ class LocalCloud:
         return {row["name"]: AlarmState(row["name"], row["state"], float(row["updated_at"])) for row in rows}
 
 
+def _check_endpoint(endpoint_type: str, vpc_endpoint_ids: Sequence[str]) -> None:
+    if endpoint_type not in ENDPOINT_TYPES:
+        raise _error("BadRequestException", f"Invalid endpoint configuration type {endpoint_type!r}")
+    if vpc_endpoint_ids and endpoint_type != "PRIVATE":
+        raise _error("BadRequestException", "VPC endpoint IDs can only be set on a PRIVATE endpoint configuration")
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    try:
+        check_tags(tags)
+    except ValueError as exc:
+        raise _error("BadRequestException", str(exc)) from None
+
+
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
@@ -573,7 +653,10 @@ class LocalBackend:
     def _read(self, db: sqlite3.Connection) -> LiveState:
         live = LiveState(instance=self.instance)
         names: dict[str, str] = {}
-        for row in db.execute("SELECT id, name, description, definition_sha256, managed, owner FROM rest_apis"):
+        for row in db.execute(
+            "SELECT id, name, description, definition_sha256, managed, owner, endpoint_type, vpc_endpoint_ids, tags"
+            " FROM rest_apis"
+        ):
             names[row["id"]] = row["name"]
             live.apis[row["name"]] = LiveApi(
                 row["name"],
@@ -582,7 +665,9 @@ class LocalBackend:
                 row["definition_sha256"],
                 bool(row["managed"]),
                 row["owner"],
-                endpoint_type="REGIONAL",
+                endpoint_type=row["endpoint_type"] or NEW_API_ENDPOINT_TYPE,
+                vpc_endpoint_ids=tuple(json.loads(row["vpc_endpoint_ids"] or "[]")),
+                tags=json.loads(row["tags"] or "{}"),
                 url=self.cloud.url(row["id"], "").rstrip("/"),
             )
         hashes: dict[str, str | None] = {}
@@ -739,13 +824,25 @@ class LocalBackend:
         match action:
             case CreateApi():
                 found = self._managed_api_id(action.api)
+                wanted = action.settings
                 api_id = found or cloud.create_rest_api(
-                    action.api, action.description, managed=True, owner=self.instance
+                    action.api,
+                    action.description,
+                    managed=True,
+                    owner=self.instance,
+                    endpoint_type=wanted.endpointType or NEW_API_ENDPOINT_TYPE,
+                    vpc_endpoint_ids=wanted.vpcEndpointIds,
+                    tags=wanted.tags,
                 )
                 cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, action.description)
             case UpdateApi():
                 api_id = self._managed_api_id(action.api) or cloud.api_id(action.api)
                 cloud.put_rest_api(api_id, action.definition.body, action.definition.sha256, action.description)
+                wanted = action.settings
+                if wanted.endpointType is not None:
+                    vpc = wanted.vpcEndpointIds if wanted.endpointType == "PRIVATE" else ()
+                    cloud.update_rest_api_endpoint(api_id, wanted.endpointType, vpc)
+                cloud.set_rest_api_tags(api_id, wanted.tags)
             case CreateDeployment():
                 api_id = cloud.api_id(action.api)
                 exists = cloud.db.execute(

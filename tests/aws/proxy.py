@@ -4,6 +4,8 @@
 that a request matching ``drop`` (method and path pattern) is forwarded, and
 then its connection is closed without a byte of answer: exactly what a client
 sees when the network loses AWS's response after AWS acted on the request.
+``rewrite`` (request, answer body) -> body lets a test add to an answer what
+AWS sends and moto does not (e.g. the ``warnings`` of an import).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +34,7 @@ class LossyProxy:
     drops_left: int = 0
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
+    rewrite: Callable[[Recorded, bytes], bytes] | None = None
 
     def matching(self, method: str, pattern: str) -> list[Recorded]:
         compiled = re.compile(pattern)
@@ -50,7 +53,8 @@ def _handler(proxy: LossyProxy) -> type[BaseHTTPRequestHandler]:
         def _forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            proxy.requests.append(Recorded(self.command, self.path, body))
+            recorded = Recorded(self.command, self.path, body)
+            proxy.requests.append(recorded)
             connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
             connection.request(self.command, self.path, body=body, headers=headers)
@@ -64,6 +68,8 @@ def _handler(proxy: LossyProxy) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True
                     self.connection.shutdown(2)  # the answer is lost: the client sees the connection end
                     return
+            if proxy.rewrite is not None:
+                data = proxy.rewrite(recorded, data)
             self.send_response(answer.status)
             for name, value in answer.getheaders():
                 if name.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):

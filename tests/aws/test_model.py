@@ -20,9 +20,9 @@ from reconciler.backends.aws_model import (
     parse_api_description,
     parse_deployment_description,
     stage_patch,
-    unresolved_targets,
 )
 from reconciler.model import LiveCanary, LiveStage
+from reconciler.openapi import lambda_targets
 from reconciler.specs import Definition
 
 SHA = "ab" * 32
@@ -172,8 +172,7 @@ def test_a_lambda_integration_whose_permission_cannot_be_worked_out_is_named() -
     """An unset variable or an unqualified function is reported, not silently skipped."""
     path = "arn:aws:apigateway:us-east-1:lambda:path/2015-03-31/functions/arn:aws:lambda:us-east-1:123456789012:"
     body = f"a: {path}function:${{stageVariables.fn}}/invocations\nb: {path}function:plain/invocations\n"
-    definition = Definition(SHA, "{}", "openapi.yaml", text=body)
-    assert unresolved_targets(definition, {}) == [
+    assert lambda_targets(body, {})[1] == [
         "Lambda function ${stageVariables.fn}: stage variable fn is not set",
         "Lambda function plain is invoked without an alias; grant its invoke permission yourself",
     ]

@@ -20,18 +20,21 @@ info: {{title: forms, version: "1"}}
 paths:
   /account-variables:
     get:
+      responses: {{"200": {{description: OK}}}}
       x-amazon-apigateway-integration:
         type: aws_proxy
         httpMethod: POST
         uri: {PATH}{AWS_VARS}:function:orders-handler:${{stageVariables.lambdaAlias}}/invocations
   /whole-function:
     get:
+      responses: {{"200": {{description: OK}}}}
       x-amazon-apigateway-integration:
         type: aws_proxy
         httpMethod: POST
         uri: {PATH}arn:aws:lambda:us-east-1:123456789012:function:${{stageVariables.fn}}/invocations
   /unqualified:
     get:
+      responses: {{"200": {{description: OK}}}}
       x-amazon-apigateway-integration:
         type: aws_proxy
         httpMethod: POST
@@ -96,10 +99,17 @@ def test_every_uri_form_gets_its_grant_and_an_unworkable_one_a_warning(
     api_id = aws.api()["id"]
     assert _grants(aws, "prod") == [f"reconciler-{api_id}"]
     assert _grants(aws, "blue") == [f"reconciler-{api_id}"]
+    unqualified = "Lambda function orders-handler is invoked without an alias; grant its invoke permission yourself"
     warnings = [e for e in logs if e["event"] == "permission_not_granted"]
-    assert [w["reason"] for w in warnings] == [
-        "Lambda function orders-handler is invoked without an alias; grant its invoke permission yourself"
+    assert [(w["stage"], w["integration"], w["reason"]) for w in warnings] == [
+        ("Stage/orders/prod", "GET /unqualified", unqualified)
     ]
+    plan = aws_repo.aws("plan", "--output", "json")  # in sync now, and still saying what is not granted
+    assert plan.code == 0, plan.stderr
+    assert [(w["resource"], w["integration"], w["message"]) for w in json.loads(plan.stdout)["warnings"]] == [
+        ("Stage/orders/prod", "GET /unqualified", unqualified)
+    ]
+    assert f"warning: Stage/orders/prod: GET /unqualified: {unqualified}" in plan.stderr.splitlines()
 
 
 def test_an_existing_permission_is_read_once_and_not_sent_again(aws_repo: AwsRepo, aws: Aws, tmp_path: Path) -> None:

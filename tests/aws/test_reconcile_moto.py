@@ -289,3 +289,7 @@ def test_unmanaged_alias_named_by_a_stage_gets_no_grant(aws_repo: AwsRepo, aws: 
     assert aws.stages()["dev"]["variables"] == {"lambdaAlias": "manual"}
     assert _grants(aws, "manual") == []
     assert "permission_not_granted" in result.stderr and "alias=orders-handler:manual" in result.stderr
+    assert (
+        "warning: Stage/orders/dev: GET /orders: alias orders-handler:manual is not managed by reconciler (no Alias "
+        "spec of this instance); grant API Gateway lambda:InvokeFunction on it yourself"
+    ) in result.stderr.splitlines()

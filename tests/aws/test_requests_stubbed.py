@@ -85,12 +85,19 @@ PROD_STAGE: dict[str, Any] = {
 }
 
 
-def expect_read(apigateway: Stubber, lambda_: Stubber, prod: dict[str, Any] = PROD_STAGE) -> None:
+ORDERS_API: dict[str, Any] = {
+    "id": "a1",
+    "name": "orders",
+    "description": api_description("Orders", SHA1),
+    "tags": MANAGED,
+}
+
+
+def expect_read(
+    apigateway: Stubber, lambda_: Stubber, prod: dict[str, Any] = PROD_STAGE, api: dict[str, Any] = ORDERS_API
+) -> None:
     """The calls of one read of DESIRED: API a1 (deployments d1, d2), its stage ``prod``, the function's alias."""
-    apigateway.add_response(
-        "get_rest_apis",
-        {"items": [{"id": "a1", "name": "orders", "description": api_description("Orders", SHA1), "tags": MANAGED}]},
-    )
+    apigateway.add_response("get_rest_apis", {"items": [api]})
     apigateway.add_response(
         "get_deployments",
         {
@@ -244,7 +251,7 @@ def test_deployment_is_created_without_stage_name(backend: AwsBackend, stubs: St
     apigateway = stubs.apigateway
     third = _definition("3" * 64, "orders")
     kept = {"id": "a1", "name": "orders", "description": api_description("Orders", SHA1)}
-    put = {"restApiId": "a1", "mode": "overwrite", "failOnWarnings": False}
+    put = {"restApiId": "a1", "mode": "overwrite", "failOnWarnings": True}  # the default: roll back on warnings
     apigateway.add_response("put_rest_api", kept, {**put, "body": third.body.encode()})
     stubs.once.add_response(
         "create_deployment",
