@@ -954,6 +954,15 @@ def render_status(out: Out, status: Mapping[str, Any], tags: Mapping[str, str]) 
         aliases.append([name, routing, "" if alias["managed"] else "unmanaged"])
     for line in table(aliases, "  "):
         out.line(line)
+    mappings = status.get("basePathMappings") or {}
+    if mappings:  # shown only where custom domains are mapped
+        out.line(f"base path mappings ({len(mappings)})")
+        rows = [
+            [m["url"], f"→ {m['api'] or m['restApiId']}/{m['stage'] or '(none)'}", "" if m["managed"] else "unmanaged"]
+            for m in mappings.values()
+        ]
+        for line in table(rows, "  "):
+            out.line(line)
 
 
 def rollout_lines(rollouts: Mapping[str, Any]) -> list[str]:

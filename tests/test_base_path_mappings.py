@@ -90,6 +90,7 @@ def test_a_mapping_is_created_after_its_api_and_stage_exist(example_repo: SpecRe
         }
     }
     assert example_repo.cli("plan").code == 0  # in sync
+    assert "base path mappings (1)\n  https://api.example.com/v1  → orders/v1" in example_repo.cli("status").stdout
 
 
 def test_moving_a_mapping_to_another_stage_is_one_update(domain_repo: SpecRepo) -> None:
