@@ -366,3 +366,18 @@ def test_the_local_backend_refuses_what_api_gateway_refuses(
     finally:
         cloud.close()
     assert caught.value.code == code and message in str(caught.value)
+
+
+def test_a_stage_a_domain_maps_is_not_deleted(domain_repo: SpecRepo) -> None:
+    """Pruning stage v2 while a hand-made mapping points at it fails as on AWS; the stage and mapping stay."""
+    _hand_made_mapping(domain_repo, "v2", "v2")
+    stages = (domain_repo.path / "deploy_specs/stages.yaml").read_text(encoding="utf-8")
+    domain_repo.write(
+        "deploy_specs/stages.yaml", "---\n".join(d for d in stages.split("---\n") if "name: v2}" not in d)
+    )
+    domain_repo.commit("retire v2")
+    result = domain_repo.cli("apply", "--prune")
+    assert result.code == 1
+    assert "Deleting stage v2 failed. Please remove all base path mappings related to the stage" in result.stderr
+    status = domain_repo.cli_json("status")
+    assert "orders/v2" in status["stages"] and "api.example.com/v2" in status["basePathMappings"]

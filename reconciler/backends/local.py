@@ -361,6 +361,15 @@ class LocalCloud:
             raise _error("NotFoundException", f"Invalid stage identifier specified: {name}")
 
     def delete_stage(self, api_id: str, name: str) -> None:
+        mapped = self.db.execute(
+            "SELECT domain FROM base_path_mappings WHERE api_id = ? AND stage = ? ORDER BY domain", (api_id, name)
+        ).fetchall()
+        if mapped:  # API Gateway keeps a stage that a custom domain maps
+            raise _error(
+                "BadRequestException",
+                f"Deleting stage {name} failed. Please remove all base path mappings related to the stage in your "
+                f"domain: {', '.join(row['domain'] for row in mapped)}",
+            )
         cursor = self.db.execute("DELETE FROM stages WHERE api_id = ? AND name = ?", (api_id, name))
         if cursor.rowcount == 0:
             raise _error("NotFoundException", f"Invalid stage identifier specified: {name}")
