@@ -599,6 +599,9 @@ class Engine:
             states = shaped.states
             changed = load_states(record.extra) != states
             save_states(record.extra, states)
+            failure = _rollouts_failed(shaped.failed)
+            if failure is not None:  # written with the failed phase, so no reader sees one without the other
+                record.last_error = failure
             if plan.actions or changed:  # the rollout's step is recorded before its weight goes live
                 self._save(record)
             events += shaped.events
@@ -626,11 +629,8 @@ class Engine:
                     on_action(ActionDone(action, number + index, len(planned), time.monotonic() - began))
                 result.applied.append(action)
                 self._take_warnings(result)
-            if shaped.failed:
-                raise RolloutError(
-                    "; ".join(f"rollout of {s.resource} {s.phase}: {s.message}" for s in shaped.failed)
-                    + " (the commit stays failed until git changes)"
-                )
+            if failure is not None:
+                raise RolloutError(failure)
             if not shaped.again:
                 result.rollouts = shaped.pending
                 result.wake_at = shaped.wake_at
@@ -1020,6 +1020,14 @@ def _failed(record: InstanceRecord, error: str, attempted: str | None = None, un
         record.attempted_revision = attempted
     if unowe is not None:
         _unowe(record, unowe)
+
+
+def _rollouts_failed(failed: list[RolloutState]) -> str | None:
+    """The pass's error when rollouts of its targets failed or halted, else None."""
+    if not failed:
+        return None
+    listed = "; ".join(f"rollout of {s.resource} {s.phase}: {s.message}" for s in failed)
+    return listed + " (the commit stays failed until git changes)"
 
 
 def _applied(record: InstanceRecord, revision: str, branch: str | None) -> None:

@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from reconciler.backends.local import LocalCloud
-from reconciler.engine import Config, Engine, ReconcileResult
+from reconciler.engine import ActionDone, Config, Engine, ReconcileResult
 from reconciler.errors import RolloutError, StateError
 from reconciler.rollout import ABORT, PROMOTE, PROMOTE_FULL
 from tests.support import SpecRepo
@@ -162,6 +162,29 @@ def test_alarm_after_the_start_rolls_back_and_the_commit_stays_failed(world: tup
     assert isinstance(again.error, RolloutError) and not again.applied and routing(engine) == {"1": 100}
     plan, _, _ = engine.make_plan(engine.head())
     assert plan.in_sync, "self-heal never re-applies the target of a failed rollout"
+
+
+def test_a_failed_rollout_and_its_error_are_written_together(world: tuple[SpecRepo, Engine, Clock]) -> None:
+    """While the rollback's weight goes live, a reader (another process's engine) already sees the failed phase
+    and the error with it: never ``failed`` with no ``last_error`` (a /status poll saw that window)."""
+    repo, engine, clock = world
+    analysis = "    analysis: {interval: 10s, alarms: [orders-5xx]}\n"
+    repo.write("deploy_specs/aliases.yaml", alias_spec('{"2": 100}', f"    steps: {STEPS}\n{analysis}"))
+    repo.commit("version 2, watched")
+    assert pass_at(engine, clock, 0).progressing
+    LocalCloud(repo.state_dir).set_alarm("orders-5xx", "ALARM")
+    reader = Engine(Config(repo=str(repo.path), state_dir=str(repo.state_dir)))
+    seen: list[tuple[str, str | None]] = []
+
+    def look(done: ActionDone) -> None:
+        status = reader.status()
+        seen.append((status["rollouts"][ALIAS]["phase"], status["last_error"]))
+
+    clock.offset = 11
+    result = engine.reconcile(on_action=look)
+    reader.close()
+    assert isinstance(result.error, RolloutError)
+    assert len(seen) == 1 and seen[0][0] == "failed" and "orders-5xx" in (seen[0][1] or ""), seen
 
 
 def test_alarm_with_halt_freezes_the_weights(world: tuple[SpecRepo, Engine, Clock]) -> None:
