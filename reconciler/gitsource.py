@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,15 @@ TAG_PREFIX = "applied"
 _TAG_RE = re.compile(r"applied/(?P<instance>[^/]+)/(?P<n>[0-9]+)")
 _RS = "\x1e"
 MODE_TREE = 0o040000
+BATCH_BLOBS = 16  # fewer blobs are read one by one through the persistent cat-file (no process to start)
+
+
+def _feed(stream: Any, data: bytes) -> None:
+    """Write ``data`` to a child's stdin and close it (from a thread, so that its stdout is read meanwhile)."""
+    with contextlib.suppress(OSError):
+        stream.write(data)
+    with contextlib.suppress(OSError):
+        stream.close()
 
 
 def _quiet_git_env() -> None:
@@ -631,6 +641,41 @@ class GitRepo:
         data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
         return data
 
+    def read_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
+        """Many blobs at once: one ``git cat-file --batch`` handed every id up front, its answers read as they
+        stream back, instead of one round trip to the persistent ``cat-file`` per blob (a cold load of
+        thousands of spec files)."""
+        wanted = list(dict.fromkeys(shas))
+        if len(wanted) < BATCH_BLOBS:
+            return {sha: self.read_blob(sha) for sha in wanted}
+        executable = git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
+        argv = [executable, f"--git-dir={self.git_dir}", "cat-file", "--batch"]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as exc:
+            raise GitError(f"cannot run git cat-file: {exc.strerror or exc}") from None
+        assert proc.stdin is not None and proc.stdout is not None
+        request = "".join(f"{sha}\n" for sha in wanted).encode("ascii")
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, request), daemon=True, name="cat-file-feed")
+        feeder.start()
+        blobs: dict[str, bytes] = {}
+        try:
+            for sha in wanted:
+                header = proc.stdout.readline().split()
+                if len(header) != 3 or header[1] != b"blob":
+                    raise GitError(f"cannot read blob {sha[:12]} of {self.root}: {b' '.join(header).decode()!r}")
+                size = int(header[2])
+                data = proc.stdout.read(size + 1)  # the blob and its trailing newline
+                if len(data) != size + 1:
+                    raise GitError(f"cannot read blob {sha[:12]} of {self.root}: git cat-file stopped early")
+                blobs[sha] = data[:-1]
+        finally:
+            proc.stdout.close()
+            proc.kill()
+            proc.wait()
+            feeder.join()
+        return blobs
+
     # ------------------------------------------------------------------ tags
 
     def applied_tags(self, instance: str) -> list[AppliedTag]:
@@ -902,6 +947,7 @@ class GitSpecSource:
         self.revision = revision
         self.root = posixpath.normpath(root.strip("/") or ".")  # ./deploy_specs and deploy_specs/ name deploy_specs
         self._files: list[SourceFile] | None = None
+        self._blobs: dict[str, bytes] = {}  # prefetched, not read yet
 
     def files(self) -> Iterator[SourceFile]:
         if self._files is None:
@@ -909,7 +955,12 @@ class GitSpecSource:
         return iter(self._files)
 
     def read(self, file: SourceFile) -> bytes:
-        return self.repo.read_blob(file.sha)
+        data = self._blobs.pop(file.sha, None)
+        return data if data is not None else self.repo.read_blob(file.sha)
+
+    def prefetch(self, files: Sequence[SourceFile]) -> None:
+        """Read these files' blobs in one batch; ``read`` hands each out once."""
+        self._blobs.update(self.repo.read_blobs([f.sha for f in files]))
 
     def lookup(self, path: str) -> SourceFile | None:
         """A file anywhere in the repository at this commit (a definition outside the specs root)."""

@@ -29,6 +29,7 @@ KEY_FILE = "cache.key"
 LEGACY_CACHE_FILE = "spec-cache.json"  # the earlier whole-file JSON cache: removed, never read
 MAX_CACHE_BYTES = 192 << 20  # on disk; a commit's definitions are at most 64 MiB (their text and canonical JSON)
 KEEP_GENERATIONS = 64  # loads (passes, commands) an unused entry survives
+PREFETCH_CHUNK = 500  # keys per query of ``prefetch`` (SQLite allows 32,766 parameters)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -71,6 +72,8 @@ class ParseCache(MutableMapping[str, Any]):
         self._key: bytes | None = None
         self._new: dict[str, str] = {}  # key -> JSON text, written at save
         self._used: set[str] = set()
+        self._hot: dict[str, str] = {}  # key -> JSON text read (MAC checked) by ``prefetch``, not asked for yet
+        self._absent: set[str] = set()  # keys ``prefetch`` found no (valid) entry for
         (state_dir / LEGACY_CACHE_FILE).unlink(missing_ok=True)
 
     def _conn(self) -> sqlite3.Connection | None:
@@ -89,10 +92,51 @@ class ParseCache(MutableMapping[str, Any]):
         assert self._key is not None
         return hmac.new(self._key, f"{key}\x00{value}".encode(), hashlib.sha256).hexdigest()
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Read the entries of ``keys`` in a few queries (instead of one each when asked for)."""
+        db = self._conn()
+        if db is None:
+            return
+        wanted = [k for k in dict.fromkeys(keys) if k not in self._new and k not in self._hot]
+        try:
+            for start in range(0, len(wanted), PREFETCH_CHUNK):
+                chunk = wanted[start : start + PREFETCH_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(f"SELECT key, value, mac FROM entries WHERE key IN ({marks})", chunk)
+                for key, value, mac in rows:
+                    if hmac.compare_digest(str(mac), self._mac(str(key), str(value))):
+                        self._hot[str(key)] = str(value)
+        except sqlite3.Error:
+            return
+        self._absent.update(k for k in wanted if k not in self._hot)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        if key in self._new or key in self._hot:
+            return True
+        if key in self._absent:
+            return False
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
     def __getitem__(self, key: str) -> Any:
         if key in self._new:
             self._used.add(key)
             return json.loads(self._new[key])
+        hot = self._hot.pop(key, None)
+        if hot is not None:
+            try:
+                value = json.loads(hot)
+            except ValueError:
+                raise KeyError(key) from None
+            self._used.add(key)
+            return value
+        if key in self._absent:
+            raise KeyError(key)
         db = self._conn()
         if db is None:
             raise KeyError(key)
@@ -112,9 +156,11 @@ class ParseCache(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         self._new[key] = json.dumps(value, separators=(",", ":"))
         self._used.add(key)
+        self._absent.discard(key)
 
     def __delitem__(self, key: str) -> None:
         self._new.pop(key, None)
+        self._hot.pop(key, None)
         db = self._conn()
         if db is not None:
             db.execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -132,6 +178,8 @@ class ParseCache(MutableMapping[str, Any]):
         db = self._conn()
         if db is None or not (self._used or self._new):
             self._new.clear()
+            self._hot.clear()
+            self._absent.clear()
             return
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -160,6 +208,8 @@ class ParseCache(MutableMapping[str, Any]):
         finally:
             self._new.clear()
             self._used.clear()
+            self._hot.clear()
+            self._absent.clear()
 
     def total_bytes(self) -> int:
         db = self._conn()

@@ -141,8 +141,8 @@ class _Model(BaseModel):
 
 class Metadata(_Model):
     name: str
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
     adopt: bool = False  # take over an existing resource that no instance manages (DESIGN §10)
 
 
@@ -175,7 +175,7 @@ class RestApiSpec(_Model):
 class CanarySpec(_Model):
     percentTraffic: float
     definition: str | None = None
-    variables: Variables = {}
+    variables: Variables = Field(default_factory=dict)
     useStageCache: bool = False
 
     @field_validator("percentTraffic")
@@ -289,15 +289,15 @@ class StageSpec(_Model):
     api: ApiName
     definition: str | None = None
     description: Description | None = None
-    variables: Variables = {}
+    variables: Variables = Field(default_factory=dict)
     canary: CanarySpec | None = None
     rollout: RolloutSpec | None = None
     tracingEnabled: bool = False
     cacheCluster: CacheClusterSpec | None = None
     clientCertificateId: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     accessLog: AccessLogSpec | None = None
-    tags: Tags = {}
-    methodSettings: dict[MethodKey, MethodSettingSpec] = {}
+    tags: Tags = Field(default_factory=dict)
+    methodSettings: dict[MethodKey, MethodSettingSpec] = Field(default_factory=dict)
 
 
 class AliasSpec(_Model):
@@ -643,6 +643,8 @@ def load_desired(
         cache = {}
     checked: dict[tuple[str, str, int], _FileResult] = {}
     unreadable: dict[str, list[SpecIssue]] = {}  # files that are no spec file; fine if they are definitions
+    known = memo.files if memo is not None else {}
+    _prefetch(source, cache, [f for f in read if (f.path, f.sha, f.mode) not in known])
     for path in sorted(files):
         entry = files[path]
         if not path.endswith((".yaml", ".yml", ".json")):  # JSON is YAML: read the same way
@@ -673,6 +675,18 @@ def load_desired(
         raise SpecError(issues.items, source.revision)
     state.revision = source.revision
     return state
+
+
+def _prefetch(source: SpecSource, cache: MutableMapping[str, Any], entries: list[SourceFile]) -> None:
+    """Ask the cache for every spec file about to be checked at once, and the source for the blobs it lacks
+    (a cache or source without ``prefetch`` is asked one file at a time, as before)."""
+    readable = [e for e in entries if e.mode not in (MODE_SYMLINK, MODE_SUBMODULE) and e.size <= MAX_SPEC_BYTES]
+    warm = getattr(cache, "prefetch", None)
+    if warm is not None:
+        warm([f"spec:{CACHE_FORMAT}:{e.sha}" for e in readable])
+    fetch = getattr(source, "prefetch", None)
+    if fetch is not None:
+        fetch([e for e in readable if f"spec:{CACHE_FORMAT}:{e.sha}" not in cache])
 
 
 def _check_budget(source: SpecSource, read: list[SourceFile], outside: list[SourceFile]) -> None:

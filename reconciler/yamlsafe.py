@@ -23,8 +23,29 @@ except ImportError:  # pragma: no cover - depends on the wheel
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 Lines = dict[str, int]
-
+STR_TAG = "tag:yaml.org,2002:str"  # SafeLoader's DEFAULT_SCALAR_TAG
 MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _FastLoader(_Loader):
+    """libyaml's loader with a quicker implicit-tag resolver for scalars (the same tags, in the same order).
+
+    PyYAML's ``resolve`` builds two lists per scalar; this one looks the
+    resolvers up by the first character only (the path resolvers, never used
+    here, still go the original way).
+    """
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> Any:
+        resolvers = self.yaml_implicit_resolvers
+        if kind is not ScalarNode or self.yaml_path_resolvers or None in resolvers:
+            return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+        if implicit[0]:
+            for tag, regexp in resolvers.get(value[:1], ()):
+                if regexp.match(value):
+                    return tag
+        return STR_TAG
+
+
 JSON_SCALARS = frozenset(f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null"))
 _CONSTRUCTOR = SafeConstructor()
 _SCALARS = {
@@ -89,27 +110,30 @@ class _Converter:
                 node.start_mark.line + 1,
                 path,
             )
-        if isinstance(node, ScalarNode):
+        kind = type(node)
+        if kind is ScalarNode:
+            if node.tag == STR_TAG:  # most values: the scalar's text is the value (what construct_yaml_str returns)
+                return node.value
             ctor = _SCALARS.get(node.tag)
             if ctor is None:
                 raise _unsupported_tag(node, path)
             if self.json_only and node.tag not in JSON_SCALARS:
-                kind = node.tag.rpartition(":")[2]
+                name = node.tag.rpartition(":")[2]
                 raise YamlProblem(
-                    f"a YAML {kind} value ({node.value!r}); expected a string, number, true/false or null"
+                    f"a YAML {name} value ({node.value!r}); expected a string, number, true/false or null"
                     " (quote it to make it a string)",
                     node.start_mark.line + 1,
                     path,
                 )
             return ctor(_CONSTRUCTOR, node)
-        if isinstance(node, SequenceNode):
+        if kind is MappingNode:
+            if node.tag != "tag:yaml.org,2002:map":
+                raise _unsupported_tag(node, path)
+            return self._mapping(node, path)  # type: ignore[arg-type]  # checked above: exactly a MappingNode
+        if kind is SequenceNode:
             if node.tag != "tag:yaml.org,2002:seq":
                 raise _unsupported_tag(node, path)
             return [self.convert(item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(node.value)]
-        if isinstance(node, MappingNode):
-            if node.tag != "tag:yaml.org,2002:map":
-                raise _unsupported_tag(node, path)
-            return self._mapping(node, path)
         raise YamlProblem("unsupported YAML node", node.start_mark.line + 1, path)  # pragma: no cover
 
     def _mapping(self, node: MappingNode, path: str) -> dict[str, Any]:
@@ -131,7 +155,11 @@ class _Converter:
                             result[k] = v
                             merged_keys.add(k)
                 continue
-            key = self.convert(key_node, path)
+            if type(key_node) is ScalarNode and key_node.tag == STR_TAG and self.budget > 0:
+                self.budget -= 1  # a plain string key, as convert would count and return it
+                key = key_node.value
+            else:
+                key = self.convert(key_node, path)
             if isinstance(key, bool) or not isinstance(key, (str, int)):
                 raise YamlProblem(
                     f"expected a string as mapping key, got {type(key).__name__} {key!r}",
@@ -151,7 +179,7 @@ class _Converter:
 
 def load_documents(text: str, max_nodes: int = 200_000) -> list[tuple[Any, Lines, int]]:
     """Every non-empty document in ``text`` as (data, lines-by-field, first line)."""
-    loader = _Loader(text)
+    loader = _FastLoader(text)
     documents: list[tuple[Any, Lines, int]] = []
     try:
         while loader.check_node():
@@ -182,7 +210,7 @@ def load_definition(text: str, is_json: bool, max_nodes: int = 2_000_000) -> Any
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise YamlProblem(f"invalid JSON: {exc.msg}", exc.lineno) from None
-    loader = _Loader(text)
+    loader = _FastLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
