@@ -66,6 +66,8 @@ def specs_by_resource(desired: DesiredState) -> dict[str, DesiredRollout | None]
 def analyses(states: dict[str, RolloutState], desired: DesiredState, now: float, reader: object) -> dict[str, Analysis]:
     """Run the analyses that are due (alarm reads and HTTP checks: I/O)."""
     done: dict[str, Analysis] = {}
+    if not states:
+        return done  # an analysis belongs to a rollout under way
     for resource, spec in specs_by_resource(desired).items():
         state = states.get(resource)
         if state is not None and spec is not None and spec.analysis is not None and analysis_due(state, spec, now):
@@ -108,6 +110,8 @@ def shape(
         return out  # the pinned revision applies as written; the next rollout starts from what it left live
     for key, alias in desired.aliases.items():
         resource = alias_resource(*key)
+        if alias.rollout is None and resource not in states:
+            continue  # no rollout asked for, none recorded: decide would leave it as written
         current = live.aliases.get(key)
         split = dict(current.routing) if current is not None and current.managed else None
         target = alias_target(alias)
@@ -124,6 +128,8 @@ def shape(
         _collect(out, resource, d, target, alias.rollout)
     for key, stage in desired.stages.items():
         resource = stage_resource(*key)
+        if stage.rollout is None and resource not in states:
+            continue  # as for aliases
         live_stage = live.stages.get(key)
         split = None
         if live_stage is not None and live_stage.managed:

@@ -574,7 +574,7 @@ class _Doc:
 
     def at(self, path: str) -> Location:
         if self._sorted_lines is None:  # once per document: memoised documents keep it across loads
-            self._sorted_lines = tuple(sorted(self.lines.items()))
+            self._sorted_lines = tuple(self.lines.items())  # in document order (``line_of`` looks fields up)
         return Location(self.file, self.line_of(path), self._sorted_lines)
 
 
@@ -1043,6 +1043,8 @@ def _stage(
 
 
 def _check_variables(doc: _Doc, path: str, definition: Definition, variables: dict[str, str], issues: _Issues) -> None:
+    if definition.variables.issubset(variables):
+        return
     missing = sorted(definition.variables - set(variables))
     if missing:
         used = ", ".join(f"${{stageVariables.{name}}}" for name in missing)

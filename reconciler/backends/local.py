@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any, assert_never, cast
 
 from reconciler.backends.base import ALARM_STATES, AlarmState
 from reconciler.errors import BackendError, ConflictError
@@ -587,6 +587,7 @@ class LocalBackend:
         self.instance = instance
         self._live: LiveState | None = None  # the last whole read, kept up to date with this backend's own applies
         self._seen: tuple[int, int] = (-1, -1)  # (PRAGMA data_version, total_changes) that _live reflects
+        self._decoded: dict[str, Any] | None = None  # JSON texts decoded during the whole read under way
 
     def close(self) -> None:
         self.cloud.close()
@@ -660,6 +661,34 @@ class LocalBackend:
         self._seen = (self._seen[0], changes)
 
     def _read(self, db: sqlite3.Connection) -> LiveState:
+        self._decoded = {}  # one whole read decodes each distinct JSON text once
+        try:
+            return self._read_all(db)
+        finally:
+            self._decoded = {}
+
+    def _json(self, text: str) -> Any:
+        """``json.loads(text)``, remembered during a whole read (thousands of stages share a few texts); the
+        caller copies what it keeps mutable."""
+        if self._decoded is None:
+            return json.loads(text)
+        value = self._decoded.get(text)
+        if value is None:
+            value = self._decoded[text] = json.loads(text)
+        return value
+
+    def _settings(self, text: str | None) -> StageSettings:
+        if not text:
+            return settings_from_json(None)
+        if self._decoded is None:
+            return settings_from_json(json.loads(text))
+        key = f"settings:{text}"
+        value = self._decoded.get(key)
+        if value is None:
+            value = self._decoded[key] = settings_from_json(json.loads(text))  # frozen: shared as it is
+        return cast(StageSettings, value)
+
+    def _read_all(self, db: sqlite3.Connection) -> LiveState:
         live = LiveState(instance=self.instance)
         names: dict[str, str] = {}
         for row in db.execute(
@@ -726,12 +755,12 @@ class LocalBackend:
             deployment_id=row["deployment_id"],
             definition_sha256=hashes.get(row["deployment_id"]),
             description=row["description"],
-            variables=json.loads(row["variables"]),
+            variables=dict(self._json(row["variables"])),
             canary=canary,
             url=self.cloud.url(row["api_id"], row["name"]),
             managed=bool(row["managed"]),
             owner=row["owner"],
-            settings=settings_from_json(json.loads(row["settings"]) if row["settings"] else None),
+            settings=self._settings(row["settings"]),
         )
 
     def _alias_of(self, row: sqlite3.Row) -> LiveAlias:
@@ -739,7 +768,7 @@ class LocalBackend:
             function=row["function"],
             name=row["name"],
             description=row["description"],
-            routing=routing_from_lambda(row["function_version"], json.loads(row["additional_weights"])),
+            routing=routing_from_lambda(row["function_version"], self._json(row["additional_weights"])),
             managed=bool(row["managed"]),
             revision_id=row["revision_id"],
             owner=row["owner"],
