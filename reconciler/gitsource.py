@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,6 +374,8 @@ class GitRepo:
         self._loose: Any = None  # gitdb LooseObjectDB, made on the first tag
         self._trees: dict[tuple[bytes, str], list[SourceFile]] = {}  # the last listing, by (tree id, path prefix)
         self._sizes: dict[str, int] = {}  # blob id -> size (a blob never changes)
+        self._commits: set[str] = set()  # ids checked to be commits (an object never changes)
+        self._objects = str(Path(self.repo.common_dir) / "objects")
         if self.repo.working_tree_dir is None:
             self.root = Path(self.repo.git_dir)
         else:
@@ -428,16 +431,44 @@ class GitRepo:
         return sha.strip()
 
     def branch_head(self, branch: str) -> str:
+        for ref in (f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"):
+            try:  # the ref file (or packed-refs) read in-process; a commit id seen before is not looked up again
+                sha = str(git.SymbolicReference.dereference_recursive(self.repo, ref))
+            except (ValueError, TypeError, OSError):
+                continue
+            if sha in self._commits:
+                return sha
+            with contextlib.suppress(ValueError, GitCommandError, BadName):
+                if self._object(bytes.fromhex(sha))[0] == b"commit":
+                    self._commits.add(sha)
+                    return sha
+            break
         try:
-            return self.repo.commit(f"refs/heads/{branch}").hexsha
+            return self._commit_id(f"refs/heads/{branch}")
         except (BadName, ValueError, GitCommandError):
             pass
         try:
-            return self.repo.commit(f"refs/remotes/origin/{branch}").hexsha
+            return self._commit_id(f"refs/remotes/origin/{branch}")
         except (BadName, ValueError, GitCommandError):
             if not self.has_commits():
                 raise self._no_commits() from None
             raise GitError(f"branch {branch!r} does not exist in {self.root}; expected --branch to name one") from None
+
+    def _commit_id(self, rev: str) -> str:
+        """The id of the commit ``rev`` names (checked to be one, once per id)."""
+        sha = str(self.repo.commit(rev).hexsha)
+        if len(self._commits) > 10_000:
+            self._commits.clear()
+        self._commits.add(sha)
+        return sha
+
+    def _root_tree(self, revision: str) -> bytes:
+        """The id of ``revision``'s root tree; a full commit id is read with one object request."""
+        if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+            kind, data = self._object(bytes.fromhex(revision))
+            if kind == b"commit" and data.startswith(b"tree ") and data[45:46] == b"\n":
+                return bytes.fromhex(data[5:45].decode("ascii"))
+        return bytes(self.repo.commit(revision).tree.binsha)
 
     def commit_time(self, revision: str) -> float:
         return float(self.repo.commit(revision).committed_date)
@@ -560,8 +591,7 @@ class GitRepo:
         """
         root = root.strip("/") or "."
         try:
-            tree = self.repo.commit(revision).tree
-            target: tuple[bytes, int] = (tree.binsha, MODE_TREE)
+            target: tuple[bytes, int] = (self._root_tree(revision), MODE_TREE)
             if root != ".":
                 parts = root.split("/")
                 for depth, part in enumerate(parts):
@@ -612,7 +642,7 @@ class GitRepo:
                 self._sizes[meta[2]] = int(meta[3])
 
     def _tree_entries(self, binsha: bytes) -> list[tuple[bytes, int, str]]:
-        return parse_tree(self.repo.odb.stream(binsha).read())
+        return parse_tree(self._object(binsha)[1])
 
     def _walk(self, binsha: bytes, prefix: str, trees: dict[tuple[bytes, str], list[SourceFile]]) -> list[SourceFile]:
         key = (binsha, prefix)
@@ -628,7 +658,7 @@ class GitRepo:
                     if size is None:
                         if len(self._sizes) > 100_000:
                             self._sizes.clear()
-                        size = self._sizes[hexsha] = int(self.repo.odb.info(sha).size)
+                        size = self._sizes[hexsha] = self._object_size(sha)
                     known.append(SourceFile(path=f"{prefix}{name}", sha=hexsha, size=size, mode=mode))
         else:  # an unchanged subtree: keep its own subtrees for the next listing too
             for (sub, sub_prefix), listed in self._trees.items():
@@ -638,8 +668,45 @@ class GitRepo:
         return known
 
     def read_blob(self, sha: str) -> bytes:
-        data: bytes = self.repo.odb.stream(bytes.fromhex(sha)).read()
-        return data
+        return self._object(bytes.fromhex(sha))[1]
+
+    def _loose_path(self, binsha: bytes) -> str | None:
+        """Where git keeps ``binsha`` as a loose object (None when git is told to look elsewhere)."""
+        if "GIT_OBJECT_DIRECTORY" in os.environ:
+            return None
+        hexsha = binsha.hex()
+        return os.path.join(self._objects, hexsha[:2], hexsha[2:])
+
+    def _object(self, binsha: bytes) -> tuple[bytes, bytes]:
+        """(type, content) of an object: a loose one (what a new commit writes) inflated in-process, anything
+        else (packed, alternates) through the persistent ``git cat-file``."""
+        path = self._loose_path(binsha)
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    raw = zlib.decompress(handle.read())
+            except (OSError, zlib.error):
+                raw = b""
+            header, nul, data = raw.partition(b"\0")
+            kind, _, size = header.partition(b" ")
+            if nul and size.isdigit() and int(size) == len(data):
+                return kind, data
+        stream = self.repo.odb.stream(binsha)
+        return bytes(stream.type), bytes(stream.read())
+
+    def _object_size(self, binsha: bytes) -> int:
+        """An object's size from its loose header (only the first bytes inflated), else from ``git cat-file``."""
+        path = self._loose_path(binsha)
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    header = zlib.decompressobj().decompress(handle.read(512), 64).partition(b"\0")[0]
+                size = header.partition(b" ")[2]
+                if size.isdigit():
+                    return int(size)
+            except (OSError, zlib.error):
+                pass
+        return int(self.repo.odb.info(binsha).size)
 
     def read_blobs(self, shas: Sequence[str]) -> dict[str, bytes]:
         """Many blobs at once: one ``git cat-file --batch`` handed every id up front, its answers read as they
@@ -723,6 +790,8 @@ class GitRepo:
 
     def contains(self, head: str, revision: str) -> bool:
         """Whether ``revision`` is ``head`` or one of its ancestors."""
+        if revision == head:  # a pass following the branch applies its head: no git process for that
+            return True
         try:
             self.repo.git.merge_base("--is-ancestor", revision, head)
         except GitCommandError as exc:
