@@ -504,8 +504,12 @@ class Engine:
         rollback: bool = False,
         on_action: Callable[[ActionDone], None] | None = None,
         stop: Callable[[], bool] | None = None,
+        touched_only: bool = False,
     ) -> ReconcileResult:
         """One pass; never raises an expected error, it is returned in the result.
+
+        ``touched_only`` (the daemon, after a commit): a backend that can (aws: ``read_touched``) reads
+        again only the resources the commit touched; drift elsewhere waits for a pass without it (resync).
 
         Crash safety of the applied tag: the tag this pass will owe is recorded
         (``pending``) *before* the last action that completes the commit, so a
@@ -536,7 +540,7 @@ class Engine:
             record.attempted_revision = revision
             record.last_attempt_at = _now()
             try:
-                self._apply_rounds(record, revision, prune, rollback, result, events, on_action, stop)
+                self._apply_rounds(record, revision, prune, rollback, result, events, on_action, stop, touched_only)
             finally:
                 self._emit(events)
             if result.rollouts:  # under way: applied (and tagged) only when every rollout has succeeded
@@ -549,13 +553,14 @@ class Engine:
                 if message is None:
                     _applied(record, revision, self.branch_name())
                     self._save(record)
-                else:  # owed for good first; "applied" is written together with the tag's making
-                    record.extra.pop(OWED, None)
-                    record.extra[UNTAGGED] = message = {**message, "pending": False}
-                    record.last_error = None
-                    self._save(record)
+                else:
+                    if self._pending_apply is None:  # owed by a rollout's earlier passes, not recorded yet: first
+                        record.extra.pop(OWED, None)  # owed for good (so that a kill after the tag makes no second)
+                        record.extra[UNTAGGED] = message = {**message, "pending": False}
+                        record.last_error = None
+                        self._save(record)
                     failpoints.hit("after_applied_record")
-                    result.tag = self._make_owed_tag(message)
+                    result.tag = self._tag_and_record(record, revision, message)
                 result.tag = result.tag or late_tag
         except ReconcilerError as exc:
             result.error = exc
@@ -577,7 +582,7 @@ class Engine:
         self.save_cache(force=False)  # off the pass: after its result is recorded and logged
         return result
 
-    def _save(self, record: InstanceRecord) -> None:
+    def _save(self, record: InstanceRecord, durable: bool = True) -> None:
         """Write what a pass owns of ``record`` (everything but the pin, which rollback/resume own) through the
         store's conditional update, so a pin made meanwhile by another process is kept, never overwritten."""
 
@@ -593,7 +598,7 @@ class Engine:
             if kept:
                 save_states(current.extra, ours)
 
-        self.records.update(self.instance, change)
+        self.records.update(self.instance, change, durable)
 
     def _apply_rounds(
         self,
@@ -605,14 +610,19 @@ class Engine:
         events: list[Event],
         on_action: Callable[[ActionDone], None] | None,
         stop: Callable[[], bool] | None,
+        touched_only: bool = False,
     ) -> None:
         """Plan and apply; while a rollout moved a weight and needs no wait, read live back and go on."""
         desired = self.desired(revision)
         pinned = rollback or record.pinned is not None
         states = load_states(record.extra)
         planned: list[Action] = []
+        read: Callable[[DesiredState], LiveState] = self.backend.read
+        if touched_only:
+            read = getattr(self.backend, "read_touched", read)
         for _ in range(MAX_ROUNDS):
-            live = self.backend.read(desired)
+            with gc_paused():
+                live = read(desired)
             now = self.clock()
             done = {} if pinned else analyses(states, desired, now, self.backend)
             for resource, analysis in done.items():
@@ -632,19 +642,20 @@ class Engine:
             failure = _rollouts_failed(shaped.failed)
             if failure is not None:  # written with the failed phase, so no reader sees one without the other
                 record.last_error = failure
-            if plan.actions or changed:  # the rollout's step is recorded before its weight goes live
-                self._save(record)
             events += shaped.events
             final = not shaped.failed and not shaped.again and not shaped.pending  # these actions finish the commit
+            ordered = execution_order(plan.actions)
+            if final and ordered:  # the tag they will owe goes into the pass's one durable write, before any action
+                listed = [*self._owed(record, revision), *_listed([*result.applied, *ordered])]
+                self._owe_tag(record, revision, listed, rollback, prune)
+            elif plan.actions or changed:  # the rollout's step is recorded before its weight goes live
+                self._save(record)
             number = len(planned) - len(plan.actions) + 1  # of this round's first action, counted over the pass
-            for index, action in enumerate(execution_order(plan.actions)):
+            for index, action in enumerate(ordered):
                 if stop is not None and stop():
                     raise BackendError(
                         "stopped before all actions were applied; the next reconcile resumes", temporary=True
                     )
-                if final and index == len(plan.actions) - 1:  # owed before the last action commits, not after
-                    listed = [*self._owed(record, revision), *_listed([*result.applied, action])]
-                    self._owe_tag(record, revision, listed, rollback, prune)
                 failpoints.hit("before_action")
                 began = time.monotonic()
                 try:
@@ -791,6 +802,35 @@ class Engine:
                 _unowe(record, apply_id)
 
         self.records.update(self.instance, done)
+        return name
+
+    def _tag_and_record(self, record: InstanceRecord, revision: str, message: dict[str, Any]) -> str | None:
+        """The tag of this pass's apply, then the record saying the revision is applied, in one write.
+
+        That write need not reach the disk before the next pass: the owed tag
+        (pending) was recorded durably before the first action, so if this
+        write is lost the next pass finds the tag by its ``apply_id`` (or makes
+        it) and records "applied" then.  The ``apply_id`` is new in this pass,
+        so no tag of it can exist yet: git is not asked for the existing tags.
+        A tag git cannot make stays owed, and that is written durably.
+        """
+        apply_id = message.get("apply_id")
+        try:
+            name: str | None = self.repo.create_applied_tag(
+                self.instance, revision, {k: v for k, v in message.items() if k not in ("pending", "prune")}
+            )
+        except GitError as exc:  # the apply happened; a tag failure must not undo "applied"
+            log.warning("tag_failed", revision=revision, error=str(exc), retried="at the next reconcile")
+            name = None
+        else:
+            failpoints.hit("after_tag")
+        record.extra.pop(OWED, None)
+        _applied(record, revision, self.branch_name())
+        if name is None:
+            record.extra[UNTAGGED] = {**message, "pending": False}
+        else:
+            _unowe(record, apply_id)
+        self._save(record, durable=name is None)
         return name
 
     # ------------------------------------------------------------ operations

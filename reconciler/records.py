@@ -33,8 +33,12 @@ class RecordStore(Protocol):
 
     def load(self, instance: str) -> InstanceRecord: ...
 
-    def update(self, instance: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
-        """Apply ``change`` to the newest record and write it (version + 1) unless another writer won; retry then."""
+    def update(self, instance: str, change: Callable[[InstanceRecord], None], durable: bool = True) -> InstanceRecord:
+        """Apply ``change`` to the newest record and write it (version + 1) unless another writer won; retry then.
+
+        ``durable=False``: a write whose loss (power failure) the next pass repairs may skip waiting for the
+        disk; it is still atomic and still conditional.
+        """
         ...
 
     def watch(self, on_foreign: Callable[[str], None]) -> None:
@@ -81,12 +85,12 @@ class FileRecordStore(VersionTracker):
         self._saw(record)
         return record
 
-    def update(self, instance: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
+    def update(self, instance: str, change: Callable[[InstanceRecord], None], durable: bool = True) -> InstanceRecord:
         with self._locked(instance):
             record = self.load(instance)
             change(record)
             record.version += 1
-            self.state.save_record(record)
+            self.state.save_record(record, durable)
             self._wrote(record)
         return record
 

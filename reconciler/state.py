@@ -26,15 +26,17 @@ from reconciler.parsecache import ParseCache
 LOCK_FILE = "writer.lock"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON so that readers see the old or the new file, never half."""
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
+    """Write ``data`` as JSON so that readers see the old or the new file, never half; ``durable``: on disk
+    (fsync) before it replaces the old one, else a power loss may leave the old file (never a half one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, separators=(",", ":"))
+            handle.write(json.dumps(data, separators=(",", ":")))
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -130,8 +132,8 @@ class StateDir:
         except OSError as exc:
             raise StateError(f"the record {path} is unreadable ({exc.strerror or exc})") from None
 
-    def save_record(self, record: InstanceRecord) -> None:
-        write_json_atomic(self._record_path(record.instance), record.as_json())
+    def save_record(self, record: InstanceRecord, durable: bool = True) -> None:
+        write_json_atomic(self._record_path(record.instance), record.as_json(), durable)
 
     # ----------------------------------------------------------------- cache
 

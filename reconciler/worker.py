@@ -199,7 +199,7 @@ class Worker:
             return
         if not self.leading():  # lost the lease while planning for drift
             return
-        result = self._reconcile(engine, target)
+        result = self._reconcile(engine, target, touched_only=reasons <= NEWS)  # resync, retry: a whole read
         self._observe(engine, result, previous, reasons)
         self.tags.push(self.engine)
 
@@ -399,10 +399,12 @@ class Worker:
 
     # ------------------------------------------------- reconcile and observe
 
-    def _reconcile(self, engine: Engine, target: str | None) -> ReconcileResult:
+    def _reconcile(self, engine: Engine, target: str | None, touched_only: bool = False) -> ReconcileResult:
         if target is not None:
             self.notifier.observe(Applying(target))  # github: `pending`, once per revision
-        return engine.reconcile(prune=self.settings.prune, on_action=self._count_action, stop=self._must_stop)
+        return engine.reconcile(
+            prune=self.settings.prune, on_action=self._count_action, stop=self._must_stop, touched_only=touched_only
+        )
 
     def _schedule_rollout(self, result: ReconcileResult) -> None:
         """Wake at the next step's due time (not by polling); an indefinite pause waits for a promote."""

@@ -102,6 +102,11 @@ log = structlog.get_logger("reconciler.backends.aws")
 # ------------------------------------------------------------------- backend
 
 
+def _same(a: object, b: object) -> bool:
+    """The same spec in two desired states (a memoised one is the same object: no field-by-field compare)."""
+    return a is b or a == b
+
+
 class AwsBackend:
     """The ``Backend`` protocol over boto3 ``apigateway`` and ``lambda``; every action idempotent."""
 
@@ -143,6 +148,9 @@ class AwsBackend:
         self._listed = False  # read() has listed every REST API: a name it did not see does not exist
         self._domain_arns: dict[str, str] = {}  # custom domain name -> its ARN (the tags' resource)
         self._warnings: list[PlanWarning] = []  # of the actions applied since take_warnings
+        self._acted_apis: set[str] = set()  # APIs, functions and mappings written since the last read:
+        self._acted_functions: set[str] = set()  # read_touched reads them again, whatever the specs say
+        self._acted_mappings = False
 
     def read_alarms(self, names: Sequence[str]) -> dict[str, AlarmState]:
         """CloudWatch ``DescribeAlarms`` for rollout analysis, 100 names per request (its limit)."""
@@ -190,6 +198,61 @@ class AwsBackend:
         self._listed = True
         return copy_live(live)
 
+    def read_touched(self, desired: DesiredState) -> LiveState:
+        """After a commit: read again only what the commit touched, the rest as the last read (and this
+        backend's own writes since) left it; ``read`` (the resync) reads everything and so sees all drift.
+
+        Touched: an API whose spec, or any of whose stages' specs, differs from the last read's desired
+        state, or that an action wrote since; likewise a function and its aliases.  A touched API is looked
+        for in a fresh listing (it may be new, or gone).  Custom domains and their mappings are read again
+        whole when any mapping or (with mappings) any API is touched.  Before any whole read, ``read`` runs.
+        """
+        previous = self._desired
+        if not self._listed or previous.revision is None:
+            return self.read(desired)
+        apis = set(self._acted_apis)
+        for name in desired.apis.keys() | previous.apis.keys():
+            if not _same(desired.apis.get(name), previous.apis.get(name)):
+                apis.add(name)
+        for key in desired.stages.keys() | previous.stages.keys():
+            if not _same(desired.stages.get(key), previous.stages.get(key)):
+                apis.add(key[0])
+        functions = set(self._acted_functions) & desired.functions
+        for key in desired.aliases.keys() | previous.aliases.keys():
+            if key[0] in desired.functions and not _same(desired.aliases.get(key), previous.aliases.get(key)):
+                functions.add(key[0])
+        live = copy_live(self._live)
+        live.aliases = {key: alias for key, alias in live.aliases.items() if key[0] in desired.functions}
+        live.versions = {f: versions for f, versions in live.versions.items() if f in desired.functions}
+        if apis:
+            listed: dict[str, LiveApi] = {}
+            for item in self._list_apis():
+                api = live_api(item, self.region)
+                if api.name in apis and (api.name in desired.apis or owner_of(api) == self.instance):
+                    known = listed.get(api.name)
+                    if known is None or self._rank(api) < self._rank(known):
+                        listed[api.name] = api
+            for name in sorted(apis):
+                live.apis.pop(name, None)
+                live.deployments.pop(name, None)
+                self._hashes.pop(name, None)
+                for key in [key for key in live.stages if key[0] == name]:
+                    del live.stages[key]
+                if name in listed:
+                    live.apis[name] = listed[name]
+                    self._read_api(live, listed[name])
+        for function in sorted(functions):
+            live.versions.pop(function, None)
+            for key in [key for key in live.aliases if key[0] == function]:
+                del live.aliases[key]
+            self._read_function(live, function)
+        mapped = desired.mappings.keys() | previous.mappings.keys() | live.mappings.keys()
+        if self._acted_mappings or (apis and mapped) or desired.mappings != previous.mappings:
+            live.domains, live.mappings = set(), {}  # rare: read whole again (a mapping names its API by id)
+            self._read_mappings(live, desired)
+        self._remember(desired, live)
+        return copy_live(live)
+
     def _rank(self, api: LiveApi) -> int:
         """Which of several APIs of one name the tool means: this instance's, another's, then any (oldest first)."""
         owner = owner_of(api)
@@ -205,6 +268,9 @@ class AwsBackend:
 
     def _remember(self, desired: DesiredState, live: LiveState) -> None:
         self._live = copy_live(live)
+        self._acted_apis = set()
+        self._acted_functions = set()
+        self._acted_mappings = False
         self._desired = desired
         self._functions_read = set(desired.functions)
         self._imported = {}  # someone may have imported since the last pass: import again before snapshotting
@@ -334,6 +400,12 @@ class AwsBackend:
     # ----------------------------------------------------------------- apply
 
     def apply(self, action: Action) -> None:
+        if isinstance(action, CreateAlias | UpdateAlias | DeleteAlias | AdoptAlias):
+            self._acted_functions.add(action.function)
+        elif hasattr(action, "domain"):  # a base path mapping
+            self._acted_mappings = True
+        else:
+            self._acted_apis.add(str(getattr(action, "api", "")))
         match action:
             case CreateApi():
                 self._create_api(action)

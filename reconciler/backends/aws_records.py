@@ -47,7 +47,8 @@ class DynamoDbRecordStore(VersionTracker):
         self._saw(record)
         return record
 
-    def update(self, instance: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
+    def update(self, instance: str, change: Callable[[InstanceRecord], None], durable: bool = True) -> InstanceRecord:
+        del durable  # every DynamoDB write is durable once acknowledged
         for _ in range(UPDATE_ATTEMPTS):
             record = self.load(instance)
             read_version = record.version
