@@ -280,6 +280,8 @@ def _stage_action(cls: type[CreateStage | UpdateStage], stage: DesiredStage, cha
 
 def settings_changes(current: StageSettings | None, desired: StageSettings) -> dict[str, Change]:
     """One change per stage setting that differs (``current`` None: a new stage, non-default settings only)."""
+    if current == desired:  # the common case, without rendering either
+        return {}
     new = desired.as_json()
     old = (current or StageSettings()).as_json()
     if current is None:

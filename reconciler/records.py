@@ -71,6 +71,23 @@ class VersionTracker:
         with self._lock:
             self._known[record.instance] = max(self._known.get(record.instance, 0), record.version)
 
+    @contextmanager
+    def _writing(self, record: InstanceRecord) -> Iterator[None]:
+        """Around a write of ``record``: its version counts as this store's from before the write lands, so that
+        a load by another thread right after (the daemon's record watcher) never takes it for a foreign one."""
+        with self._lock:
+            before = self._known.get(record.instance)
+            self._known[record.instance] = max(before or 0, record.version)
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                if before is None:
+                    self._known.pop(record.instance, None)
+                else:
+                    self._known[record.instance] = before
+            raise
+
 
 class FileRecordStore(VersionTracker):
     """Records as JSON files in the state directory; an update holds ``instances/<instance>.lock`` (flock)."""
@@ -90,8 +107,8 @@ class FileRecordStore(VersionTracker):
             record = self.load(instance)
             change(record)
             record.version += 1
-            self.state.save_record(record, durable)
-            self._wrote(record)
+            with self._writing(record):
+                self.state.save_record(record, durable)
         return record
 
     @contextmanager

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from reconciler.engine import ActionDone, Config, Engine
+from reconciler.records import FileRecordStore
 from reconciler.rollout import PROMOTE
 from reconciler.rollouts import load_states
-from reconciler.state import InstanceRecord, Pin
+from reconciler.state import InstanceRecord, Pin, StateDir
 from tests.support import SpecRepo
 from tests.test_rollout_engine import ALIAS, STEPS, Clock, alias_spec, routing, world
 
@@ -40,3 +43,33 @@ def test_a_promote_and_a_pin_made_during_a_pass_are_not_overwritten_by_it(
     assert load_states(record.extra)[ALIAS].command == PROMOTE
     assert record.pinned == pin
     laptop.close()
+
+
+class ReadBack(StateDir):
+    """A state directory whose every record write is read back at once by ``reader`` (as the daemon's record
+    watcher does when the file lands, from its own thread)."""
+
+    reader: FileRecordStore | None = None
+
+    def save_record(self, record: InstanceRecord, durable: bool = True) -> None:
+        super().save_record(record, durable)
+        if self.reader is not None:
+            self.reader.load(record.instance)
+
+
+def test_a_store_never_takes_its_own_write_for_a_foreign_one(tmp_path: Path) -> None:
+    """The daemon wakes for a record version it did not write (a pin, a resume), never for its own writes,
+    even when its watcher reads the file the moment it is replaced; another store's write still counts."""
+    state = ReadBack(tmp_path / "state")
+    store = FileRecordStore(state)
+    state.reader = store
+    foreign: list[str] = []
+    store.watch(foreign.append)
+    store.load("default")
+    for n in range(5):
+        store.update("default", lambda record, n=n: record.extra.update(n=n), durable=n % 2 == 0)
+    assert foreign == []
+    state.reader = None
+    FileRecordStore(StateDir(tmp_path / "state")).update("default", lambda record: record.extra.update(n=9))
+    store.load("default")
+    assert foreign == ["default"]
