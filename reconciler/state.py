@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,13 @@ class InstanceRecord:
     version: int = 0  # raised by every write (records.RecordStore's conditional writes)
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as JSON-ready data (``dataclasses.asdict`` without its deep copy: it is serialised at once)."""
+        data = {name: getattr(self, name) for name in RECORD_FIELDS}
+        data["pinned"] = None if self.pinned is None else asdict(self.pinned)
+        return data
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(InstanceRecord))
 
 
 def record_from_json(raw: Any) -> InstanceRecord:
