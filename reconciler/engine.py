@@ -433,12 +433,12 @@ class Engine:
     def head(self) -> str:
         return self.repo.branch_head(self.branch)
 
-    def resolve_target(self, rev: str | None) -> str:
-        """An explicit revision, else the pin, else the branch head."""
+    def resolve_target(self, rev: str | None, record: InstanceRecord | None = None) -> str:
+        """An explicit revision, else the pin, else the branch head (``record``: the record just read, if any)."""
         if rev is not None:
             tag = self.repo.find_tag(rev)
             return tag.revision if tag else self.repo.resolve(rev)
-        pinned = self.record().pinned
+        pinned = (record or self.record()).pinned
         if pinned is None:
             return self.head()
         try:
@@ -519,11 +519,11 @@ class Engine:
         """
         started = time.monotonic()
         self._pending_apply = None
-        self._use_tag_key(create=True)
+        snapshot = self._use_tag_key(create=True)  # the record as this pass starts: read once, not per step
         revision = ""
         try:
             self.check_checkout()
-            revision = self.resolve_target(rev)
+            revision = self.resolve_target(rev, snapshot)
             self.check_trusted(revision)
         except ReconcilerError as exc:
             error = str(exc)
@@ -534,8 +534,8 @@ class Engine:
         result = ReconcileResult(revision=revision)
         events: list[Event] = []
         try:
-            late_tag = self._settle_owed_tag(prune)
-            record = self.record()
+            late_tag = self._settle_owed_tag(prune, snapshot)
+            record = self.record() if UNTAGGED in snapshot.extra else snapshot  # settling wrote it: read it again
             self._loaded_commands = {r: s.command for r, s in load_states(record.extra).items()}
             record.attempted_revision = revision
             record.last_attempt_at = _now()
@@ -751,9 +751,9 @@ class Engine:
             return None
         return self._new_tag_message(revision, listed, rollback, pending=False)
 
-    def _settle_owed_tag(self, prune: bool) -> str | None:
+    def _settle_owed_tag(self, prune: bool, record: InstanceRecord | None = None) -> str | None:
         """Make the tag an earlier pass owes; a pending one only if its apply turned out complete."""
-        record = self.record()
+        record = record or self.record()
         owed = record.extra.get(UNTAGGED)
         if not isinstance(owed, dict) or "revision" not in owed:
             return None
@@ -853,19 +853,22 @@ class Engine:
                 "only commits merged into the followed branch are applied (plan --rev previews any commit)"
             )
 
-    def _use_tag_key(self, create: bool) -> None:
-        """Give git the instance's tag key (kept in its record; made at the first reconcile)."""
-        key = self.record().extra.get(TAG_KEY)
+    def _use_tag_key(self, create: bool) -> InstanceRecord:
+        """Give git the instance's tag key (kept in its record; made at the first reconcile); the record read."""
+        record = self.record()
+        key = record.extra.get(TAG_KEY)
         if not isinstance(key, str) and create:
 
             def make(record: InstanceRecord) -> None:
                 if not isinstance(record.extra.get(TAG_KEY), str):
                     record.extra[TAG_KEY] = secrets.token_hex(32)
 
-            key = self.records.update(self.instance, make).extra.get(TAG_KEY)
+            record = self.records.update(self.instance, make)
+            key = record.extra.get(TAG_KEY)
         if isinstance(key, str):
             with contextlib.suppress(ValueError):
                 self.repo.tag_key = bytes.fromhex(key)
+        return record
 
     def history(self) -> list[AppliedTag]:
         """This instance's applied tags, newest first; ``trusted``: made by this instance, on the followed branch."""

@@ -471,6 +471,16 @@ class GitRepo:
         return bytes(self.repo.commit(revision).tree.binsha)
 
     def commit_time(self, revision: str) -> float:
+        """When ``revision`` was committed (Unix seconds); a full commit id is read without git."""
+        if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+            kind, data = self._object(bytes.fromhex(revision))
+            for line in data.split(b"\n") if kind == b"commit" else ():
+                if not line:
+                    break  # the headers end here: no committer line (git always writes one)
+                if line.startswith(b"committer "):
+                    stamp = line.rsplit(b" ", 2)
+                    if len(stamp) == 3 and stamp[1].isdigit():
+                        return float(stamp[1])
         return float(self.repo.commit(revision).committed_date)
 
     # ---------------------------------------------------------------- remote

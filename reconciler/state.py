@@ -173,10 +173,13 @@ class StateDir:
                     f"the state directory {self.path} is in use by {holder}; "
                     "only one reconciler may write to a state directory (stop it, or use another --state-dir)"
                 ) from None
+            holder = f"{what} (pid {os.getpid()})\n"
             handle.seek(0)
-            handle.truncate()
-            handle.write(f"{what} (pid {os.getpid()})\n")
-            handle.flush()
+            if handle.read() != holder:  # a daemon takes it every pass: rewrite only when the holder changes
+                handle.seek(0)
+                handle.truncate()
+                handle.write(holder)
+                handle.flush()
             yield
         finally:
             handle.close()

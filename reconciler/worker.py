@@ -377,7 +377,7 @@ class Worker:
     def _remember_notified(self, engine: Engine) -> None:
         """Keep what the notifier has said in the instance record when it changed, so a restart does not repeat it."""
         said = state_json(self.notifier.state)
-        if said == self._notified:
+        if said == self._notified or not self.notifier.sinks:  # no sink: nothing was said, nothing to repeat
             return
         try:
             if engine.record().extra.get(NOTIFIED) != said:
@@ -385,7 +385,8 @@ class Worker:
                 def remember(record: InstanceRecord) -> None:
                     record.extra[NOTIFIED] = said
 
-                engine.records.update(engine.instance, remember)  # versioned: never loses a pin made meanwhile
+                # versioned: never loses a pin made meanwhile; not fsynced: a lost write repeats one notice
+                engine.records.update(engine.instance, remember, durable=False)
         except (StateError, OSError) as exc:  # only costs a repeated notice after a restart
             log.warning("notify_state_not_saved", error=str(exc))
             return
