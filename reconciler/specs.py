@@ -615,6 +615,7 @@ class SpecMemo:
 
     def __init__(self) -> None:
         self.files: dict[tuple[str, str, int], _FileResult] = {}
+        self.definitions: dict[str, list[Any]] = {}  # parsed definitions of the last load, by cache key
 
 
 def _check_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str, Any]) -> _FileResult:
@@ -665,9 +666,11 @@ def load_desired(
         issues.items.extend(result.schema_issues)
         typed.extend(result.typed)
     declared_apis: set[str] = set().union(*(result.apis for result in checked.values()))
-    definitions = _Definitions(source, files, cache, issues)
+    definitions = _Definitions(source, files, cache, issues, memo.definitions if memo is not None else None)
     declared_stages: set[tuple[str, str]] = set().union(*(result.stages for result in checked.values()))
     state = _resolve(typed, declared_apis, definitions, issues, declared_stages)
+    if memo is not None:
+        memo.definitions = definitions.seen
     for path, items in unreadable.items():
         if path not in definitions.used:  # a definition is checked as one (10 MiB, any YAML), not as a spec file
             issues.items.extend(items)
@@ -1059,12 +1062,19 @@ class _Definitions:
     """Resolves, reads, parses and hashes definition files once per blob."""
 
     def __init__(
-        self, source: SpecSource, files: dict[str, SourceFile], cache: MutableMapping[str, Any], issues: _Issues
+        self,
+        source: SpecSource,
+        files: dict[str, SourceFile],
+        cache: MutableMapping[str, Any],
+        issues: _Issues,
+        known: dict[str, list[Any]] | None = None,
     ) -> None:
         self.source = source
         self.files = files
         self.cache = cache
         self.issues = issues
+        self.known = known or {}  # parsed by the previous load (SpecMemo): not asked of the cache again
+        self.seen: dict[str, list[Any]] = {}  # parsed or found by this load, for the next one
         self.by_sha: dict[str, Definition] = {}
         self.used: set[str] = set()  # paths that specs name as definitions
         self.inside = [
@@ -1087,12 +1097,13 @@ class _Definitions:
             self.issues.doc(doc, path, f"{resolved} is {entry.size} bytes; expected at most {MAX_DEFINITION_BYTES}")
             return None
         key = f"def:{CACHE_FORMAT}:{entry.sha}"
-        hit = self.cache.get(key)
+        hit = self.seen.get(key) or self.known.get(key) or self.cache.get(key)
         if hit is None:
             hit = self._parse(doc, path, entry)
             if hit is None:
                 return None
             self.cache[key] = hit
+        self.seen[key] = hit
         sha, body, variables, text = hit
         known = self.by_sha.get(sha)
         if known is None:
