@@ -204,6 +204,13 @@ AUDIT = (
         ("tests/daemon/test_startup_signals.py",),
     ),
     HandMutant(
+        "no signal held before the imports (SIGTERM while Python imports: exit 143)",
+        "reconciler/__main__.py",
+        r"signals\.hold\(\)",
+        "None",
+        ("tests/daemon/test_startup_signals.py",),
+    ),
+    HandMutant(
         "the parse cache never read",
         "reconciler/specs.py",
         r"\b(?:self\.)?cache\.get\(key\)",

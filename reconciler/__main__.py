@@ -1,5 +1,8 @@
 """Entry point for ``python -m reconciler`` and the ``reconciler`` console script; hands over to the CLI.
 
+Before anything heavy is imported, ``signals.hold`` catches SIGTERM/SIGINT: a
+daemon stopped while Python still imports exits 0, not 143 (``signals``).
+
 A one-shot command (anything but ``run``) runs without the cyclic garbage
 collector: what it builds (parsed documents, desired and live state) is
 acyclic and lives until the end, and the collector, triggered every 700
@@ -21,8 +24,12 @@ import sys
 import threading
 from typing import NoReturn
 
+from reconciler import failpoints, signals
+
 
 def run() -> NoReturn:
+    signals.hold()
+    failpoints.hit("startup")  # tests hold the process here, before the imports, to stop it deterministically
     if sys.argv[1:2] != ["run"]:
         gc.disable()
     from reconciler.cli import main

@@ -17,6 +17,10 @@ How to extend it (the one pattern every command follows):
 * A command that **applies actions** (apply, rollback, rollout ...) shows them as they complete:
   ``progress = Progress(out, sys.stderr)``; ``engine.on_wait = progress.wait``; pass
   ``on_action=progress.action`` to the engine; ``progress.close()`` at the end.
+* A command **imports what it needs inside it** (``common.engine()``, ``from reconciler.daemon import
+  run_daemon``): ``--help`` and usage errors load no engine, and only ``run`` loads the daemon (a test checks).
+  SIGTERM/SIGINT are held from the console script's first line (``signals``): ``run`` adopts a held one,
+  every other command gets it back as it starts.
 * Expected failures are ``ReconcilerError``s (each with its ``exit_code``); ``main`` prints them as
   one ``error:`` line on stderr, never a traceback.  Usage errors exit 1 (plan's 2 means "changes").
 """
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import re
 import sys
@@ -35,19 +38,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
-import structlog
 from click.core import ParameterSource
 
-from reconciler import __version__
-from reconciler.engine import WORKTREE, ActionDone, Config, Engine, ReconcileResult
+from reconciler import __version__, signals
 from reconciler.errors import ReconcilerError, SpecError, UsageError
-from reconciler.model import Action, PlanWarning
-from reconciler.plan import Plan
 from reconciler.sinks import GITHUB_API
 from reconciler.terminal import LiveLine
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where a command needs them: `--help` and usage errors load none of them
     from reconciler.daemonconfig import DaemonConfig
+    from reconciler.engine import ActionDone, Config, Engine, ReconcileResult
+    from reconciler.model import Action, PlanWarning
+    from reconciler.plan import Plan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 LOCK_WAIT = 30.0  # seconds a CLI writer waits for a daemon's reconcile in flight
@@ -265,6 +267,8 @@ class Common:
                 f"--instance {self.instance!r}: expected 1-63 characters of [A-Za-z0-9_-] starting with a letter "
                 "or digit (it names git tags and record files)"
             )
+        from reconciler.engine import Config
+
         return Config(
             repo=self.repo,
             branch=self.branch,
@@ -280,6 +284,12 @@ class Common:
             allowed_signers=self.allowed_signers,
             trusted_gpg_keys=self.trusted_gpg_keys,
         )
+
+    def engine(self, allow_empty: bool = False) -> Engine:
+        """The engine of ``config`` (imported here, by the commands that use one)."""
+        from reconciler.engine import Engine
+
+        return Engine(self.config(allow_empty))
 
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -340,7 +350,8 @@ def command(
             options = Common(**values)
             out = Out(options.output, colour=options.color)
             ERRORS.colour = options.color
-            if name != "run":
+            if name != "run":  # the daemon takes SIGTERM/SIGINT over itself (and adopts one held)
+                signals.release()
                 configure_cli_logging(options.verbose)
             return function(options, out, **params)
 
@@ -579,6 +590,8 @@ def _read_what(engine: Engine, rev: str | None, worktree: bool, pinned: bool) ->
     if worktree:
         if rev is not None:
             raise UsageError("--worktree and --rev: expected one of them (the working tree, or a commit)")
+        from reconciler.engine import WORKTREE
+
         return WORKTREE
     return engine.preview_target(rev, pinned=pinned)  # any branch, a detached HEAD: a PR's preview
 
@@ -593,7 +606,7 @@ def _read_what(engine: Engine, rev: str | None, worktree: bool, pinned: bool) ->
 @option("--rev", help="revision to check", unset="the branch head")
 @WORKTREE_FLAG
 def cmd_validate(common: Common, out: Out, rev: str | None, worktree: bool) -> int:
-    engine = Engine(common.config())
+    engine = common.engine()
     try:
         revision = _read_what(engine, rev, worktree, pinned=False)
         try:
@@ -632,7 +645,7 @@ def cmd_validate(common: Common, out: Out, rev: str | None, worktree: bool) -> i
 @ALLOW_EMPTY
 @WORKTREE_FLAG
 def cmd_plan(common: Common, out: Out, rev: str | None, prune: bool, allow_empty: bool, worktree: bool) -> int:
-    engine = Engine(common.config(allow_empty))
+    engine = common.engine(allow_empty)
     try:
         revision = _read_what(engine, rev, worktree, pinned=True)
         if rev is None and not worktree and not out.json:
@@ -762,7 +775,7 @@ def report_result(out: Out, result: ReconcileResult, engine: Engine) -> int:
 @option("--prune", is_flag=True, help="delete managed resources whose spec is gone")
 @ALLOW_EMPTY
 def cmd_apply(common: Common, out: Out, rev: str | None, prune: bool, allow_empty: bool) -> int:
-    engine = Engine(common.config(allow_empty))
+    engine = common.engine(allow_empty)
     progress = Progress(out, sys.stderr)
     engine.on_wait = progress.wait
     try:
@@ -789,7 +802,7 @@ def cmd_apply(common: Common, out: Out, rev: str | None, prune: bool, allow_empt
 @ALLOW_EMPTY
 def cmd_rollback(common: Common, out: Out, target: str | None, prune: bool, allow_empty: bool) -> int:
     """TARGET: an applied tag or a revision (default: the applied tag before the current one)."""
-    engine = Engine(common.config(allow_empty))
+    engine = common.engine(allow_empty)
     progress = Progress(out, sys.stderr)
     engine.on_wait = progress.wait
     try:
@@ -817,7 +830,7 @@ def cmd_rollback(common: Common, out: Out, target: str | None, prune: bool, allo
     help="Unpin: follow the branch head again.",
 )
 def cmd_resume(common: Common, out: Out) -> int:
-    engine = Engine(common.config())
+    engine = common.engine()
     try:
         with engine.state.writer_lock(f"reconciler resume, instance {engine.instance}", wait=LOCK_WAIT):
             was = engine.record().pinned
@@ -837,7 +850,7 @@ def cmd_resume(common: Common, out: Out) -> int:
 
 
 def _rollout_command(common: Common, out: Out, resource: str, what: str) -> int:
-    engine = Engine(common.config())
+    engine = common.engine()
     try:
         with engine.state.writer_lock(f"reconciler rollout {what}, instance {engine.instance}", wait=LOCK_WAIT):
             state = engine.rollout_command(resource, what)
@@ -888,7 +901,7 @@ def cmd_rollout_abort(common: Common, out: Out, resource: str) -> int:
     help="Live state, desired and applied revision, pin, last error.",
 )
 def cmd_status(common: Common, out: Out) -> int:
-    engine = Engine(common.config())
+    engine = common.engine()
     try:
         status = engine.status()
         tags = {tag.revision: tag.name for tag in reversed(engine.history())}  # newest wins
@@ -990,7 +1003,7 @@ def rollout_lines(rollouts: Mapping[str, Any]) -> list[str]:
     help="Applied tags, newest first.",
 )
 def cmd_history(common: Common, out: Out) -> int:
-    engine = Engine(common.config())
+    engine = common.engine()
     try:
         tags = engine.history()
     finally:
@@ -1014,7 +1027,7 @@ def local_state_dir(common: Common) -> Path:
     if common.state_dir:
         state = Path(common.state_dir)
     else:  # the default state dir is in the repository
-        engine = Engine(common.config())
+        engine = common.engine()
         state = engine.state.path
         engine.close()
     state.mkdir(parents=True, exist_ok=True)
@@ -1204,6 +1217,10 @@ def options_of(*path: str) -> set[str]:
 
 def configure_cli_logging(verbose: bool) -> None:
     """One-shot commands log engine events only with --verbose, as console lines on stderr."""
+    import logging
+
+    import structlog
+
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -33,6 +33,7 @@ from uuid import uuid4
 
 import structlog
 
+from reconciler import signals
 from reconciler.backends.local import DB_NAME
 from reconciler.daemonconfig import DaemonConfig, check_intervals
 from reconciler.engine import Config, Engine, signature_policy
@@ -262,11 +263,17 @@ def _reworded(lock: contextlib.AbstractContextManager[None], context: str) -> It
 
 
 def _stop_on_signals() -> threading.Event:
-    """An event that SIGTERM/SIGINT set; the daemon installs its own handlers (setting it too) later."""
+    """An event that SIGTERM/SIGINT set (already set if one came while Python was importing: ``signals.held``).
+
+    The daemon installs its own handlers (setting it too) later.
+    """
     stopping = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
+    if signals.held():  # after ours are in place: a signal is either held or sets the event
+        log.info("stop_during_startup")
+        stopping.set()
     return stopping
 
 

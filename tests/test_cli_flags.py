@@ -9,6 +9,8 @@ import ast
 import functools
 import io
 import json
+import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -217,6 +219,7 @@ def test_nothing_below_the_cli_imports_click() -> None:
 
 # The layers of DESIGN.md §7 (upper layers may import lower ones, never the reverse; "|" siblings never each other)
 LAYERS = [
+    "reconciler.__main__",
     "reconciler.cli",
     "reconciler.daemon",
     "reconciler.httpview",
@@ -276,3 +279,36 @@ def test_only_the_aws_backend_modules_import_boto3() -> None:
     graph = import_graph()
     importers = graph.find_modules_that_directly_import("boto3") | graph.find_modules_that_directly_import("botocore")
     assert importers - BOTO3_USERS == set()
+
+
+DAEMON_ONLY = {"reconciler.daemon", "uvicorn", "watchfiles", "apscheduler", "prometheus_client"}
+AWS_ONLY = {"boto3", "botocore", "reconciler.backends.aws"}
+ENGINE = {"reconciler.engine", "reconciler.specs", "pydantic", "git", "structlog"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "absent"),
+    [
+        pytest.param(["--help"], ENGINE | DAEMON_ONLY | AWS_ONLY, id="help"),
+        pytest.param(["run", "--help"], ENGINE | DAEMON_ONLY | AWS_ONLY, id="run-help"),
+        pytest.param(["plan", "--no-such-flag"], ENGINE | DAEMON_ONLY | AWS_ONLY, id="usage-error"),
+        pytest.param(["validate"], DAEMON_ONLY | AWS_ONLY, id="validate"),
+        pytest.param(["apply"], DAEMON_ONLY | AWS_ONLY, id="apply-local"),
+    ],
+)
+def test_a_command_imports_only_what_it_needs(example_repo: SpecRepo, argv: list[str], absent: set[str]) -> None:
+    """Help and usage errors load no engine; one-shot commands on the local backend load neither daemon nor boto3."""
+    script = (
+        "import json, sys\n"
+        "from reconciler.cli import main\n"
+        f"sys.argv = ['reconciler', *{argv!r}, '--state-dir', {str(example_repo.state_dir)!r}]\n"
+        "code = main()\n"
+        "print(json.dumps([code, sorted(sys.modules)]))\n"
+    )
+    if argv[-1] == "--help":  # flags after --help are never read; keep argv as a user types it
+        script = script.replace(", '--state-dir', " + repr(str(example_repo.state_dir)), "")
+    done = subprocess.run([sys.executable, "-c", script], cwd=example_repo.path, capture_output=True, text=True)
+    code, modules = json.loads(done.stdout.splitlines()[-1])
+    assert code in (0, 1), done.stderr
+    loaded = {name for name in modules if name in absent or name.split(".")[0] in absent}
+    assert loaded == set(), f"{argv}: imported {sorted(loaded)}"
