@@ -47,7 +47,7 @@ from reconciler.model import (
     percent_json,
     version_key,
 )
-from reconciler.openapi import lambda_integrations, lambda_targets
+from reconciler.openapi import STAGE_VARIABLE_REF, lambda_integrations, lambda_targets
 from reconciler.settings import StageSettings, endpoint_change_problem
 from reconciler.specs import (
     LATEST,
@@ -523,7 +523,7 @@ def plan_permissions(
     or one it owns) for every stage naming it; an unqualified function, an unset variable or another alias
     gets no grant, and on AWS such a stage answers 500: said here, at plan time, never left silent.
     """
-    seen: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[str, str, str | None]]] = {}
+    seen: dict[tuple[str, tuple[tuple[str, str | None], ...]], tuple[tuple[str, str, str | None], ...]] = {}
     warnings: list[PlanWarning] = []
     for key in sorted(desired.stages):
         stage = desired.stages[key]
@@ -535,9 +535,10 @@ def plan_permissions(
         for definition, variables in sides:
             if not definition.body:  # known only by its hash (a rollout's stable deployment): checked when it went out
                 continue
-            memo = (definition.sha256, tuple(sorted(variables.items())))
+            named = _variables_named(definition.sha256, definition.body)  # only these can change the answer
+            memo = (definition.sha256, tuple((name, variables.get(name)) for name in named))
             if memo not in seen:
-                seen[memo] = _integration_problems(_lambda_integrations(definition.sha256, definition.body), variables)
+                seen[memo] = _problems_of(definition.sha256, definition.body, memo[1])
             for integration, message, alias in seen[memo]:
                 if alias is None or not _granted(alias, desired, live, pruned):
                     text = message or (
@@ -556,6 +557,22 @@ def plan_permissions(
 def _lambda_integrations(sha256: str, body: str) -> tuple[tuple[str, str], ...]:
     """A definition's Lambda integrations, parsed once per definition (a daemon plans the same ones every pass)."""
     return tuple(lambda_integrations(json.loads(body)))
+
+
+@functools.lru_cache(maxsize=256)
+def _variables_named(sha256: str, body: str) -> tuple[str, ...]:
+    """The stage variables a definition's Lambda integration URIs name (the only ones its answer depends on)."""
+    return tuple(sorted({n for _, uri in _lambda_integrations(sha256, body) for n in STAGE_VARIABLE_REF.findall(uri)}))
+
+
+@functools.lru_cache(maxsize=4096)
+def _problems_of(
+    sha256: str, body: str, values: tuple[tuple[str, str | None], ...]
+) -> tuple[tuple[str, str, str | None], ...]:
+    """``_integration_problems`` of a definition under the values of the variables it names, kept across plans
+    (a daemon plans the same few combinations over thousands of stages every pass)."""
+    variables = {name: value for name, value in values if value is not None}
+    return tuple(_integration_problems(_lambda_integrations(sha256, body), variables))
 
 
 def _integration_problems(
