@@ -80,6 +80,16 @@ def engine_of(repo: AwsRepo) -> tuple[Engine, Requests]:
     return engine, Requests(backend)
 
 
+def settled(repo: AwsRepo) -> tuple[Engine, Requests]:
+    """An engine whose first pass applied the specs (nothing read before: a whole read), then read them back
+    whole (as a resync does): nothing is left to do, and nothing it wrote is still to be read again."""
+    engine, requests = engine_of(repo)
+    first = engine.reconcile(touched_only=True)
+    assert first.ok, first.error
+    assert engine.make_plan(engine.head())[0].actions == ()
+    return engine, requests
+
+
 def edit(repo: AwsRepo, old: str, new: str) -> str:
     path = repo.path / "deploy_specs/specs.yaml"
     text = path.read_text(encoding="utf-8")
@@ -90,11 +100,8 @@ def edit(repo: AwsRepo, old: str, new: str) -> str:
 
 def test_a_one_alias_commit_reads_only_that_functions_aliases(two_of_each: AwsRepo, aws: Aws) -> None:
     """Not the APIs, not the other function: the aliases and versions of the function the commit touched."""
-    engine, requests = engine_of(two_of_each)
+    engine, requests = settled(two_of_each)
     try:
-        first = engine.reconcile(touched_only=True)  # nothing read before: a whole read
-        assert first.ok, first.error
-        assert engine.make_plan(engine.head())[0].actions == ()  # a whole read (as a resync): nothing left to do
         assert {op for op, _ in Requests.reads(requests.take())} >= {"GetRestApis", "GetStages", "ListAliases"}
         edit(two_of_each, '{"1": 95, "2": 5}', '{"1": 80, "2": 20}')
         result = engine.reconcile(touched_only=True)
@@ -112,10 +119,8 @@ def test_a_one_alias_commit_reads_only_that_functions_aliases(two_of_each: AwsRe
 
 def test_a_stage_commit_reads_only_that_api(two_of_each: AwsRepo, aws: Aws) -> None:
     """The listing of APIs (to find it), its deployments and stages; no other API, no function."""
-    engine, requests = engine_of(two_of_each)
+    engine, requests = settled(two_of_each)
     try:
-        assert engine.reconcile(touched_only=True).ok
-        assert engine.make_plan(engine.head())[0].actions == ()  # what the first pass wrote, read back whole
         requests.take()
         edit(two_of_each, "variables: {lambdaAlias: blue}", "variables: {lambdaAlias: blue, tier: gold}")
         result = engine.reconcile(touched_only=True)
@@ -131,10 +136,8 @@ def test_a_stage_commit_reads_only_that_api(two_of_each: AwsRepo, aws: Aws) -> N
 
 def test_a_resync_still_sees_and_heals_drift_anywhere(two_of_each: AwsRepo, aws: Aws) -> None:
     """Drift outside what a commit touched waits for the resync (a whole read), which undoes it."""
-    engine, _ = engine_of(two_of_each)
+    engine, _ = settled(two_of_each)
     try:
-        assert engine.reconcile(touched_only=True).ok
-        assert engine.make_plan(engine.head())[0].actions == ()
         orders = aws.api("orders")["id"]
         aws.apigateway.update_stage(
             restApiId=orders,
