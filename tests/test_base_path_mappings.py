@@ -276,6 +276,9 @@ def _validation(repo: SpecRepo, text: str) -> list[dict[str, Any]]:
         pytest.param(mapping("m", "v1", "v1", domain="localhost"), 5, "spec.domain", "like api.example.com", id="tld"),
         pytest.param(mapping("m", "v1", "v1", domain="a..b.com"), 5, "spec.domain", "got 'a..b.com'", id="dots"),
         pytest.param(mapping("m", "v1", "nope"), 8, "spec.stage", "a Stage of API 'orders'", id="unknown-stage"),
+        pytest.param(
+            mapping("m", "v1", "v1").replace("name: m}", "name: ''}"), 3, "metadata.name", "1-128", id="no-name"
+        ),
         pytest.param(mapping("m", "v1", "bad stage"), 8, "spec.stage", "[A-Za-z0-9_-]", id="stage-name"),
         pytest.param(
             mapping("m", "v1", "v1").replace("api: orders", "api: shop"),
