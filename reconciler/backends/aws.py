@@ -893,6 +893,16 @@ class AwsBackend:
             action.resource, "TagResource", lambda: self.calls.apigateway.tag_resource(resourceArn=arn, tags=tags)
         )
 
+    def _untag_domain(self, action: CreateBasePathMapping | UpdateBasePathMapping | DeleteBasePathMapping) -> None:
+        """Take back this instance's claim on the mapping (its key on the custom domain's tags)."""
+        arn = self._domain_arn(action.domain)
+        keys = [mapping_tag(action.base_path)]
+        self.calls.call(
+            action.resource,
+            "UntagResource",
+            lambda: self.calls.apigateway.untag_resource(resourceArn=arn, tagKeys=keys),
+        )
+
     def _put_mapping(self, action: CreateBasePathMapping | UpdateBasePathMapping) -> None:
         """Create the mapping (claimed on the domain first, so a crash never leaves one unowned), or point
         this instance's at the action's API and stage (``replace /restapiId`` and ``/stage``)."""
@@ -901,6 +911,7 @@ class AwsBackend:
         current = self._live.mappings.get(key)
         if current is None:
             self._tag_domain(action)  # (an update of a mapping gone since the read re-creates it)
+            created: Mapping[str, Any]
             try:
                 created = self.calls.call(
                     action.resource,
@@ -912,7 +923,7 @@ class AwsBackend:
             except BackendError as exc:
                 if exc.code != "ConflictException":
                     raise
-                raise ConflictError(f"{exc}; someone made it since the read: re-plan", code=exc.code) from None
+                created = self._made_since_read(action, api, exc)
             self._live.mappings[key] = self._mine_mapping(action.domain, created, api)
             return
         self._mine(current, action.resource)
@@ -933,6 +944,21 @@ class AwsBackend:
             ),
         )
         self._live.mappings[key] = self._mine_mapping(action.domain, updated, api)
+
+    def _made_since_read(
+        self, action: CreateBasePathMapping | UpdateBasePathMapping, api: LiveApi, exc: BackendError
+    ) -> Mapping[str, Any]:
+        """The mapping a create found taken: this one's (a retry after a lost answer) if it points where the
+        action does; else someone else's, and the claim just made is taken back."""
+        found = self.calls.call(
+            action.resource,
+            "GetBasePathMapping",
+            lambda: self.calls.apigateway.get_base_path_mapping(domainName=action.domain, basePath=action.base_path),
+        )
+        if (found.get("restApiId"), found.get("stage")) == (api.id, action.stage):
+            return found
+        self._untag_domain(action)
+        raise ConflictError(f"{exc}; someone made it since the read: re-plan", code=exc.code)
 
     def _mine_mapping(self, domain: str, item: Mapping[str, Any], api: LiveApi) -> LiveBasePathMapping:
         found = live_mapping(domain, item, {}, {api.id: api.name})
@@ -963,12 +989,7 @@ class AwsBackend:
             lambda: self.calls.apigateway.delete_base_path_mapping(domainName=action.domain, basePath=action.base_path),
         )
         del self._live.mappings[(action.domain, action.base_path)]
-        arn = self._domain_arn(action.domain)
-        self.calls.call(
-            action.resource,
-            "UntagResource",
-            lambda: self.calls.apigateway.untag_resource(resourceArn=arn, tagKeys=[mapping_tag(action.base_path)]),
-        )
+        self._untag_domain(action)
 
     # ----------------------------------------------------------- permissions
 

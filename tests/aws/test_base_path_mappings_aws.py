@@ -204,21 +204,37 @@ def test_a_new_mapping_is_claimed_on_the_domain_then_created(
     backend.apply(CreateBasePathMapping(domain=DOMAIN, base_path="v3", api="orders", stage="prod"))
 
 
-def test_a_mapping_made_by_someone_else_since_the_read_is_a_conflict(
-    backend: AwsBackend, stubbed: tuple[Stubber, LiveState]
+@pytest.mark.parametrize(
+    ("found", "error"),
+    [
+        pytest.param({"restApiId": "a1", "stage": "prod"}, None, id="our-create-whose-answer-was-lost"),
+        pytest.param({"restApiId": "zz9", "stage": "live"}, "re-plan", id="someone-elses"),
+    ],
+)
+def test_a_create_finding_the_path_taken_looks_at_what_holds_it(
+    backend: AwsBackend, stubbed: tuple[Stubber, LiveState], found: dict[str, str], error: str | None
 ) -> None:
+    """409 on create: a mapping already pointing where the action does is done (a retry after a lost answer);
+    anyone else's is a conflict to re-plan, and this instance's claim on the domain is taken back."""
     apigateway, _ = stubbed
-    apigateway.add_response(
-        "tag_resource", {}, {"resourceArn": DOMAIN_ARN, "tags": {"reconciler:mapping:v3": "default"}}
-    )
+    claim = {"reconciler:mapping:v3": "default"}
+    apigateway.add_response("tag_resource", {}, {"resourceArn": DOMAIN_ARN, "tags": claim})
     apigateway.add_client_error(
         "create_base_path_mapping",
         service_error_code="ConflictException",
         service_message="Base path already exists for this domain name",
         http_status_code=409,
     )
-    with pytest.raises(ConflictError, match="re-plan"):
-        backend.apply(CreateBasePathMapping(domain=DOMAIN, base_path="v3", api="orders", stage="prod"))
+    apigateway.add_response(
+        "get_base_path_mapping", {"basePath": "v3", **found}, {"domainName": DOMAIN, "basePath": "v3"}
+    )
+    action = CreateBasePathMapping(domain=DOMAIN, base_path="v3", api="orders", stage="prod")
+    if error is None:
+        backend.apply(action)
+        return
+    apigateway.add_response("untag_resource", {}, {"resourceArn": DOMAIN_ARN, "tagKeys": list(claim)})
+    with pytest.raises(ConflictError, match=error):
+        backend.apply(action)
 
 
 def test_moving_a_mapping_is_one_patch_of_its_stage(backend: AwsBackend, stubbed: tuple[Stubber, LiveState]) -> None:
