@@ -12,8 +12,8 @@ counts every AWS request (pages of a listing included) with botocore's
 * one-field change: one alias's routing; then one stage variable.
 
 Targets: a one-field change makes exactly one write; a no-op reconcile makes no
-writes and at most 2 + (APIs x 2) + (functions x 2) reads (one ``GetRestApis``, one
-``GetDomainNames``; no custom domain is mapped, so no ``GetBasePathMappings``).  It also reports
+writes and at most 2 + (APIs x 2) + (functions x 2) reads (one GetRestApis, one
+GetDomainNames; no custom domain is mapped, so no GetBasePathMappings).  It also reports
 how long the client-side limiter would make each step wait at AWS's real
 quotas (a fake clock: the waits are computed, not spent).
 
