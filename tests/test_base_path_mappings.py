@@ -10,6 +10,7 @@ import pytest
 from reconciler.backends.local import LocalCloud
 from reconciler.errors import BackendError
 from tests.support import SpecRepo
+from tests.test_cli_flags import run
 
 DOMAIN = "api.example.com"
 MAPPINGS = "deploy_specs/mappings.yaml"
@@ -336,6 +337,13 @@ def test_valid_mappings_are_counted_by_validate(example_repo: SpecRepo) -> None:
 
 
 # ------------------------------------------------------------------ the local backend's own rules
+
+
+def test_local_help_lists_create_domain_with_an_example() -> None:
+    """`local --help` lists create-domain; its own help says what it is for and ends in an example."""
+    assert "create-domain" in run("local", "--help").stdout
+    helped = run("local", "create-domain", "--help").stdout
+    assert "BasePathMapping" in helped and "Example:\n    reconciler local create-domain api.example.com" in helped
 
 
 def test_create_domain_makes_a_domain_once_and_refuses_a_bad_name(repo: SpecRepo) -> None:
