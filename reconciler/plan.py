@@ -555,8 +555,11 @@ def plan_permissions(
 
 @functools.lru_cache(maxsize=256)
 def _lambda_integrations(sha256: str, body: str) -> tuple[tuple[str, str], ...]:
-    """A definition's Lambda integrations, parsed once per definition (a daemon plans the same ones every pass)."""
-    return tuple(lambda_integrations(json.loads(body)))
+    """A definition's Lambda integrations, parsed once per definition (a daemon plans the same ones every pass).
+
+    A rollout's stand-in for a definition the specs no longer hold has no body: nothing to say about it.
+    """
+    return tuple(lambda_integrations(json.loads(body))) if body else ()
 
 
 @functools.lru_cache(maxsize=256)
