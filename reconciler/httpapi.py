@@ -255,7 +255,7 @@ class App:
             except ReconcilerError as exc:  # e.g. not cloned yet, backend unreachable
                 await _json(send, 503, {"error": str(exc)})
             except Exception as exc:  # a status read must never take the server down
-                log.warning("status_failed", error=str(exc))
+                log.error("status_failed", error=str(exc), exc_info=True)  # a bug: the traceback is for its report
                 await _json(send, 500, {"error": str(exc)})
         else:
             await _json(send, 404, {"error": f"no such endpoint {path}"})
