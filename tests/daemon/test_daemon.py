@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -298,27 +299,39 @@ def test_restart_applies_nothing_and_reports_the_applied_revision(
 
 
 def test_sigterm_mid_plan_finishes_the_action_in_flight_and_the_next_start_converges(
-    example_repo: SpecRepo, start_daemon: Callable[..., Daemon]
+    example_repo: SpecRepo, tmp_path: Path, start_daemon: Callable[..., Daemon]
 ) -> None:
     """SIGTERM during an apply lets the action in flight finish, stops before the next, exits 0; a restart applies
     the rest."""
-    daemon = start_daemon(str(example_repo.path), example_repo.state_dir)
     first = example_repo.head()
-    daemon.wait_applied(first)
-    stage = "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {{name: s{}}}\n"
-    stage += "spec: {{api: orders, variables: {{lambdaAlias: prod}}}}\n"
-    example_repo.write("deploy_specs/many.yaml", "---\n".join(stage.format(i) for i in range(STAGES)))
-    # The test holds the local backend's write lock before the commit lands: the daemon's first action of it
-    # waits on the lock, so SIGTERM finds exactly one action in flight, by construction and not by timing.
-    cloud = LocalCloud(example_repo.state_dir)
-    with cloud.transaction():
-        head = example_repo.commit("many stages")
-        wait_for(lambda: daemon.status()["attempted_revision"] == head, what="the apply to start")
-        daemon.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: daemon.events("stopping"), what="the daemon to stop taking triggers")
-    cloud.close()
-    assert daemon.proc.wait(10) == 0
-    assert daemon.events("stopped")[-1]["clean"] is True
+    example_repo.cli_json("apply")  # applied before the daemon starts: its only failpoint stop is the test's pass
+    env = {**os.environ, "RECONCILER_WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
+    env["RECONCILER_FAILPOINTS"] = "before_action=stop"  # SIGSTOPs itself past the stop check, before apply
+    daemon = Daemon(str(example_repo.path), example_repo.state_dir, tmp_path / "stopped.log", env=env)
+    try:
+        daemon.wait_ready()
+        daemon.wait_applied(first)
+        stage = "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {{name: s{}}}\n"
+        stage += "spec: {{api: orders, variables: {{lambdaAlias: prod}}}}\n"
+        example_repo.write("deploy_specs/many.yaml", "---\n".join(stage.format(i) for i in range(STAGES)))
+        # By construction, not timing: the daemon stops itself at its first action (waitpid, no polling), gets
+        # SIGTERM while stopped, and that action then waits on the backend's write lock, held here until the
+        # daemon has taken the signal: exactly one action is in flight when it does.
+        cloud = LocalCloud(example_repo.state_dir)
+        with cloud.transaction():
+            head = example_repo.commit("many stages")
+            _, status = os.waitpid(daemon.proc.pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status), status
+            daemon.proc.send_signal(signal.SIGTERM)
+            daemon.proc.send_signal(signal.SIGCONT)
+            wait_for(lambda: daemon.events("stopping"), what="the daemon to stop taking triggers")
+        cloud.close()
+        assert daemon.proc.wait(10) == 0
+        assert daemon.events("stopped")[-1]["clean"] is True
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(5)
     status = example_repo.cli_json("status")
     assert status["applied_revision"] == first and "stopped before all actions" in status["last_error"]
     assert len(status["stages"]) == 5 + 1  # the action in flight, and not one more
