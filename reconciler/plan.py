@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from reconciler.errors import PlanError, SpecIssue
 from reconciler.model import (
@@ -290,32 +290,82 @@ def settings_changes(current: StageSettings | None, desired: StageSettings) -> d
     return {name: (old[name], new[name]) for name in new if old[name] != new[name]}
 
 
-def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+class _Desired(Protocol):
+    """What every desired resource kind has that planning it needs."""
+
+    @property
+    def adopt(self) -> bool: ...
+
+    @property
+    def location(self) -> Location: ...
+
+
+_D = TypeVar("_D", bound=_Desired)
+_L = TypeVar("_L", LiveStage, LiveAlias, LiveBasePathMapping)
+
+
+@dataclass(frozen=True)
+class _Kind(Generic[_D, _L]):
+    """How one kind of resource is planned: its name in messages, and its create, adopt and update actions."""
+
+    what: Callable[[_D], str]
+    create: Callable[[_D], Action | None]  # None: it cannot be created (the issue is already said)
+    adopt: Callable[[_D, _L], Action]
+    update: Callable[[_D, _L, bool], Action | None]  # (spec, live, adopting now); None: nothing differs
+    ready: Callable[[_D], bool] = lambda _: True  # checked before any action of the resource
+
+
+def _plan_kind(
+    kind: _Kind[_D, _L],
+    desired: Mapping[Any, _D],
+    current_of: Mapping[Any, _L],
+    live: LiveState,
+    issues: list[SpecIssue],
+) -> list[Action]:
+    """Creates (in key order), then adoptions and updates: the shape every kind of a stage's side shares."""
     creates: list[Action] = []
     updates: list[Action] = []
-    for key in sorted(desired.stages):
-        stage = desired.stages[key]
-        current: LiveStage | None = live.stages.get(key)
-        if current is None:
-            created: dict[str, Change] = {
-                "definition_sha256": (None, stage.definition.sha256),
-                "variables": (None, dict(sorted(stage.variables.items()))),
-                "canary": (None, canary_json(stage.canary)),
-                **({"description": (None, stage.description)} if stage.description else {}),
-                **settings_changes(None, stage.settings),
-            }
-            creates.append(_stage_action(CreateStage, stage, created))
+    for key in sorted(desired):
+        spec = desired[key]
+        current = current_of.get(key)
+        adopting = False
+        if current is not None:
+            taken = take_over(current, spec.adopt, live, spec.location, kind.what(spec), issues)
+            if taken is None:
+                continue
+            adopting = taken
+        if not kind.ready(spec):
             continue
-        what = f"stage {stage.name!r} of API {stage.api!r}"
-        adopting = take_over(current, stage.adopt, live, stage.location, what, issues)
-        if adopting is None:
+        if current is None:
+            created = kind.create(spec)
+            if created is not None:
+                creates.append(created)
             continue
         if adopting:
-            updates.append(
-                AdoptStage(
-                    api=stage.api, stage=stage.name, instance=live.instance, changes={"owner": (None, live.instance)}
-                )
-            )
+            updates.append(kind.adopt(spec, current))
+        updated = kind.update(spec, current, adopting)
+        if updated is not None:
+            updates.append(updated)
+    return creates + updates
+
+
+def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+    def create(stage: DesiredStage) -> Action:
+        created: dict[str, Change] = {
+            "definition_sha256": (None, stage.definition.sha256),
+            "variables": (None, dict(sorted(stage.variables.items()))),
+            "canary": (None, canary_json(stage.canary)),
+            **({"description": (None, stage.description)} if stage.description else {}),
+            **settings_changes(None, stage.settings),
+        }
+        return _stage_action(CreateStage, stage, created)
+
+    def adopt(stage: DesiredStage, current: LiveStage) -> Action:
+        return AdoptStage(
+            api=stage.api, stage=stage.name, instance=live.instance, changes={"owner": (None, live.instance)}
+        )
+
+    def update(stage: DesiredStage, current: LiveStage, adopting: bool) -> Action | None:
         changes: dict[str, Change] = {}
         _changed(changes, "description", current.description or None, stage.description or None)
         _changed(changes, "definition_sha256", current.definition_sha256, stage.definition.sha256)
@@ -324,9 +374,10 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
         _changed(changes, "canary", canary_json(current.canary), canary_json(stage.canary))
         if current.settings is not None:  # a backend that reports settings: they are reconciled too
             changes.update(settings_changes(current.settings, stage.settings))
-        if changes:
-            updates.append(_stage_action(UpdateStage, stage, changes))
-    return creates + updates
+        return _stage_action(UpdateStage, stage, changes) if changes else None
+
+    kind = _Kind[DesiredStage, LiveStage](lambda s: f"stage {s.name!r} of API {s.api!r}", create, adopt, update)
+    return _plan_kind(kind, desired.stages, live.stages, live, issues)
 
 
 def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue]) -> bool:
@@ -359,60 +410,51 @@ def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue
 
 
 def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
-    creates: list[Action] = []
-    updates: list[Action] = []
-    for key in sorted(desired.aliases):
-        alias = desired.aliases[key]
-        current: LiveAlias | None = live.aliases.get(key)
-        adopting = False
-        if current is not None:
-            what = f"alias {alias.name!r} of function {alias.function!r}"
-            taken = take_over(current, alias.adopt, live, alias.location, what, issues)
-            if taken is None:
-                continue
-            adopting = taken
-        if not _check_versions(alias, live, issues):
-            continue
-        if current is not None and adopting:
-            updates.append(
-                AdoptAlias(
-                    function=alias.function,
-                    alias=alias.name,
-                    instance=live.instance,
-                    revision_id=current.revision_id,
-                    changes={"owner": (None, live.instance)},
-                )
-            )
-        if current is None:
-            creates.append(
-                CreateAlias(
-                    function=alias.function,
-                    alias=alias.name,
-                    description=alias.description,
-                    routing=alias.routing,
-                    changes={
-                        "routing": (None, routing_json(alias.routing)),
-                        **({"description": (None, alias.description)} if alias.description else {}),
-                    },
-                )
-            )
-            continue
+    def create(alias: DesiredAlias) -> Action:
+        return CreateAlias(
+            function=alias.function,
+            alias=alias.name,
+            description=alias.description,
+            routing=alias.routing,
+            changes={
+                "routing": (None, routing_json(alias.routing)),
+                **({"description": (None, alias.description)} if alias.description else {}),
+            },
+        )
+
+    def adopt(alias: DesiredAlias, current: LiveAlias) -> Action:
+        return AdoptAlias(
+            function=alias.function,
+            alias=alias.name,
+            instance=live.instance,
+            revision_id=current.revision_id,
+            changes={"owner": (None, live.instance)},
+        )
+
+    def update(alias: DesiredAlias, current: LiveAlias, adopting: bool) -> Action | None:
         changes: dict[str, Change] = {}
         _changed(changes, "description", current.description or None, alias.description or None)
         if current.routing != alias.routing:  # compared as data; formatted only when it changed
             changes["routing"] = (routing_json(current.routing), routing_json(alias.routing))
-        if changes:
-            updates.append(
-                UpdateAlias(
-                    function=alias.function,
-                    alias=alias.name,
-                    description=alias.description,
-                    routing=alias.routing,
-                    revision_id=None if adopting else current.revision_id,  # adopting writes the alias first
-                    changes=changes,
-                )
-            )
-    return creates + updates
+        if not changes:
+            return None
+        return UpdateAlias(
+            function=alias.function,
+            alias=alias.name,
+            description=alias.description,
+            routing=alias.routing,
+            revision_id=None if adopting else current.revision_id,  # adopting writes the alias first
+            changes=changes,
+        )
+
+    kind = _Kind[DesiredAlias, LiveAlias](
+        lambda a: f"alias {a.name!r} of function {a.function!r}",
+        create,
+        adopt,
+        update,
+        ready=lambda alias: _check_versions(alias, live, issues),
+    )
+    return _plan_kind(kind, desired.aliases, live.aliases, live, issues)
 
 
 def _mapping_target(mapping: LiveBasePathMapping) -> tuple[str, str | None]:
@@ -422,64 +464,57 @@ def _mapping_target(mapping: LiveBasePathMapping) -> tuple[str, str | None]:
 
 def plan_mappings(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
     """Base path mappings: created, adopted or moved to the stage their spec names (its domain must exist)."""
-    creates: list[Action] = []
-    updates: list[Action] = []
-    for key in sorted(desired.mappings):
-        mapping: DesiredBasePathMapping = desired.mappings[key]
-        current = live.mappings.get(key)
-        if current is None:
-            if mapping.domain not in live.domains:
-                issues.append(
-                    SpecIssue(
-                        mapping.location.file,
-                        mapping.location.line_of("spec.domain"),
-                        "spec.domain",
-                        f"custom domain name {mapping.domain!r} does not exist in the backend; expected an existing "
-                        "domain (create it with its certificate first: in API Gateway, or for the local backend "
-                        f"`reconciler local create-domain {mapping.domain}`)",
-                    )
-                )
-                continue
-            creates.append(
-                CreateBasePathMapping(
-                    domain=mapping.domain,
-                    base_path=mapping.base_path,
-                    api=mapping.api,
-                    stage=mapping.stage,
-                    changes={"api": (None, mapping.api), "stage": (None, mapping.stage)},
+
+    def create(mapping: DesiredBasePathMapping) -> Action | None:
+        if mapping.domain not in live.domains:
+            issues.append(
+                SpecIssue(
+                    mapping.location.file,
+                    mapping.location.line_of("spec.domain"),
+                    "spec.domain",
+                    f"custom domain name {mapping.domain!r} does not exist in the backend; expected an existing "
+                    "domain (create it with its certificate first: in API Gateway, or for the local backend "
+                    f"`reconciler local create-domain {mapping.domain}`)",
                 )
             )
-            continue
-        what = f"base path mapping {mapping.domain}/{mapping.base_path}"
-        adopting = take_over(current, mapping.adopt, live, mapping.location, what, issues)
-        if adopting is None:
-            continue
-        if adopting:
-            updates.append(
-                AdoptBasePathMapping(
-                    domain=mapping.domain,
-                    base_path=mapping.base_path,
-                    instance=live.instance,
-                    changes={"owner": (None, live.instance)},
-                )
-            )
+            return None
+        return CreateBasePathMapping(
+            domain=mapping.domain,
+            base_path=mapping.base_path,
+            api=mapping.api,
+            stage=mapping.stage,
+            changes={"api": (None, mapping.api), "stage": (None, mapping.stage)},
+        )
+
+    def adopt(mapping: DesiredBasePathMapping, current: LiveBasePathMapping) -> Action:
+        return AdoptBasePathMapping(
+            domain=mapping.domain,
+            base_path=mapping.base_path,
+            instance=live.instance,
+            changes={"owner": (None, live.instance)},
+        )
+
+    def update(mapping: DesiredBasePathMapping, current: LiveBasePathMapping, adopting: bool) -> Action | None:
         api = live.apis.get(mapping.api)
         old_api, old_stage = _mapping_target(current)
         changes: dict[str, Change] = {}
         if api is None or api.id != current.rest_api_id:  # an API not made yet is another API
             changes["api"] = (old_api, mapping.api)
         _changed(changes, "stage", old_stage, mapping.stage)
-        if changes:
-            updates.append(
-                UpdateBasePathMapping(
-                    domain=mapping.domain,
-                    base_path=mapping.base_path,
-                    api=mapping.api,
-                    stage=mapping.stage,
-                    changes=changes,
-                )
-            )
-    return creates + updates
+        if not changes:
+            return None
+        return UpdateBasePathMapping(
+            domain=mapping.domain,
+            base_path=mapping.base_path,
+            api=mapping.api,
+            stage=mapping.stage,
+            changes=changes,
+        )
+
+    kind = _Kind[DesiredBasePathMapping, LiveBasePathMapping](
+        lambda m: f"base path mapping {m.domain}/{m.base_path}", create, adopt, update
+    )
+    return _plan_kind(kind, desired.mappings, live.mappings, live, issues)
 
 
 Orphan = DeleteBasePathMapping | DeleteStage | DeleteAlias
