@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 import structlog
 
@@ -98,6 +98,7 @@ from reconciler.specs import Definition, DesiredState
 ALARM_BATCH = 100  # DescribeAlarms takes at most 100 AlarmNames
 
 log = structlog.get_logger("reconciler.backends.aws")
+_K = TypeVar("_K", bound=tuple[str, ...])
 
 # ------------------------------------------------------------------- backend
 
@@ -788,24 +789,38 @@ class AwsBackend:
 
     def _delete_stage(self, action: DeleteStage) -> None:
         api = self._live.apis.get(action.api)
-        current = self._live.stages.get((action.api, action.stage))
-        if api is None or current is None or owner_of(current) != self.instance:
-            return  # gone already, or not ours
-        self._delete(
+        if api is None:
+            return  # gone already, with its stages
+        self._delete_owned(
+            self._live.stages,
+            (action.api, action.stage),
             action.resource,
             "DeleteStage",
             "NotFoundException",
             lambda: self.calls.apigateway.delete_stage(restApiId=api.id, stageName=action.stage),
         )
-        del self._live.stages[(action.api, action.stage)]
 
-    def _delete(self, resource: str, operation: str, gone: str, request: Callable[[], object]) -> None:
-        """Run a delete; the error code ``gone`` (already deleted) counts as done."""
+    def _delete_owned(
+        self,
+        kept: dict[_K, LiveStage] | dict[_K, LiveAlias] | dict[_K, LiveBasePathMapping],
+        key: _K,
+        resource: str,
+        operation: str,
+        gone: str,
+        request: Callable[[], object],
+    ) -> bool:
+        """Delete this instance's resource ``kept[key]`` and forget it; the error code ``gone`` (already
+        deleted) counts as done.  False: it is gone already, or not ours, and nothing was called."""
+        current = kept.get(key)
+        if current is None or owner_of(current) != self.instance:
+            return False
         try:
             self.calls.call(resource, operation, request)
         except BackendError as exc:
             if exc.code != gone:
                 raise
+        del kept[key]
+        return True
 
     # --------------------------------------------------------------- aliases
 
@@ -868,16 +883,14 @@ class AwsBackend:
         self._live.aliases[key] = live_alias(action.function, updated)
 
     def _delete_alias(self, action: DeleteAlias) -> None:
-        current = self._live.aliases.get((action.function, action.alias))
-        if current is None or owner_of(current) != self.instance:
-            return  # gone already, or not ours
-        self._delete(
+        self._delete_owned(
+            self._live.aliases,
+            (action.function, action.alias),
             action.resource,
             "DeleteAlias",
             "ResourceNotFoundException",
             lambda: self.calls.lambda_.delete_alias(FunctionName=action.function, Name=action.alias),
         )
-        del self._live.aliases[(action.function, action.alias)]
 
     # ------------------------------------------------------ base path mappings
 
@@ -979,17 +992,15 @@ class AwsBackend:
 
     def _delete_mapping(self, action: DeleteBasePathMapping) -> None:
         """Delete this instance's mapping, then its claim on the domain's tags."""
-        current = self._live.mappings.get((action.domain, action.base_path))
-        if current is None or owner_of(current) != self.instance:
-            return  # gone already, or not ours
-        self._delete(
+        if self._delete_owned(
+            self._live.mappings,
+            (action.domain, action.base_path),
             action.resource,
             "DeleteBasePathMapping",
             "NotFoundException",
             lambda: self.calls.apigateway.delete_base_path_mapping(domainName=action.domain, basePath=action.base_path),
-        )
-        del self._live.mappings[(action.domain, action.base_path)]
-        self._untag_domain(action)
+        ):
+            self._untag_domain(action)
 
     # ----------------------------------------------------------- permissions
 
