@@ -27,6 +27,7 @@ How to extend it (the one pattern every command follows):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -46,6 +47,7 @@ from reconciler.sinks import GITHUB_API
 from reconciler.terminal import LiveLine
 
 if TYPE_CHECKING:  # imported where a command needs them: `--help` and usage errors load none of them
+    from reconciler.backends.local import LocalCloud
     from reconciler.daemonconfig import DaemonConfig
     from reconciler.engine import ActionDone, Config, Engine, ReconcileResult
     from reconciler.model import Action, PlanWarning
@@ -1034,6 +1036,18 @@ def local_state_dir(common: Common) -> Path:
     return state
 
 
+@contextlib.contextmanager
+def local_cloud(common: Common) -> Iterator[LocalCloud]:
+    """The local backend's simulated cloud in its state dir, closed after the command's one call."""
+    from reconciler.backends.local import LocalCloud
+
+    cloud = LocalCloud(local_state_dir(common))
+    try:
+        yield cloud
+    finally:
+        cloud.close()
+
+
 @command(
     local,
     "publish-version",
@@ -1044,13 +1058,8 @@ def local_state_dir(common: Common) -> Path:
 )
 @click.argument("function")
 def cmd_publish_version(common: Common, out: Out, function: str) -> int:
-    from reconciler.backends.local import LocalCloud
-
-    cloud = LocalCloud(local_state_dir(common))
-    try:
+    with local_cloud(common) as cloud:
         version = cloud.publish_version(function)
-    finally:
-        cloud.close()
     if out.json:
         out.document({"function": function, "version": str(version)})
     else:
@@ -1068,13 +1077,8 @@ def cmd_publish_version(common: Common, out: Out, function: str) -> int:
 )
 @click.argument("name")
 def cmd_create_domain(common: Common, out: Out, name: str) -> int:
-    from reconciler.backends.local import LocalCloud
-
-    cloud = LocalCloud(local_state_dir(common))
-    try:
+    with local_cloud(common) as cloud:
         created = cloud.create_domain_name(name)
-    finally:
-        cloud.close()
     if out.json:
         out.document({"domain": name, "created": created})
     else:
@@ -1092,13 +1096,8 @@ def cmd_create_domain(common: Common, out: Out, name: str) -> int:
 @click.argument("name")
 @click.argument("state", type=click.Choice(["OK", "ALARM", "INSUFFICIENT_DATA"]))
 def cmd_set_alarm(common: Common, out: Out, name: str, state: str) -> int:
-    from reconciler.backends.local import LocalCloud
-
-    cloud = LocalCloud(local_state_dir(common))
-    try:
+    with local_cloud(common) as cloud:
         changed = cloud.set_alarm(name, state)
-    finally:
-        cloud.close()
     if out.json:
         out.document({"alarm": name, "state": state, "changed": changed})
     else:
