@@ -97,6 +97,15 @@ class SpecRepo:
         assert result.stdout, result.stderr
         return result.json
 
+    def validate_error(self, field: str) -> dict[str, Any]:
+        """``validate --output json`` of the head, which must fail with exactly one error on ``field``."""
+        result = self.cli("validate", output="json")
+        assert result.code == 1, result.stdout + result.stderr
+        errors = [e for e in result.json["errors"] if e["field"] == field]
+        assert len(errors) == 1, result.json["errors"]
+        error: dict[str, Any] = errors[0]
+        return error
+
     def publish(self, function: str, times: int = 1) -> list[str]:
         return [self.cli("local", "publish-version", function).stdout.strip() for _ in range(times)]
 

@@ -162,10 +162,6 @@ def test_bad_api_settings_are_reported_with_file_line_field_and_expected(
     """Each RestApi setting's AWS rule is checked at validate time, naming file, line, field and what was expected."""
     _api_with(example_repo, extra)
     example_repo.commit("a bad API setting")
-    result = example_repo.cli("validate", output="json")
-    assert result.code == 1
-    errors = [e for e in result.json["errors"] if e["field"] == field]
-    assert errors, result.json["errors"]
-    (error,) = errors
+    error = example_repo.validate_error(field)
     assert error["file"] == "deploy_specs/orders.yaml" and error["line"] is not None and error["line"] >= 8
     assert fragment in error["message"], error

@@ -128,10 +128,6 @@ def test_bad_settings_are_reported_with_file_line_field_and_expected(
     """Each setting's AWS rule is checked at validate time, naming file, line, field and what was expected."""
     _prod_with(example_repo, extra)
     example_repo.commit("a bad setting")
-    result = example_repo.cli("validate", output="json")
-    assert result.code == 1
-    errors = [e for e in result.json["errors"] if e["field"] == field]
-    assert errors, result.json["errors"]
-    (error,) = errors
+    error = example_repo.validate_error(field)
     assert error["file"] == "deploy_specs/stages.yaml" and error["line"] is not None
     assert fragment in error["message"], error
