@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar, assert_never
+from typing import Any, TypeGuard, TypeVar, assert_never
 
 import structlog
 
@@ -99,6 +99,7 @@ ALARM_BATCH = 100  # DescribeAlarms takes at most 100 AlarmNames
 
 log = structlog.get_logger("reconciler.backends.aws")
 _K = TypeVar("_K", bound=tuple[str, ...])
+_Owned = TypeVar("_Owned", LiveStage, LiveAlias, LiveBasePathMapping)
 
 # ------------------------------------------------------------------- backend
 
@@ -266,6 +267,17 @@ class AwsBackend:
             raise BackendError(f"{what}: exists and is not managed by reconciler; not touching it")
         if owner != self.instance:
             raise BackendError(f"{what}: is managed by reconciler instance {owner!r}, not {self.instance!r}")
+
+    def _unclaimed(self, current: _Owned | None, resource: str, what: str) -> TypeGuard[_Owned]:
+        """Whether an adoption has work left: not if ``current`` is this instance's already; an error if it is
+        gone since the read (re-plan) or another instance's."""
+        if current is None:
+            raise BackendError(f"{resource}: no such {what}; re-plan", code="NotFoundException")
+        if owner_of(current) == self.instance:
+            return False
+        if owner_of(current) is not None:
+            self._mine(current, resource)
+        return True
 
     def _remember(self, desired: DesiredState, live: LiveState) -> None:
         self._live = copy_live(live)
@@ -471,12 +483,8 @@ class AwsBackend:
         api = self._api(action.api)
         key = (api.name, action.stage)
         current = self._live.stages.get(key)
-        if current is None:
-            raise BackendError(f"{action.resource}: no such stage; re-plan", code="NotFoundException")
-        if owner_of(current) == self.instance:
+        if not self._unclaimed(current, action.resource, "stage"):
             return
-        if owner_of(current) is not None:
-            self._mine(current, action.resource)
         arn = f"arn:{self.partition}:apigateway:{self.region}::/restapis/{api.id}/stages/{action.stage}"
         self.calls.call(
             action.resource,
@@ -489,12 +497,8 @@ class AwsBackend:
         """Write this instance's marker into the alias description (its routing stays until an update)."""
         key = (action.function, action.alias)
         current = self._live.aliases.get(key)
-        if current is None:
-            raise BackendError(f"{action.resource}: no such alias; re-plan", code="NotFoundException")
-        if owner_of(current) == self.instance:
+        if not self._unclaimed(current, action.resource, "alias"):
             return
-        if owner_of(current) is not None:
-            self._mine(current, action.resource)
         params: dict[str, Any] = {
             "FunctionName": action.function,
             "Name": action.alias,
@@ -981,12 +985,8 @@ class AwsBackend:
         """Claim an existing, unmanaged mapping on the domain's tags (it keeps its target until an update)."""
         key = (action.domain, action.base_path)
         current = self._live.mappings.get(key)
-        if current is None:
-            raise BackendError(f"{action.resource}: no such base path mapping; re-plan", code="NotFoundException")
-        if owner_of(current) == self.instance:
+        if not self._unclaimed(current, action.resource, "base path mapping"):
             return
-        if owner_of(current) is not None:
-            self._mine(current, action.resource)
         self._tag_domain(action)
         self._live.mappings[key] = replace(current, managed=True, owner=self.instance)
 
