@@ -3,7 +3,9 @@
 Also the operations built on it that the CLI and the daemon share: status,
 history, rollback (pin) and resume.  Records last attempted and last applied
 revision apart, and sets "applied" (and tags the commit) only after every
-action succeeded.  Called by ``cli.py`` and ``daemon.py``.
+action succeeded.  Called by ``cli.py`` and ``daemon.py``.  ``Engine`` is a
+``reader.SpecReader`` (which revision to read, and its specs through the
+parse cache), the part ``validate`` uses alone.
 """
 
 from __future__ import annotations
@@ -11,13 +13,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import gc
-import os
 import secrets
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,10 +44,6 @@ from reconciler.gitsource import (
     AppliedTag,
     GitRepo,
     SignaturePolicy,
-    SshIdentity,
-    WorktreeSpecSource,
-    check_branch_name,
-    clone_or_open,
     is_remote,
 )
 from reconciler.model import (
@@ -67,43 +62,22 @@ from reconciler.model import (
     UpdateStage,
     percent_json,
 )
-from reconciler.parsecache import ParseCache
 from reconciler.plan import Plan, canary_json, make_plan, routing_json
+from reconciler.reader import Config as Config  # re-exported: the engine's callers name it here
+from reconciler.reader import SpecReader, gc_paused
 from reconciler.records import RecordStore
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
-from reconciler.specs import NONE_BASE_PATH, DesiredState, SpecMemo, load_desired
-from reconciler.state import InstanceRecord, Pin, StateDir
-from reconciler.statepath import state_path, url_state_path
-from reconciler.stores import make_record_store
+from reconciler.specs import NONE_BASE_PATH, DesiredState
+from reconciler.state import InstanceRecord, Pin
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
-CACHE_SAVE_INTERVAL = 30.0  # seconds between parse cache writes of a long-lived engine (and at close)
 UNTAGGED = "untagged"  # instance record key: the message of an applied tag not made yet
 OWED = "rollout_actions"  # instance record key: actions applied by passes of a rollout not finished yet
 MAX_ROUNDS = 64  # decide -> apply rounds in one pass (each round moves at least one rollout one step)
 TAG_KEY = "tag_key"  # instance record key: the secret whose MAC in a tag's message proves this instance made it
 EventHook = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything a reconcile needs to know; built by the CLI from flags/env."""
-
-    repo: str = "."
-    branch: str | None = None
-    path: str = "deploy_specs"
-    backend: str = "local"
-    state_dir: str | None = None
-    instance: str = "default"
-    region: str | None = None
-    endpoint_url: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    lock: str | None = None  # --lock dynamodb://TABLE: the instance record lives in that table too (DESIGN §13)
-    allow_empty: bool = False  # let prune empty the backend when the specs declare nothing (Argo CD's allowEmpty)
-    allowed_signers: str | None = None  # git's SSH allowed-signers file: applied commits must be signed by one
-    trusted_gpg_keys: str | None = None  # armored OpenPGP public keys: the same, for GPG signatures
 
 
 @dataclass(frozen=True)
@@ -267,42 +241,8 @@ def sync_verdict(
     return SyncVerdict("synced", f"{named(target)}, the head of {branch}, is applied and live")
 
 
-_gc_lock = threading.Lock()
-_gc_pause = [0, False]  # threads inside ``gc_paused``; whether the collector was enabled when the first entered
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a pass builds its (acyclic) desired and live state.
-
-    Loading 10,000 documents allocates a few hundred thousand containers; the
-    collector, triggered every 700 allocations, would walk the growing heap
-    over and over (about a fifth of a cold load).  What is built is freed by
-    reference counting; the collector runs again once the last thread leaves.
-    """
-    with _gc_lock:
-        if _gc_pause[0] == 0:
-            _gc_pause[1] = gc.isenabled()
-            gc.disable()
-        _gc_pause[0] += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pause[0] -= 1
-            if _gc_pause[0] == 0 and _gc_pause[1]:
-                gc.enable()
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def default_state_path(config: Config, repo: GitRepo) -> Path:
-    """``--state-dir``, else ``<git-dir>/reconciler/`` (for a URL: see ``statepath.url_state_path``)."""
-    if is_remote(config.repo):
-        return url_state_path(config.state_dir)
-    return state_path(config.state_dir, repo)
 
 
 def signature_policy(config: Config, state_dir: Path) -> SignaturePolicy:
@@ -310,17 +250,7 @@ def signature_policy(config: Config, state_dir: Path) -> SignaturePolicy:
     return SignaturePolicy(config.allowed_signers, config.trusted_gpg_keys, state_dir / "gnupg")
 
 
-def open_repo(config: Config) -> GitRepo:
-    """The repository ``--repo`` names; a URL is cloned into (or fetched in) ``--workdir``."""
-    if not is_remote(config.repo):
-        return GitRepo(config.repo)
-    state = url_state_path(config.state_dir)
-    workdir = Path(config.extra.get("workdir") or state / "repo")
-    ssh = SshIdentity(config.extra.get("ssh_key"), config.extra.get("known_hosts"))
-    return clone_or_open(config.repo, workdir, config.branch or "main", ssh=ssh)
-
-
-class Engine:
+class Engine(SpecReader):
     """Reconciles one instance of one repository/branch/specs root against one backend."""
 
     def __init__(
@@ -330,23 +260,11 @@ class Engine:
         backend: Backend | None = None,
         records: RecordStore | None = None,
     ) -> None:
-        if config.branch is not None:
-            check_branch_name(config.branch)
-        self.config = config
-        self.repo = repo or open_repo(config)
-        self.state = StateDir(default_state_path(config, self.repo))
-        self.records: RecordStore = records or make_record_store(
-            config.lock, self.state, region=config.region, endpoint_url=config.endpoint_url
-        )
+        super().__init__(config, repo, records)
         self._backend = backend
-        self._branch = config.branch
-        self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
         self._signatures: SignaturePolicy | None = None  # --allowed-signers / --trusted-gpg-keys
         if config.allowed_signers is not None or config.trusted_gpg_keys is not None:  # a bad file: refused now
             self._signatures = signature_policy(config, self.state.path)
-        self._cache_saved = float("-inf")  # when the parse cache file was last written
-        self._memo = SpecMemo()  # validated spec files of the last load: the next validates only changed files
-        self.last_desired: DesiredState | None = None  # the last desired state loaded (replaced, never changed)
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
@@ -360,13 +278,6 @@ class Engine:
         if self._backend is None:
             self._backend = make_backend(self.config, self.state.path, self.on_wait)
         return self._backend
-
-    @property
-    def branch(self) -> str:
-        """The followed branch: ``--branch``, else the one the first apply recorded, else the current branch."""
-        if self._branch is None:
-            self._branch = self.record().branch or self.repo.current_branch()
-        return self._branch
 
     def check_checkout(self) -> None:
         """``apply``/``rollback`` without ``--branch`` refuse while another branch than the followed one is checked out.
@@ -384,95 +295,14 @@ class Engine:
                 f"{current!r} is checked out; check out {recorded!r}, or pass --branch to say which to apply"
             )
 
-    def preview_target(self, rev: str | None, pinned: bool = True) -> str:
-        """What ``plan``/``validate`` read: ``rev``; else, on the followed branch, the pin (if ``pinned``) or the
-        head; else the checked-out commit, even a detached HEAD (a PR preview: what merging it would change)."""
-        if rev is not None or self.config.branch is not None or is_remote(self.config.repo):
-            return self.resolve_target(rev) if pinned or rev is not None else self.head()
-        current = self.repo.checked_out_branch()
-        followed = self.record().branch or current
-        if current is not None and current == followed:
-            return self.resolve_target(None) if pinned else self.head()
-        return self.repo.resolve_head()
-
-    @property
-    def spec_root(self) -> str:
-        """``--path`` relative to the repository root; an absolute one must lie inside the checkout."""
-        path = self.config.path
-        if not os.path.isabs(path):
-            return path
-        if is_remote(self.config.repo) or self.repo.repo.working_tree_dir is None:
-            raise UsageError(f"--path {path}: expected a folder relative to the repository root")
-        root = self.repo.root.resolve()
-        target = Path(path).resolve()
-        if not target.is_relative_to(root):
-            raise UsageError(
-                f"--path {path}: outside the repository {root}; expected a folder inside it "
-                "(or a path relative to its root)"
-            )
-        return target.relative_to(root).as_posix() or "."
-
-    @property
-    def instance(self) -> str:
-        return self.config.instance
-
     def close(self) -> None:
-        self.save_cache()
         if self._backend is not None:
             self._backend.close()
-        self.records.close()
-        self.repo.close()
+        super().close()
 
     def probe_backend(self) -> None:
         """Read the backend once (managed resources only); raises what the backend raises."""
         self.backend.read(DesiredState())
-
-    def record(self) -> InstanceRecord:
-        return self.records.load(self.instance)
-
-    def head(self) -> str:
-        return self.repo.branch_head(self.branch)
-
-    def resolve_target(self, rev: str | None, record: InstanceRecord | None = None) -> str:
-        """An explicit revision, else the pin, else the branch head (``record``: the record just read, if any)."""
-        if rev is not None:
-            tag = self.repo.find_tag(rev)
-            return tag.revision if tag else self.repo.resolve(rev)
-        pinned = (record or self.record()).pinned
-        if pinned is None:
-            return self.head()
-        try:
-            return self.repo.resolve(pinned.revision)
-        except GitError:  # e.g. the pinned commit was on a branch since deleted and garbage-collected
-            raise GitError(
-                f"the instance is pinned to {pinned.revision[:12]}, which is no longer in the repository; "
-                "`reconciler resume` to follow the branch, or roll back to another revision"
-            ) from None
-
-    def desired(self, revision: str) -> DesiredState:
-        if self._cache is None:
-            self._cache = self.state.load_cache()
-        cache = self._cache
-        with gc_paused():
-            if revision == WORKTREE:  # validate/plan --worktree: uncommitted edits (never applied)
-                return load_desired(WorktreeSpecSource(self.repo, self.spec_root), cache)
-            state = load_desired(self.repo.spec_source(revision, self.spec_root), cache, self._memo)
-        self.last_desired = state
-        return state
-
-    def save_cache(self, force: bool = True) -> None:
-        """Persist newly parsed specs: at ``close``, and after a pass at most every ``CACHE_SAVE_INTERVAL`` s.
-
-        The file only spares the next process the parsing; a long-lived engine
-        keeps the cache in memory, so rewriting it after every pass would only
-        delay the next one (a crash loses at most the last interval's entries).
-        """
-        if self._cache is None:
-            return
-        now = time.monotonic()
-        if force or now - self._cache_saved >= CACHE_SAVE_INTERVAL:
-            self._cache.save()
-            self._cache_saved = now
 
     def make_plan(self, revision: str, prune: bool = False) -> tuple[Plan, DesiredState, LiveState]:
         """The plan of the next pass: rollouts under way shape it (their next share; a failed one: stable)."""

@@ -16,12 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-import structlog
-
 from reconciler.errors import StateError
 from reconciler.gitsource import GitRepo, git_common_dir, tracked_files, work_tree_of
-
-log = structlog.get_logger("reconciler.state")
 
 LEGACY_STATE_DIR = ".reconciler"  # the default before DESIGN §11: in the work tree, git-ignored
 STATE_SUBDIR = "reconciler"  # the default since: <git-dir>/reconciler/
@@ -100,4 +96,8 @@ def _migrate(legacy: Path, path: Path, work_tree: Path) -> None:
             shutil.move(str(legacy), str(path))
     except OSError as exc:
         raise StateError(f"cannot move the state directory {legacy} to {path}: {exc.strerror or exc}") from None
-    log.warning("state_dir_migrated", old=str(legacy), new=str(path), reason="state now lives outside the work tree")
+    import structlog  # here, the once it is needed: `validate` loads no logging otherwise
+
+    structlog.get_logger("reconciler.state").warning(
+        "state_dir_migrated", old=str(legacy), new=str(path), reason="state now lives outside the work tree"
+    )

@@ -8,10 +8,14 @@ Choosing between them lives here, above both, so imports point one way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from reconciler.errors import UsageError
-from reconciler.lease import Lease
 from reconciler.records import FileRecordStore, RecordStore
 from reconciler.state import StateDir
+
+if TYPE_CHECKING:  # a type only: `validate` (records, no lease) loads no lease module, nor its logging
+    from reconciler.lease import Lease
 
 
 def dynamodb_table(lock: str) -> str:

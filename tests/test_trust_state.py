@@ -96,6 +96,19 @@ def test_an_earlier_reconciler_dir_is_moved_once_with_its_pin(checkout: SpecRepo
     assert again.code == 0 and "state_dir_migrated" not in again.stderr
 
 
+def test_validate_moves_an_earlier_reconciler_dir_with_its_log_line(checkout: SpecRepo) -> None:
+    """validate, which loads no logging unless it logs, still says it moved the state (on stderr: -o json's
+    stdout holds the document alone), and reads the moved record (the followed branch)."""
+    shutil.move(checkout.path / ".git" / "reconciler", checkout.path / ".reconciler")
+    moved = run_reconciler(checkout.path, "validate", "--output", "json")
+    assert moved.code == 0, moved.stderr
+    assert "[warning  ] state_dir_migrated" in moved.stderr and ".reconciler" in moved.stderr
+    assert json.loads(moved.stdout)["valid"] is True
+    assert not (checkout.path / ".reconciler").exists() and (checkout.path / ".git" / "reconciler").is_dir()
+    again = run_reconciler(checkout.path, "validate")
+    assert again.code == 0 and again.stderr == ""
+
+
 def test_a_committed_reconciler_dir_is_never_adopted(repo: SpecRepo) -> None:
     """A .reconciler/ that git tracks came from a commit: refused with one line, nothing read or moved."""
     repo.copy_example()
