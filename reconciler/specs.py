@@ -55,6 +55,7 @@ LATEST = "$LATEST"
 MODE_SYMLINK = 0o120000
 MODE_SUBMODULE = 0o160000
 CACHE_FORMAT = 2
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")  # read as spec files (JSON is YAML)
 
 
 # ---------------------------------------------------------------- field rules
@@ -605,17 +606,152 @@ class _FileResult:
 
 
 class SpecMemo:
-    """Validated documents by (path, blob id, mode), kept by a long-lived engine between loads.
+    """What a long-lived engine keeps between loads, so that a load costs what changed.
 
-    A file's documents and issues depend only on its path and content, so a
-    load validates only the files new since the previous one (after a commit:
-    the changed files); the references between documents are resolved in full
-    every time.  Holds the files of the last load only.
+    * Validated documents by (path, blob id, mode): a file's documents and
+      issues depend only on its path and content, so a load validates only
+      the files new since the previous one (after a commit: the changed files).
+    * After a clean load (no issue), the resolved desired state and its
+      indexes (``_Index``): the next load re-resolves only the documents of
+      the changed files and those that read what changed (an API's stages when
+      its definition changed, the readers of a changed definition file).
+      Anything unusual (any issue, a duplicate, an unreadable file, a
+      definition the index cannot attribute to one path) sends the load down
+      the full path, which words the errors exactly as a cold load does.
     """
 
     def __init__(self) -> None:
         self.files: dict[tuple[str, str, int], _FileResult] = {}
-        self.definitions: dict[str, list[Any]] = {}  # parsed definitions of the last load, by cache key
+        self.definitions: dict[str, list[Any]] = {}  # parsed definitions in use, by cache key
+        self.index: _Index | None = None  # the last load's, when it was clean
+        self.incremental = False  # whether the last load took the incremental path
+        self.resolved = 0  # documents the last load resolved (the full path: every valid one)
+        self.fallback = ""  # why the last load left the incremental path, if it did
+
+
+Key = tuple[str, ...]  # ``_key``: (kind, *the resource's key in ``DesiredState``)
+
+
+@dataclass
+class _Index:
+    """A clean load's desired state and what it was resolved from, for the next load to update."""
+
+    files: dict[str, SourceFile]  # the listing below the specs root
+    results: dict[str, _FileResult]  # spec files by path
+    state: DesiredState  # the index's own copy: loads hand out copies of its dicts
+    owners: dict[Key, tuple[_Doc, Any]]  # every document (all valid, all unique) by key
+    reads: dict[Key, tuple[str, ...]]  # RestApi and Stage keys -> the definition files they read
+    readers: dict[str, set[Key]]  # definition file -> the keys reading it
+    stages_of: dict[str, set[Key]]  # API name -> its stages' keys
+    mapped: dict[tuple[str, str], int]  # (API, stage) -> mappings naming it
+    domains: dict[str, set[str]]  # domain -> its mapped base paths
+    outside: dict[str, SourceFile]  # definitions outside the specs root (looked up again every load)
+    definition_of: dict[str, str]  # definition file -> sha256 of its canonical form
+    path_of: dict[str, str]  # that sha256 -> the one file giving it
+    unreadable: set[str]  # files that are no spec file (fine: each is a definition)
+
+
+class _Fallback(Exception):
+    """The incremental load met something it leaves to the full path."""
+
+
+def _reads(doc: _Doc, spec: Any) -> tuple[str, ...]:
+    """The definition files a RestApi or Stage document names (repository paths)."""
+    if doc.kind == "RestApi":
+        return (_join(doc.file, spec.definition),)
+    if doc.kind != "Stage":
+        return ()
+    named = [spec.definition, spec.canary.definition if spec.canary is not None else None]
+    return tuple(_join(doc.file, reference) for reference in named if reference is not None)
+
+
+def _build_index(
+    files: dict[str, SourceFile],
+    results: dict[str, _FileResult],
+    state: DesiredState,
+    definitions: _Definitions,
+    unreadable: set[str],
+) -> _Index | None:
+    """The index of a clean full load; None when a definition's content is at two paths (its ``source`` is
+    the first path in load order, which only a full load tells)."""
+    index = _Index(
+        files,
+        results,
+        DesiredState(None, dict(state.apis), dict(state.stages), dict(state.aliases), dict(state.mappings)),
+        {},
+        {},
+        {},
+        {},
+        {},
+        {},
+        {f.path: f for f in definitions.outside},
+        {},
+        {},
+        unreadable,
+    )
+    for result in results.values():
+        for doc, spec in result.typed:
+            _add_doc(index, _key(doc, spec), doc, spec)
+    if set(index.readers) != definitions.used or not _attribute(index, definitions.read):
+        return None
+    return index
+
+
+def _add_doc(index: _Index, key: Key, doc: _Doc, spec: Any) -> None:
+    index.owners[key] = (doc, spec)
+    if doc.kind in ("RestApi", "Stage"):
+        _set_reads(index, key, _reads(doc, spec))
+    if doc.kind == "Stage":
+        index.stages_of.setdefault(spec.api, set()).add(key)
+    elif doc.kind == "BasePathMapping":
+        index.mapped[(spec.api, spec.stage)] = index.mapped.get((spec.api, spec.stage), 0) + 1
+        index.domains.setdefault(spec.domain, set()).add(spec.basePath)
+
+
+def _remove_doc(index: _Index, key: Key) -> None:
+    doc, spec = index.owners.pop(key)
+    _set_reads(index, key, ())
+    if doc.kind == "Stage":
+        _discard(index.stages_of, spec.api, key)
+    elif doc.kind == "BasePathMapping":
+        count = index.mapped.pop((spec.api, spec.stage)) - 1
+        if count:
+            index.mapped[(spec.api, spec.stage)] = count
+        _discard(index.domains, spec.domain, spec.basePath)
+
+
+def _discard(sets: dict[str, set[Any]], name: str, item: Any) -> None:
+    members = sets[name]
+    members.discard(item)
+    if not members:
+        del sets[name]
+
+
+def _set_reads(index: _Index, key: Key, paths: tuple[str, ...]) -> None:
+    for path in index.reads.pop(key, ()):
+        _discard(index.readers, path, key)
+    if paths:
+        index.reads[key] = paths
+        for path in paths:
+            index.readers.setdefault(path, set()).add(key)
+
+
+def _attribute(index: _Index, read: dict[str, Definition]) -> bool:
+    """Record which file gives which definition; False when one content is at two files in use."""
+    for path in [p for p in index.definition_of if p not in index.readers]:  # no longer read
+        sha = index.definition_of.pop(path)
+        if index.path_of.get(sha) == path:
+            del index.path_of[sha]
+    for path, definition in read.items():
+        other = index.path_of.get(definition.sha256)
+        if definition.source != path or (other is not None and other != path and other in index.readers):
+            return False
+        old = index.definition_of.get(path)
+        if old is not None and index.path_of.get(old) == path:
+            del index.path_of[old]
+        index.definition_of[path] = definition.sha256
+        index.path_of[definition.sha256] = path
+    return True
 
 
 def _check_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str, Any]) -> _FileResult:
@@ -635,23 +771,46 @@ def _check_file(source: SpecSource, entry: SourceFile, cache: MutableMapping[str
 def load_desired(
     source: SpecSource, cache: MutableMapping[str, Any] | None = None, memo: SpecMemo | None = None
 ) -> DesiredState:
-    """Parse and validate every spec of ``source``; raise ``SpecError`` listing all issues."""
-    issues = _Issues()
+    """Parse and validate every spec of ``source``; raise ``SpecError`` listing all issues.
+
+    With a ``memo`` that holds a clean previous load, only what changed since
+    is validated and resolved (``_incremental``); the result is the same.
+    """
     files = {f.path: f for f in source.files()}
-    read = [f for f in files.values() if f.path.endswith((".yaml", ".yml", ".json")) and f.mode != MODE_SYMLINK]
+    read = _spec_files(files.values())
     _check_budget(source, read, [])
     if cache is None:
         cache = {}
+    if memo is not None and memo.index is not None:
+        index, memo.index = memo.index, None  # taken: a load that fails half way leaves none behind
+        try:
+            state = _incremental(source, files, read, cache, memo, index)
+        except (_Fallback, SpecError) as exc:
+            memo.fallback = str(exc)
+        else:
+            memo.index, memo.incremental, memo.fallback = index, True, ""
+            return state
+    return _load_full(source, files, read, cache, memo)
+
+
+def _load_full(
+    source: SpecSource,
+    files: dict[str, SourceFile],
+    read: list[SourceFile],
+    cache: MutableMapping[str, Any],
+    memo: SpecMemo | None,
+) -> DesiredState:
+    issues = _Issues()
     checked: dict[tuple[str, str, int], _FileResult] = {}
     unreadable: dict[str, list[SpecIssue]] = {}  # files that are no spec file; fine if they are definitions
     known = memo.files if memo is not None else {}
     _prefetch(source, cache, [f for f in read if (f.path, f.sha, f.mode) not in known])
     for path in sorted(files):
         entry = files[path]
-        if not path.endswith((".yaml", ".yml", ".json")):  # JSON is YAML: read the same way
+        if not path.endswith(SPEC_SUFFIXES):  # JSON is YAML: read the same way
             continue
         key = (path, entry.sha, entry.mode)
-        result = memo.files.get(key) if memo is not None else None
+        result = known.get(key)
         if result is None:
             result = _check_file(source, entry, cache)
         checked[key] = result
@@ -661,23 +820,240 @@ def load_desired(
             issues.items.extend(result.read_issues)
     if memo is not None:
         memo.files = checked
+        memo.incremental = False
     typed: list[tuple[_Doc, Any]] = []
     for result in checked.values():  # in file order, as one pass over every document would report them
         issues.items.extend(result.schema_issues)
         typed.extend(result.typed)
     declared_apis: set[str] = set().union(*(result.apis for result in checked.values()))
-    definitions = _Definitions(source, files, cache, issues, memo.definitions if memo is not None else None)
+    listing = dict(files)  # the definitions add what they find outside the specs root
+    known_definitions = memo.definitions if memo is not None else None
+    definitions = _Definitions(source, listing, cache, issues, known_definitions, inside=read)
     declared_stages: set[tuple[str, str]] = set().union(*(result.stages for result in checked.values()))
     state = _resolve(typed, declared_apis, definitions, issues, declared_stages)
     if memo is not None:
         memo.definitions = definitions.seen
+        memo.resolved = len(typed)
     for path, items in unreadable.items():
         if path not in definitions.used:  # a definition is checked as one (10 MiB, any YAML), not as a spec file
             issues.items.extend(items)
     if issues.items:
         raise SpecError(issues.items, source.revision)
     state.revision = source.revision
+    if memo is not None:
+        results = {key[0]: result for key, result in checked.items()}
+        memo.index = _build_index(files, results, state, definitions, set(unreadable))
     return state
+
+
+def _incremental(
+    source: SpecSource,
+    files: dict[str, SourceFile],
+    read: list[SourceFile],
+    cache: MutableMapping[str, Any],
+    memo: SpecMemo,
+    index: _Index,
+) -> DesiredState:
+    """The desired state of ``source`` from ``index`` (a clean load's) and the files changed since.
+
+    Updates ``index`` in place; raises ``_Fallback`` (the caller drops the
+    index and loads in full) at anything that could make an issue, so that
+    errors are always worded, and ordered, by the full path.
+    """
+    changed = _changed_paths(index.files, files)
+    outside = _look_outside(source, index, files, changed)
+    spec_paths = sorted(p for p in changed if p.endswith(SPEC_SUFFIXES))
+    fresh = [files[p] for p in spec_paths if p in files]
+    _prefetch(source, cache, [f for f in fresh if f.mode != MODE_SYMLINK and (f.path, f.sha, f.mode) not in memo.files])
+    results: dict[str, _FileResult | None] = {}
+    for path in spec_paths:
+        entry = files.get(path)
+        if entry is None:
+            results[path] = None
+            continue
+        memo_key = (path, entry.sha, entry.mode)
+        result = memo.files.get(memo_key)
+        if result is None:
+            result = memo.files[memo_key] = _check_file(source, entry, cache)  # kept for the full path too
+        if result.read_issues or result.schema_issues:
+            raise _Fallback(f"{path} has issues")
+        results[path] = result
+    # uniqueness: a key added that another document still holds, or added twice, is a duplicate
+    removed: set[Key] = set()
+    for path in spec_paths:
+        old = index.results.get(path)
+        removed.update(_key(doc, spec) for doc, spec in (old.typed if old is not None else ()))
+    added: dict[Key, tuple[_Doc, Any]] = {}
+    for result in results.values():
+        for doc, spec in result.typed if result is not None else ():
+            key = _key(doc, spec)
+            if key in added or (key in index.owners and key not in removed):
+                raise _Fallback(f"duplicate {key}")
+            added[key] = (doc, spec)
+    for key in removed:
+        _remove_doc(index, key)
+    for key, (doc, spec) in added.items():
+        _add_doc(index, key, doc, spec)
+    touched = removed | added.keys()
+    for path in changed:  # a changed definition file: every document reading it resolves again
+        touched.update(index.readers.get(path, ()))
+    issues = _Issues()
+    definitions = _Definitions(source, {**files, **outside}, cache, issues, memo.definitions, inside=read)
+    state, count = index.state, 0
+    moved_apis: set[str] = set()
+    for key in [k for k in touched if k[0] == "RestApi"]:
+        before = state.apis.pop(key[1], None) if key not in index.owners else state.apis.get(key[1])
+        after = None
+        if key in index.owners:
+            doc, spec = index.owners[key]
+            after, count = _api(doc, spec, definitions), count + 1
+            if after is None:
+                raise _Fallback(f"{key} does not resolve")
+            state.apis[key[1]] = after
+        if before is None or after is None or before.definition != after.definition:
+            moved_apis.add(key[1])
+    for name in moved_apis:  # their stages resolve against the new definition (or fail without their API)
+        touched.update(index.stages_of.get(name, ()))
+    for key in [k for k in touched if k[0] == "Stage"]:
+        if key not in index.owners:
+            state.stages.pop((key[1], key[2]), None)
+            if (key[1], key[2]) in index.mapped:
+                raise _Fallback(f"{key} is mapped")
+            continue
+        doc, spec = index.owners[key]
+        stage, count = _memo_stage(doc, spec, state, set(), definitions, issues), count + 1
+        if stage is None:
+            raise _Fallback(f"{key} does not resolve")
+        state.stages[(key[1], key[2])] = stage
+    for key in [k for k in touched if k[0] in ("Alias", "BasePathMapping")]:
+        found = index.owners.get(key)
+        target: dict[Any, Any] = state.aliases if key[0] == "Alias" else state.mappings
+        if found is None:
+            target.pop(key[1:], None)
+            continue
+        doc, spec = found
+        count += 1
+        if doc.kind == "Alias":
+            target[key[1:]] = _alias(doc, spec)
+            continue
+        if (spec.api, spec.stage) not in state.stages:
+            raise _Fallback(f"{key} names a stage not in the specs")
+        bases = index.domains[spec.domain]
+        if NONE_BASE_PATH in bases and len(bases) > 1:
+            raise _Fallback(f"{spec.domain} maps its root and other paths")
+        target[key[1:]] = _mapping(doc, spec)
+    if issues.items:
+        raise _Fallback("issues")
+    index.unreadable = {path for path in index.unreadable if path not in changed}
+    if any(path not in index.readers for path in index.unreadable) or not _attribute(index, definitions.read):
+        raise _Fallback("a definition file no longer read, or one content at two paths")
+    index.outside = {
+        path: entry
+        for path, entry in {**outside, **{f.path: f for f in definitions.outside}}.items()
+        if path in index.readers
+    }
+    if sum(f.size for f in read) + sum(f.size for f in index.outside.values()) > MAX_COMMIT_BYTES:
+        raise _Fallback("over the commit budget")
+    _keep_order(index, spec_paths, results)
+    for path in spec_paths:
+        old_entry, result = index.files.get(path), results[path]
+        if old_entry is not None:
+            memo.files.pop((path, old_entry.sha, old_entry.mode), None)
+        if result is None:
+            index.results.pop(path, None)
+        else:
+            index.results[path] = result
+    index.files = files
+    _keep_definitions(memo, index, definitions)
+    memo.resolved = count
+    return DesiredState(
+        source.revision, dict(state.apis), dict(state.stages), dict(state.aliases), dict(state.mappings)
+    )
+
+
+def _changed_paths(before: dict[str, SourceFile], after: dict[str, SourceFile]) -> set[str]:
+    """Paths added, removed or changed (content or mode) between two listings: O(files) comparisons, no reads."""
+    changed: set[str] = set()
+    new = 0
+    for path, entry in after.items():
+        old = before.get(path)
+        if old is not entry and old != entry:
+            changed.add(path)
+            new += old is None
+    if len(after) - new != len(before):
+        changed.update(before.keys() - after.keys())
+    return changed
+
+
+def _look_outside(
+    source: SpecSource, index: _Index, files: dict[str, SourceFile], changed: set[str]
+) -> dict[str, SourceFile]:
+    """The definitions outside the specs root, looked up again (a commit can change them without a listed file
+    changing); one that changed counts as a changed path."""
+    lookup = getattr(source, "lookup", None)
+    found: dict[str, SourceFile] = {}
+    for path, old in index.outside.items():
+        if path in files or lookup is None:
+            raise _Fallback(f"{path} moved inside the specs root")
+        entry = lookup(path)
+        if entry != old:
+            changed.add(path)
+        if entry is not None:
+            found[path] = entry
+    return found
+
+
+def _keep_order(index: _Index, paths: list[str], results: dict[str, _FileResult | None]) -> None:
+    """Put the state's dicts in the order a cold load gives (file order, then document order), where the
+    changed files could have moved a key: a key new to its file, or keys of a file reordered."""
+    state = index.state
+    targets: tuple[tuple[str, dict[Any, Any]], ...] = (
+        ("RestApi", state.apis),
+        ("Stage", state.stages),
+        ("Alias", state.aliases),
+        ("BasePathMapping", state.mappings),
+    )
+    for kind, target in targets:
+        for path in paths:
+            old, new = index.results.get(path), results[path]
+            before = [_key(d, s) for d, s in old.typed if d.kind == kind] if old is not None else []
+            after = [_key(d, s) for d, s in new.typed if d.kind == kind] if new is not None else []
+            if after and [key for key in before if key in set(after)] != after:
+                break
+        else:
+            continue
+        merged = {**index.results, **{p: r for p, r in results.items() if r is not None}}
+        ordered: dict[Any, Any] = {}
+        for path in sorted(p for p in merged if results.get(p, merged[p]) is not None):
+            for doc, spec in merged[path].typed:
+                if doc.kind == kind:
+                    key = _key(doc, spec)
+                    name = key[1] if kind == "RestApi" else key[1:]
+                    ordered[name] = target[name]
+        target.clear()
+        target.update(ordered)
+
+
+def _keep_definitions(memo: SpecMemo, index: _Index, definitions: _Definitions) -> None:
+    """The parsed definitions the next load may need: those in use (dropped ones pruned now and then)."""
+    memo.definitions.update(definitions.seen)
+    if len(memo.definitions) > 2 * len(index.readers) + 32:
+        keys = set()
+        for path in index.readers:
+            entry = index.files.get(path) or index.outside.get(path)
+            if entry is not None:
+                keys.add(f"def:{CACHE_FORMAT}:{entry.sha}")
+        memo.definitions = {key: value for key, value in memo.definitions.items() if key in keys}
+
+
+def _spec_files(files: Iterable[SourceFile]) -> list[SourceFile]:
+    """The files a load reads as spec files (JSON is YAML), symlinks left out: what the commit budget counts."""
+    return [f for f in files if f.path.endswith(SPEC_SUFFIXES) and f.mode != MODE_SYMLINK]
+
+
+def _join(spec_file: str, reference: str) -> str:
+    """The repository path a reference in ``spec_file`` names (relative to the spec file's folder)."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(spec_file), reference))
 
 
 def _prefetch(source: SpecSource, cache: MutableMapping[str, Any], entries: list[SourceFile]) -> None:
@@ -858,6 +1234,67 @@ def _validate_schema(docs: list[_Doc], issues: _Issues) -> list[tuple[_Doc, Any]
     return typed
 
 
+def _key(doc: _Doc, spec: Any) -> tuple[str, ...]:
+    """What must be unique among a kind's documents: (kind, *its key in ``DesiredState``)."""
+    if doc.kind == "RestApi":
+        return ("RestApi", doc.name)
+    if doc.kind == "Stage":
+        return ("Stage", spec.api, doc.name)
+    if doc.kind == "Alias":
+        return ("Alias", spec.function, doc.name)
+    return ("BasePathMapping", spec.domain, spec.basePath)
+
+
+def _api(doc: _Doc, spec: RestApiSpec, definitions: _Definitions) -> DesiredApi | None:
+    definition = definitions.get(doc, "spec.definition", spec.definition)
+    if definition is None:
+        return None
+    return DesiredApi(doc.name, spec.description, definition, doc.at(""), doc.adopt, spec.settings())
+
+
+def _memo_stage(
+    doc: _Doc,
+    spec: StageSpec,
+    state: DesiredState,
+    declared_apis: set[str],
+    definitions: _Definitions,
+    issues: _Issues,
+) -> DesiredStage | None:
+    """``_stage``, or what it gave this document last time: when it reads no definition file of its own and
+    its API's definition is the one it was resolved against (it depends on nothing else)."""
+    api = state.apis.get(spec.api)
+    reusable = spec.definition is None and (spec.canary is None or spec.canary.definition is None)
+    if reusable and api is not None and doc.resolved is not None and doc.resolved[0] == api.definition:
+        stage: DesiredStage | None = doc.resolved[1]
+        return stage
+    before = len(issues.items)
+    stage = _stage(doc, spec, state, declared_apis, definitions, issues)
+    ok = reusable and api is not None and stage is not None and len(issues.items) == before
+    doc.resolved = (api.definition, stage) if ok and api is not None else None
+    return stage
+
+
+def _alias(doc: _Doc, spec: AliasSpec) -> DesiredAlias:
+    if doc.resolved is None:  # an alias depends on its own document only
+        routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
+        alias = DesiredAlias(
+            spec.function,
+            doc.name,
+            spec.description,
+            routing,
+            doc.at(""),
+            desired_rollout(spec.rollout),
+            adopt=doc.adopt,
+        )
+        doc.resolved = (None, alias)
+    resolved: DesiredAlias = doc.resolved[1]
+    return resolved
+
+
+def _mapping(doc: _Doc, spec: BasePathMappingSpec) -> DesiredBasePathMapping:
+    return DesiredBasePathMapping(spec.domain, spec.basePath, spec.api, spec.stage, doc.at(""), doc.adopt)
+
+
 def _resolve(
     typed: list[tuple[_Doc, Any]],
     declared_apis: set[str],
@@ -880,44 +1317,20 @@ def _resolve(
 
     for doc, spec in typed:
         if doc.kind == "RestApi" and unique(doc, ("RestApi", doc.name), f"RestApi {doc.name!r}"):
-            definition = definitions.get(doc, "spec.definition", spec.definition)
-            if definition is not None:
-                state.apis[doc.name] = DesiredApi(
-                    doc.name, spec.description, definition, doc.at(""), doc.adopt, spec.settings()
-                )
+            api = _api(doc, spec, definitions)
+            if api is not None:
+                state.apis[doc.name] = api
     for doc, spec in typed:
         if doc.kind == "Stage" and unique(
             doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"
         ):
-            api = state.apis.get(spec.api)
-            # a memoised document's stage, when it reads no definition file of its own and its API's
-            # definition is the one it was resolved against (it depends on nothing else)
-            reusable = spec.definition is None and (spec.canary is None or spec.canary.definition is None)
-            if reusable and api is not None and doc.resolved is not None and doc.resolved[0] == api.definition:
-                stage = doc.resolved[1]
-            else:
-                before = len(issues.items)
-                stage = _stage(doc, spec, state, declared_apis, definitions, issues)
-                ok = reusable and api is not None and stage is not None and len(issues.items) == before
-                doc.resolved = (api.definition, stage) if ok and api is not None else None
+            stage = _memo_stage(doc, spec, state, declared_apis, definitions, issues)
             if stage is not None:
                 state.stages[(stage.api, stage.name)] = stage
         elif doc.kind == "Alias" and unique(
             doc, ("Alias", spec.function, doc.name), f"alias {doc.name!r} of function {spec.function!r}"
         ):
-            if doc.resolved is None:  # an alias depends on its own document only
-                routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
-                alias = DesiredAlias(
-                    spec.function,
-                    doc.name,
-                    spec.description,
-                    routing,
-                    doc.at(""),
-                    desired_rollout(spec.rollout),
-                    adopt=doc.adopt,
-                )
-                doc.resolved = (None, alias)
-            state.aliases[(spec.function, doc.name)] = doc.resolved[1]
+            state.aliases[(spec.function, doc.name)] = _alias(doc, spec)
     _mappings(typed, state, declared_apis, declared_stages or set(), unique, issues)
     return state
 
@@ -955,9 +1368,7 @@ def _mappings(
                     f"(known: {known})",
                 )
             continue
-        state.mappings[key] = DesiredBasePathMapping(
-            spec.domain, spec.basePath, spec.api, spec.stage, doc.at(""), doc.adopt
-        )
+        state.mappings[key] = _mapping(doc, spec)
     _check_root_mappings(state, issues)
 
 
@@ -1068,6 +1479,7 @@ class _Definitions:
         cache: MutableMapping[str, Any],
         issues: _Issues,
         known: dict[str, list[Any]] | None = None,
+        inside: list[SourceFile] | None = None,
     ) -> None:
         self.source = source
         self.files = files
@@ -1077,9 +1489,8 @@ class _Definitions:
         self.seen: dict[str, list[Any]] = {}  # parsed or found by this load, for the next one
         self.by_sha: dict[str, Definition] = {}
         self.used: set[str] = set()  # paths that specs name as definitions
-        self.inside = [
-            f for f in files.values() if f.path.endswith((".yaml", ".yml", ".json")) and f.mode != MODE_SYMLINK
-        ]
+        self.read: dict[str, Definition] = {}  # path -> what it gave (a path shared by content: the first's)
+        self.inside = inside if inside is not None else _spec_files(files.values())
         self.outside: list[SourceFile] = []
 
     def get(self, doc: _Doc, path: str, reference: str) -> Definition | None:
@@ -1108,6 +1519,7 @@ class _Definitions:
         known = self.by_sha.get(sha)
         if known is None:
             known = self.by_sha[sha] = Definition(sha, body, resolved, frozenset(variables), text)
+        self.read[resolved] = known
         return known
 
     def _resolve_path(self, doc: _Doc, path: str, reference: str) -> str | None:
@@ -1115,7 +1527,7 @@ class _Definitions:
         if not reference or reference.startswith("/") or "\\" in reference or "\x00" in reference:
             self.issues.doc(doc, path, f"expected a relative path inside the repository, got {reference!r}")
             return None
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(doc.file), reference))
+        resolved = _join(doc.file, reference)
         if resolved.startswith("../") or resolved in ("..", "."):
             self.issues.doc(doc, path, f"{reference!r} leaves the repository; expected a path inside it")
             return None
