@@ -82,6 +82,7 @@ class ParseCache(MutableMapping[str, Any]):
                 self._key = _secret(self.state_dir)
                 db = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # no fsync per save: a lost save only costs a parse
                 db.executescript(SCHEMA)
                 self._db = db
             except (OSError, sqlite3.Error):
@@ -154,7 +155,7 @@ class ParseCache(MutableMapping[str, Any]):
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._new[key] = json.dumps(value, separators=(",", ":"))
+        self._new[key] = json.dumps(value, separators=(",", ":"), check_circular=False)  # parsed YAML: a tree
         self._used.add(key)
         self._absent.discard(key)
 
@@ -190,7 +191,8 @@ class ParseCache(MutableMapping[str, Any]):
                 "INSERT OR REPLACE INTO entries (key, value, mac, size, used) VALUES (?, ?, ?, ?, ?)",
                 [(k, v, self._mac(k, v), len(k) + len(v), generation) for k, v in self._new.items()],
             )
-            db.executemany("UPDATE entries SET used = ? WHERE key = ?", [(generation, k) for k in self._used])
+            stamped = [(generation, k) for k in self._used if k not in self._new]  # new ones are stamped above
+            db.executemany("UPDATE entries SET used = ? WHERE key = ?", stamped)
             db.execute("DELETE FROM entries WHERE used <= ?", (generation - KEEP_GENERATIONS,))
             total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
             if total > self.max_bytes:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import posixpath
 import re
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, Protocol, get_args
 
@@ -362,14 +362,14 @@ class Location:
 
     file: str
     line: int | None
-    fields: tuple[tuple[str, int], ...] = ()
+    fields: Mapping[str, int] = field(default_factory=dict, hash=False)  # the document's own, shared, never changed
 
     def __str__(self) -> str:
         return self.file if self.line is None else f"{self.file}:{self.line}"
 
     def line_of(self, path: str) -> int | None:
         """The line of the dotted field ``path``, else of its nearest recorded parent, else the document's."""
-        lines = dict(self.fields)
+        lines = self.fields
         while path:
             if path in lines:
                 return lines[path]
@@ -561,7 +561,6 @@ class _Doc:
     lines: Lines
     line: int
     adopt: bool = False
-    _sorted_lines: tuple[tuple[str, int], ...] | None = field(default=None, compare=False, repr=False)
     # what _resolve made of it last time, and the API definition that was against (memoised documents only)
     resolved: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)
 
@@ -574,9 +573,7 @@ class _Doc:
         return self.line
 
     def at(self, path: str) -> Location:
-        if self._sorted_lines is None:  # once per document: memoised documents keep it across loads
-            self._sorted_lines = tuple(self.lines.items())  # in document order (``line_of`` looks fields up)
-        return Location(self.file, self.line_of(path), self._sorted_lines)
+        return Location(self.file, self.line_of(path), self.lines)  # the lines themselves: no copy per resource
 
 
 class _Issues:
