@@ -11,7 +11,14 @@ process (Python start-up included) with its peak RSS:
   ``apply`` (commit, then plan + apply + tag in one command).
 
 Each size is measured ``--runs`` times (default 3) on a fresh repository and
-the median of each line is printed.
+the median of each line is printed: wall time, and CPU time (user + sys of the
+process and the git processes it waited for, from ``wait4``), which the load of
+a shared machine distorts less, each beside the floor's.
+
+The package's bytecode is compiled first, as ``pip install`` and the container
+image have it: with ``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__``
+(a development checkout), every measured process would compile reconciler's
+modules from source (≈0.1 s of a cold ``validate``), which no installed copy does.
 
 ``--daemon`` measures the daemon instead: the real ``reconciler run`` on the
 N-resource repository (default N = 5000) and, in the same run, the floor of
@@ -27,6 +34,7 @@ Usage: python bench/scale.py [N ...] [--runs 3]   (default N: 500 5000)
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import random
 import shutil
@@ -49,11 +57,11 @@ ALIASES_PER_FUNCTION = 10
 
 FLOOR = """
 import sys, time, pathlib, yaml
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 docs = 0
 for path in sorted(pathlib.Path(sys.argv[1]).rglob("*.yaml")):
     docs += sum(1 for _ in yaml.load_all(path.read_text("utf-8"), Loader=yaml.CSafeLoader))
-print(docs, time.perf_counter() - start)
+print(docs, time.perf_counter() - start, time.process_time() - cpu)
 """
 
 
@@ -100,8 +108,9 @@ def generate(repo: Path, n: int) -> None:
     git(repo, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "generated specs")
 
 
-def measured(argv: list[str], cwd: Path) -> tuple[float, float, int, str]:
-    """Wall seconds, the child's own peak RSS in MB (via wait4), exit code, output."""
+def measured(argv: list[str], cwd: Path) -> tuple[float, float, float, int, str]:
+    """Wall seconds, CPU seconds (user + sys, with its waited-for children), the child's own peak RSS in MB
+    (via wait4), exit code, output."""
     start = time.perf_counter()
     # one pipe for both: reading stdout to its end while the child blocks on a full stderr pipe would hang
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -111,7 +120,8 @@ def measured(argv: list[str], cwd: Path) -> tuple[float, float, int, str]:
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, proc.returncode, (out + err).decode()
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, proc.returncode, (out + err).decode()
 
 
 def prepare(root: Path, n: int) -> tuple[Path, Path]:
@@ -135,24 +145,24 @@ def commit_alias_change(repo: Path, n: int, k: int) -> tuple[str, float]:
     return git(repo, "rev-parse", "HEAD"), done
 
 
-def bench(n: int) -> dict[str, tuple[float, float]]:
+def bench(n: int) -> dict[str, tuple[float, float, float]]:
     root = Path(tempfile.mkdtemp(prefix=f"reconciler-bench-{n}-"))
-    results: dict[str, tuple[float, float]] = {}
+    results: dict[str, tuple[float, float, float]] = {}
     try:
         repo, state = prepare(root, n)
         cli = [sys.executable, "-m", "reconciler"]
         common = ["--repo", str(repo), "--state-dir", str(state)]
 
-        wall, rss, _code, out = measured([sys.executable, "-c", FLOOR, str(repo / "deploy_specs")], repo)
-        floor_inner = float(out.split()[1])
-        results["floor: read + parse YAML (process)"] = (wall, rss)
-        results["floor: read + parse YAML (in-process)"] = (floor_inner, rss)
+        wall, cpu, rss, _code, out = measured([sys.executable, "-c", FLOOR, str(repo / "deploy_specs")], repo)
+        floor_inner, floor_inner_cpu = (float(word) for word in out.split()[1:3])
+        results["floor: read + parse YAML (process)"] = (wall, cpu, rss)
+        results["floor: read + parse YAML (in-process)"] = (floor_inner, floor_inner_cpu, rss)
 
         def step(name: str, *args: str, expect: tuple[int, ...] = (0,)) -> None:
-            wall, rss, code, out = measured([*cli, *args, *common], repo)
+            wall, cpu, rss, code, out = measured([*cli, *args, *common], repo)
             if code not in expect:
                 raise SystemExit(f"{name} failed ({code}):\n{out[-2000:]}")
-            results[name] = (wall, rss)
+            results[name] = (wall, cpu, rss)
 
         step("validate (cold cache)", "validate")
         step("validate (warm cache)", "validate")
@@ -175,12 +185,12 @@ def cli_mode(sizes: list[int], runs: int) -> None:
     for n in sizes:
         every = [bench(n) for _ in range(runs)]
         print(f"\nN = {n} ({n} stages + {n} aliases = {2 * n} resources), median of {runs} runs")
-        print(f"{'step':<40} {'wall s':>8} {'x floor':>8} {'peak RSS MB':>12}")
+        print(f"{'step':<40} {'wall s':>8} {'x floor':>8} {'CPU s':>8} {'x floor':>8} {'peak RSS MB':>12}")
         floor = statistics.median(r["floor: read + parse YAML (process)"][0] for r in every)
+        floor_cpu = statistics.median(r["floor: read + parse YAML (process)"][1] for r in every)
         for name in every[0]:
-            wall = statistics.median(r[name][0] for r in every)
-            rss = statistics.median(r[name][1] for r in every)
-            print(f"{name:<40} {wall:>8.3f} {wall / floor:>8.2f} {rss:>12.1f}")
+            wall, cpu, rss = (statistics.median(r[name][i] for r in every) for i in range(3))
+            print(f"{name:<40} {wall:>8.3f} {wall / floor:>8.2f} {cpu:>8.3f} {cpu / floor_cpu:>8.2f} {rss:>12.1f}")
 
 
 def daemon_run(n: int, commits: int) -> dict[str, list[float]]:
@@ -240,6 +250,13 @@ def daemon_mode(n: int, runs: int, commits: int) -> None:
     print(f"ratio p50 daemon / p50 floor: {ratio:.1f}  (targets: p50 <= 300 ms, p95 <= 500 ms)")
 
 
+def compile_package() -> None:
+    """Write the bytecode of the package the measured processes import (see the module's docstring)."""
+    where = "import os, reconciler; print(os.path.dirname(reconciler.__file__))"
+    found = subprocess.run([sys.executable, "-c", where], cwd=tempfile.gettempdir(), capture_output=True, text=True)
+    compileall.compile_dir(found.stdout.strip(), quiet=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("sizes", nargs="*", type=int, help="N (stages, and as many aliases)")
@@ -247,6 +264,7 @@ def main() -> None:
     parser.add_argument("--daemon", action="store_true", help="measure the daemon: one-alias commit -> applied")
     parser.add_argument("--commits", type=int, default=20, help="--daemon: commits per run")
     args = parser.parse_args()
+    compile_package()
     if args.daemon:
         for n in args.sizes or [5000]:
             daemon_mode(n, args.runs, args.commits)
