@@ -918,7 +918,7 @@ def _incremental(
                 raise _Fallback(f"{key} is mapped")
             continue
         doc, spec = index.owners[key]
-        stage, count = _memo_stage(doc, spec, state, set(), definitions, issues), count + 1
+        stage, count = _stage(doc, spec, state, set(), definitions, issues), count + 1
         if stage is None:
             raise _Fallback(f"{key} does not resolve")
         state.stages[(key[1], key[2])] = stage
@@ -1249,28 +1249,6 @@ def _api(doc: _Doc, spec: RestApiSpec, definitions: _Definitions) -> DesiredApi 
     return DesiredApi(doc.name, spec.description, definition, doc.at(""), doc.adopt, spec.settings())
 
 
-def _memo_stage(
-    doc: _Doc,
-    spec: StageSpec,
-    state: DesiredState,
-    declared_apis: set[str],
-    definitions: _Definitions,
-    issues: _Issues,
-) -> DesiredStage | None:
-    """``_stage``, or what it gave this document last time: when it reads no definition file of its own and
-    its API's definition is the one it was resolved against (it depends on nothing else)."""
-    api = state.apis.get(spec.api)
-    reusable = spec.definition is None and (spec.canary is None or spec.canary.definition is None)
-    if reusable and api is not None and doc.resolved is not None and doc.resolved[0] == api.definition:
-        stage: DesiredStage | None = doc.resolved[1]
-        return stage
-    before = len(issues.items)
-    stage = _stage(doc, spec, state, declared_apis, definitions, issues)
-    ok = reusable and api is not None and stage is not None and len(issues.items) == before
-    doc.resolved = (api.definition, stage) if ok and api is not None else None
-    return stage
-
-
 def _alias(doc: _Doc, spec: AliasSpec) -> DesiredAlias:
     if doc.resolved is None:  # an alias depends on its own document only
         routing = {version: normalize_percent(p) for version, p in spec.routing.items()}
@@ -1321,7 +1299,7 @@ def _resolve(
         if doc.kind == "Stage" and unique(
             doc, ("Stage", spec.api, doc.name), f"stage {doc.name!r} of API {spec.api!r}"
         ):
-            stage = _memo_stage(doc, spec, state, declared_apis, definitions, issues)
+            stage = _stage(doc, spec, state, declared_apis, definitions, issues)
             if stage is not None:
                 state.stages[(stage.api, stage.name)] = stage
         elif doc.kind == "Alias" and unique(
@@ -1394,6 +1372,8 @@ def _stage(
     definitions: _Definitions,
     issues: _Issues,
 ) -> DesiredStage | None:
+    """The stage of ``doc``; a memoised document's from last time when it reads no definition file of its own
+    and its API's definition is the one it was resolved against (it depends on nothing else)."""
     api = state.apis.get(spec.api)
     if api is None:
         if spec.api in declared_apis:
@@ -1401,7 +1381,21 @@ def _stage(
         known = ", ".join(sorted(state.apis)) or "none"
         issues.doc(doc, "spec.api", f"expected the name of a RestApi in the specs, got {spec.api!r} (known: {known})")
         return None
-    definition = api.definition
+    reusable = spec.definition is None and (spec.canary is None or spec.canary.definition is None)
+    if reusable and doc.resolved is not None and doc.resolved[0] == api.definition:
+        kept: DesiredStage = doc.resolved[1]
+        return kept
+    before = len(issues.items)
+    stage = _resolve_stage(doc, spec, api.definition, definitions, issues)
+    ok = reusable and stage is not None and len(issues.items) == before
+    doc.resolved = (api.definition, stage) if ok else None
+    return stage
+
+
+def _resolve_stage(
+    doc: _Doc, spec: StageSpec, definition: Definition, definitions: _Definitions, issues: _Issues
+) -> DesiredStage | None:
+    """A stage of an API whose definition is ``definition`` (the stage's unless it names its own)."""
     if spec.definition is not None:
         pinned = definitions.get(doc, "spec.definition", spec.definition)
         if pinned is None:
