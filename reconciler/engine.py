@@ -60,16 +60,16 @@ from reconciler.model import (
     PlanWarning,
     UpdateApi,
     UpdateStage,
-    percent_json,
 )
-from reconciler.plan import Plan, canary_json, make_plan, routing_json
+from reconciler.plan import Plan, make_plan
 from reconciler.reader import Config as Config  # re-exported: the engine's callers name it here
 from reconciler.reader import SpecReader, gc_paused
 from reconciler.records import RecordStore
 from reconciler.rollout import COMMANDS, Event, RolloutState
 from reconciler.rollouts import analyses, load_states, save_states, shape
-from reconciler.specs import NONE_BASE_PATH, DesiredState
+from reconciler.specs import DesiredState
 from reconciler.state import InstanceRecord, Pin
+from reconciler.statusview import resources_json, status_json
 
 log = structlog.get_logger("reconciler.engine")
 TAG_ACTIONS_LISTED = 1000  # a tag message lists at most this many actions (and always the count)
@@ -183,62 +183,6 @@ def make_backend(config: Config, state_dir: Path, on_wait: WaitHook | None = Non
     raise StateError(f"unknown backend {config.backend!r}; expected local or aws")
 
 
-SYNC_VERDICTS = ("synced", "out_of_sync", "progressing", "pinned", "failed")
-
-
-@dataclass(frozen=True)
-class SyncVerdict:
-    sync: str  # one of SYNC_VERDICTS
-    reason: str  # one line for people, short SHAs with their applied tags
-
-
-def sync_verdict(
-    record: InstanceRecord,
-    target: str | None,
-    head: str | None,
-    branch: str,
-    live_changes: int | None,
-    rollout: str | None,
-    tags: dict[str, str],
-) -> SyncVerdict:
-    """DESIGN §13's verdict, first match wins: failed (the last pass failed), progressing (a rollout under
-    way), pinned, out_of_sync (the target is not what is applied, or live state drifted), synced.
-
-    ``live_changes`` counts the actions that would bring live state to ``target`` (None: not known).
-    """
-
-    def named(revision: str | None) -> str:
-        if revision is None:
-            return "(none)"
-        tag = tags.get(revision)
-        return f"{revision[:12]} ({tag})" if tag else revision[:12]
-
-    drift = f"; live state differs from it in {live_changes} place{'s' if live_changes != 1 else ''}"
-    drifted = drift if live_changes else ""
-    if record.last_error:
-        return SyncVerdict(
-            "failed", f"the last pass, at {named(record.attempted_revision)}, failed: {record.last_error}"
-        )
-    if rollout:
-        return SyncVerdict("progressing", rollout)
-    if record.pinned is not None:
-        where = f"; {branch} is at {named(head)}" if head and head != record.pinned.revision else ""
-        state = "applied" if record.applied_revision == record.pinned.revision else "not applied yet"
-        return SyncVerdict(
-            "pinned",
-            f"to {named(record.pinned.revision)}, {state}{drifted}{where}; `reconciler resume` follows {branch} again",
-        )
-    if target is None:
-        return SyncVerdict("out_of_sync", f"{branch} cannot be read")
-    if record.applied_revision is None:
-        return SyncVerdict("out_of_sync", f"nothing applied yet; {branch} is at {named(target)}")
-    if record.applied_revision != target:
-        return SyncVerdict(
-            "out_of_sync", f"{branch} is at {named(target)}; applied is {named(record.applied_revision)}"
-        )
-    if live_changes:
-        return SyncVerdict("out_of_sync", f"{named(target)}, the head of {branch}, is applied{drift} (drift)")
-    return SyncVerdict("synced", f"{named(target)}, the head of {branch}, is applied and live")
 
 
 def _now() -> str:
@@ -793,10 +737,9 @@ class Engine(SpecReader):
         return self.records.update(self.instance, unpin)
 
     def status(self, known: DesiredState | None = None) -> dict[str, Any]:
-        """Live state and the instance record; ``desired_revision`` is what the next pass applies (the pin,
-        else the branch head), ``sync`` the verdict of DESIGN §13 and ``sync_reason`` why.  ``known``: a
-        desired state already loaded (the daemon's last), used when it is the applied revision's, so that
-        answering reads no specs."""
+        """Live state and the instance record (``statusview.status_json``, the document ``/status`` shows too).
+        ``known``: a desired state already loaded, used when it is the applied revision's, so that answering
+        reads no specs."""
         record = self.record()
         try:
             head: str | None = self.head()
@@ -812,84 +755,16 @@ class Engine(SpecReader):
             live = self.backend.read(desired)
         except BackendError as exc:  # e.g. no credentials: the record still says what happened
             live, live_error = LiveState(), str(exc)
-        verdict = sync_verdict(
-            record,
-            target,
-            head,
-            self._branch or "the branch",
-            None if live_error else self._live_changes(record, target, desired, live),
-            self.rollout_under_way(record),
-            {tag.revision: tag.name for tag in reversed(self.history())},
-        )
-        return {
-            "instance": self.instance,
-            "backend": self.config.backend,
-            "branch": self._branch,
-            "sync": verdict.sync,
-            "sync_reason": verdict.reason,
-            "desired_revision": target,
-            "branch_head": head,
-            "applied_revision": record.applied_revision,
-            "attempted_revision": record.attempted_revision,
-            "applied_at": record.applied_at,
-            "pinned": None
-            if record.pinned is None
-            else {
-                "revision": record.pinned.revision,
-                "tag": record.pinned.tag,
-                "pinned_at": record.pinned.pinned_at,
-            },
-            "last_error": record.last_error,
-            "live_error": live_error,
-            "rollouts": {r: state.view() for r, state in sorted(load_states(record.extra).items())},
-            "apis": {
-                name: {"id": a.id, "endpointType": a.endpoint_type, "tags": a.tags, "url": a.url}
-                for name, a in sorted(live.apis.items())
-            },
-            "stages": {
-                f"{api}/{name}": {
-                    "deployment_id": s.deployment_id,
-                    "definition_sha256": s.definition_sha256,
-                    "variables": s.variables,
-                    "canary": None
-                    if s.canary is None
-                    else {
-                        **(canary_json(s.canary) or {}),
-                        "percentTraffic": float(s.canary.percent_traffic),
-                        "deployment_id": s.canary.deployment_id,
-                    },
-                    "url": s.url,
-                    "managed": s.managed,
-                    **(s.settings.as_json() if s.settings is not None else {}),
-                }
-                for (api, name), s in sorted(live.stages.items())
-            },
-            "aliases": {
-                f"{function}/{name}": {"routing": routing_json(a.routing), "managed": a.managed}
-                for (function, name), a in sorted(live.aliases.items())
-            },
-            "basePathMappings": {
-                f"{domain}/{base_path}": {
-                    "api": m.api,
-                    "restApiId": m.rest_api_id,
-                    "stage": m.stage,
-                    "url": f"https://{domain}/" + ("" if base_path == NONE_BASE_PATH else base_path),
-                    "managed": m.managed,
-                }
-                for (domain, base_path), m in sorted(live.mappings.items())
-            },
-        }
-
-    @staticmethod
-    def rollout_under_way(record: InstanceRecord) -> str | None:
-        """What the rollouts in flight are doing ("Alias/orders-handler/prod at step 2 of 4, 10 %"), else None:
-        the ``progressing`` verdict."""
-        active = [(resource, state) for resource, state in sorted(load_states(record.extra).items()) if state.active]
-        if not active:
-            return None
-        return "; ".join(
-            f"{resource} at step {state.shown_step} of {state.steps}, {percent_json(state.weight)} %"
-            for resource, state in active
+        return status_json(
+            instance=self.instance,
+            backend=self.config.backend,
+            branch=self._branch,
+            record=record,
+            head=head,
+            live_changes=None if live_error else self._live_changes(record, target, desired, live),
+            live_error=live_error,
+            tags={tag.revision: tag.name for tag in reversed(self.history())},
+            resources=resources_json(live),
         )
 
     def _live_changes(

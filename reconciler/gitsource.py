@@ -454,6 +454,19 @@ class GitRepo:
                 raise self._no_commits() from None
             raise GitError(f"branch {branch!r} does not exist in {self.root}; expected --branch to name one") from None
 
+    def branch_ref(self, branch: str) -> str | None:
+        """The commit id the branch's ref names (``refs/heads/``, else ``origin``'s), None if neither exists.
+
+        Read from the ref files alone (no object read, no git process), so another thread may call it beside
+        the one using this repository (the daemon's ``/status`` beside its worker).
+        """
+        for ref in (f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"):
+            try:
+                return str(git.SymbolicReference.dereference_recursive(self.repo, ref))
+            except (ValueError, TypeError, OSError):
+                continue
+        return None
+
     def _commit_id(self, rev: str) -> str:
         """The id of the commit ``rev`` names (checked to be one, once per id)."""
         sha = str(self.repo.commit(rev).hexsha)
@@ -787,6 +800,30 @@ class GitRepo:
             tags.append(AppliedTag(name, instance, int(match["n"]), revision, message, date or None, made_here))
         tags.sort(key=lambda t: t.number, reverse=True)
         return tags
+
+    def tag_revision(self, name: str) -> str | None:
+        """The commit the tag ``name`` points at, read in-process (no git process); None if there is no such tag."""
+        try:
+            sha = str(git.SymbolicReference.dereference_recursive(self.repo, f"refs/tags/{name}"))
+            kind, data = self._object(bytes.fromhex(sha))
+        except (ValueError, TypeError, OSError, BadName, GitCommandError):
+            return None
+        if kind == b"tag" and data.startswith(b"object "):
+            return data[7:47].decode("ascii", "replace")
+        return sha if kind == b"commit" else None
+
+    def applied_tags_stamp(self, instance: str) -> tuple[int, ...]:
+        """Changes whenever an ``applied/<instance>/*`` ref is added or removed (its folder's and packed-refs'
+        modification times): one ``stat`` each, so a caller can tell cheaply that its list is out of date."""
+        stamps: list[int] = []
+        for path in (self.common_dir / "refs" / "tags" / TAG_PREFIX / instance, self.common_dir / "packed-refs"):
+            try:
+                info = os.stat(path)
+            except OSError:
+                stamps += [0, 0]
+                continue
+            stamps += [info.st_mtime_ns, info.st_ino]
+        return tuple(stamps)
 
     def tags_on(self, instance: str, head: str) -> set[str]:
         """Names of ``instance``'s applied tags whose commit ``head`` contains (one ``for-each-ref --merged``)."""

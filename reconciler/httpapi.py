@@ -1,7 +1,7 @@
 """The daemon's HTTP endpoints, served by uvicorn from a thread of its own; started and stopped by ``daemon.py``.
 
 ``GET /healthz`` (alive), ``GET /readyz`` (able to apply), ``GET /metrics``
-(Prometheus), ``GET /status`` (the ``status`` JSON plus ``role``) and
+(Prometheus), ``GET /status`` (the ``status`` JSON plus ``role``, its live part pre-rendered) and
 ``POST /hooks/git`` (a verified webhook triggers a fetch; the payload is never
 read for content).
 
@@ -67,7 +67,7 @@ class DaemonView(Protocol):
     def health_problem(self) -> str | None: ...
     def ready(self) -> bool: ...
     def not_ready_reason(self) -> str | None: ...
-    def status(self) -> dict[str, Any]: ...
+    def status_body(self) -> bytes: ...
     def metrics_text(self) -> tuple[bytes, str]: ...
     def webhook(self) -> bool: ...
     def webhook_rejected(self) -> None: ...
@@ -251,7 +251,7 @@ class App:
             await _respond(send, 200, body, content_type)
         elif path == "/status":
             try:
-                await _json(send, 200, await _off_loop(view.status))
+                await _respond(send, 200, await _off_loop(view.status_body), "application/json")
             except ReconcilerError as exc:  # e.g. not cloned yet, backend unreachable
                 await _json(send, 503, {"error": str(exc)})
             except Exception as exc:  # a status read must never take the server down

@@ -1,27 +1,31 @@
 """What the daemon's HTTP endpoints read and call (``httpapi.DaemonView``): health, ``/status``, webhooks.
 
 Built by ``daemon.py`` over the worker (what the passes found) and the
-trigger sources (a webhook fires ``WEBHOOK``).  ``/status`` reads through an
-engine of its own (never the worker's, which may be in a pass), reusing the
-worker's validated specs and, on AWS, a backend read for ``STATUS_TTL``
-seconds between passes.
+trigger sources (a webhook fires ``WEBHOOK``).  ``/status`` builds no engine
+and reads neither the backend nor the specs: per request it reads the
+instance record (so a pin made by the CLI shows at once) and the branch's ref
+file, and combines them with the worker's last ``StatusSnapshot`` (live state,
+drift and tag names as the last pass left them), whose live part is rendered
+once and then reused: a request costs the same whatever the size of the specs.
+While a pass runs, the revisions and error are the snapshot's record's (its
+live state's moment), with the pin and the attempted revision read afresh.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+from dataclasses import replace
 from typing import Any
 
-from reconciler.engine import Config, Engine
+from reconciler.engine import Config
 from reconciler.errors import GitError
-from reconciler.gitsource import GitRepo
 from reconciler.lease import Elector
 from reconciler.metrics import Metrics
+from reconciler.statusview import RESOURCE_KEYS, dumps_status, status_json
 from reconciler.triggers import WEBHOOK, TriggerSources
 from reconciler.worker import Worker
 
-STATUS_TTL = {"aws": 2.0}  # seconds /status reuses a backend read between passes (AWS reads count against quotas)
+NOT_COMPARED_YET = "live state not compared with it yet (the daemon's first pass is under way)"
+NOT_COMPARED = "live state not compared with it since (the daemon's next pass does)"
 
 
 class HttpView:
@@ -35,9 +39,6 @@ class HttpView:
         self.sources = sources
         self.metrics = metrics
         self.elector = elector
-        self._status_engine: Engine | None = None
-        self._status_lock = threading.Lock()
-        self._status_cache: tuple[float, int, dict[str, Any]] | None = None  # aws: (when, after pass, the answer)
 
     def healthy(self) -> bool:
         return self.health_problem() is None
@@ -62,27 +63,59 @@ class HttpView:
         self.metrics.webhooks.labels("rejected").inc()
 
     def status(self) -> dict[str, Any]:
-        worker = self.worker
-        with self._status_lock:
-            if self._status_engine is None:
-                if worker.engine is None:
-                    raise GitError("the repository has not been cloned yet")
-                repo = GitRepo(worker.engine.repo.git_dir if worker.remote else self.config.repo)
-                self._status_engine = Engine(self.config, repo=repo)
-            now, passes = time.monotonic(), worker.passes_done
-            cache = self._status_cache
-            if cache is not None and cache[1] == passes and now - cache[0] < STATUS_TTL.get(self.config.backend, 0):
-                data = dict(cache[2])
-            else:
-                known = worker.engine.last_desired if worker.engine is not None else None
-                data = self._status_engine.status(known)  # the worker's specs: /status validates none itself
-                self._status_cache = (now, passes, dict(data))
-        data["role"] = worker.role()
-        data["daemon"] = worker.view()
-        if self.elector is not None:
-            data["lease"] = self.elector.view()
+        """The ``/status`` document as data (the live part built once per snapshot, shared)."""
+        data, _ = self._status()
         return data
 
+    def status_body(self) -> bytes:
+        """The ``/status`` document as the JSON bytes served: the live part spliced in as rendered once."""
+        data, dumped = self._status()
+        return dumps_status(data, dumped)
+
+    def _status(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        worker = self.worker
+        engine = worker.engine
+        if engine is None:
+            raise GitError("the repository has not been cloned yet")
+        before = (worker.passes_started, worker.passes_ended)
+        snapshot = worker.snapshot  # read once: the worker replaces it, never changes it
+        record = engine.records.load(self.config.instance)
+        idle = before[0] == before[1] and before == (worker.passes_started, worker.passes_ended)
+        if not idle and snapshot is not None and snapshot.record is not None:
+            # a pass ran meanwhile: its record may say "applied" before its live state is published; show the
+            # record of the snapshot, with what a pass does not own (the pin) and the revision it attempts now
+            record = replace(snapshot.record, pinned=record.pinned, attempted_revision=record.attempted_revision)
+        branch = self.config.branch or engine.branch
+        head = engine.repo.branch_ref(branch)
+        target = record.pinned.revision if record.pinned else head
+        if snapshot is None:
+            unknown: str | None = NOT_COMPARED_YET
+        elif snapshot.revision is None or snapshot.revision != target:
+            unknown = NOT_COMPARED
+        else:
+            unknown = None if snapshot.live_changes is not None else NOT_COMPARED
+        compared = unknown is None and target == record.applied_revision  # as ``Engine.status`` counts drift
+        data = status_json(
+            instance=self.config.instance,
+            backend=self.config.backend,
+            branch=branch,
+            record=record,
+            head=head,
+            live_changes=snapshot.live_changes if compared and snapshot is not None else None,
+            live_error=snapshot.live_error if snapshot is not None else None,
+            tags=snapshot.tags if snapshot is not None else {},
+            resources=snapshot.view.resources if snapshot is not None else {key: {} for key in RESOURCE_KEYS},
+            unknown=unknown,
+        )
+        data["role"] = worker.role()
+        data["daemon"] = {
+            **worker.view(),
+            "live_checked_at": snapshot.checked_at if snapshot is not None else None,
+            "live_checked_revision": snapshot.revision if snapshot is not None else None,
+        }
+        if self.elector is not None:
+            data["lease"] = self.elector.view()
+        return data, snapshot.view.dumped if snapshot is not None else {}
+
     def close(self) -> None:
-        if self._status_engine is not None:
-            self._status_engine.close()
+        return None

@@ -7,33 +7,41 @@ then observe the result: metrics, notifications, readiness, a retry with
 backoff for a temporary error, the wake-up for a rollout's next step, and the
 applied tags to push (``TagPusher``, with ``--push-tags``).  Passes never
 overlap: every git and engine call of the daemon happens on this thread.
+After each pass it publishes what ``/status`` shows of live state
+(``statusview.StatusSnapshot``), so that answering reads no backend and no specs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
+from reconciler.backends.base import KeptState
 from reconciler.daemonconfig import DaemonConfig
 from reconciler.engine import ActionDone, Config, Engine, ReconcileResult
-from reconciler.errors import GitError, ReconcilerError, StateError, UnverifiedCommitError
+from reconciler.errors import BackendError, GitError, ReconcilerError, StateError, UnverifiedCommitError
 from reconciler.events import Applying, Outcome, PinSeen, action_pairs, initial_state, notice_of, state_json
-from reconciler.gitsource import TagTakenError, redact
+from reconciler.gitsource import GitRepo, TagTakenError, redact
 from reconciler.lease import Elector
 from reconciler.metrics import Metrics
+from reconciler.model import LiveState
 from reconciler.notify import RESULTS as NOTIFY_RESULTS
 from reconciler.notify import Notifier, NotifyConfig, make_notifier
+from reconciler.plan import Plan
+from reconciler.specs import DesiredState
 from reconciler.state import InstanceRecord, StateDir
 from reconciler.statewatch import StateWatch
+from reconciler.statusview import LiveView, StatusSnapshot
 from reconciler.stores import make_record_store
 from reconciler.triggers import FETCHING, LEADER, NEWS, RETRY, ROLLOUT, STARTUP, TriggerSources
 
@@ -87,12 +95,17 @@ class Worker:
         self._failures = 0
         self._beat = time.monotonic()  # the worker's last sign of progress (a pass started, an action done, a fetch)
         self._busy = False  # the worker is in a pass
+        self.passes_started = self.passes_ended = 0  # equal while no pass runs (/status: a seqlock on the record)
         self._not_ready: str | None = "no pass has reached the backend yet"
         self._last_target: str | None = None  # what the last pass settled on or is retrying
         self._rollouts_under_way = False  # then every trigger (a promote in the record too) makes a pass
         self._drift: list[str] = []
         self._unverified: set[str] = set()  # commits counted in reconciler_unverified_commits_total
-        self.passes_done = 0  # passes that held the writer lock (what they did may change what /status reads)
+        self.snapshot: StatusSnapshot | None = None  # what /status shows of live state (None: no pass yet)
+        self._tag_names = TagNames(config.instance)
+        self._made: str | None = None  # the applied tag this pass made
+        self._checked: tuple[str, LiveState, int] | None = None  # this pass's drift check: revision, live, actions
+        self._standby_checked: str | None = None  # the revision a standby's snapshot compared live state with
         self.tags = TagPusher(config.instance, metrics, settings.push_tags and self.remote, self.leading)
         self.notifier = self._make_notifier(
             NotifyConfig(tuple(settings.notify), settings.github_api_url, settings.status_url)
@@ -121,6 +134,7 @@ class Worker:
         while (reasons := self.sources.triggers.take()) is not None:
             structlog.contextvars.bind_contextvars(trigger=",".join(sorted(reasons)))
             self._busy, self._beat = True, time.monotonic()
+            self.passes_started += 1
             try:
                 self._pass(reasons)
             except Exception as exc:  # the daemon outlives any bug in a pass; retry it later
@@ -132,6 +146,7 @@ class Worker:
                     log.error("retry_failed", error=str(worse))
             finally:
                 self._busy = False
+                self.passes_ended += 1
                 structlog.contextvars.clear_contextvars()
             if not frozen:  # start-up is over (modules, caches, the first desired state): keep them out of gc
                 gc.collect()
@@ -165,11 +180,14 @@ class Worker:
         return 0 if result.error is None else result.error.exit_code
 
     def _pass(self, reasons: set[str]) -> None:
+        if self.engine is not None:
+            self._tag_names.before_pass(self.engine.repo)
         engine = self._prepare(reasons)
         if engine is None:
             return
         if not self.leading():
-            self._follow(engine)
+            self._follow(engine, reasons)
+            self._publish_tags(engine)
             return
         if self._state_replaced():
             return
@@ -183,9 +201,9 @@ class Worker:
                 return
             self._locked_pass(engine, reasons)
             self._remember_notified(engine)
+            self._publish_tags(engine)
         if self.state_watch is not None:
             self.state_watch.note()  # files the pass made (the local backend's database)
-        self.passes_done += 1  # whatever the pass did, /status reads afresh
 
     def _locked_pass(self, engine: Engine, reasons: set[str]) -> None:
         target = _target(engine)
@@ -195,15 +213,18 @@ class Worker:
         if reasons <= NEWS and target is not None and target == self._last_target and not self._rollouts_under_way:
             log.debug("no_new_revision", revision=target)  # a retry, if one is due, is already scheduled
             return
+        self._checked = None
         if target is not None and target == previous and not self._drifted(engine, target):
+            self._publish_checked(engine)  # in sync (or drift only reported): what the drift check saw
             return
         if not self.leading():  # lost the lease while planning for drift
             return
         result = self._reconcile(engine, target, touched_only=reasons <= NEWS)  # resync, retry: a whole read
+        self._publish_result(engine, result)
         self._observe(engine, result, previous, reasons)
         self.tags.push(self.engine)
 
-    def _follow(self, engine: Engine) -> None:
+    def _follow(self, engine: Engine, reasons: set[str]) -> None:
         """A standby's pass: the branch is fetched (for a URL) and nothing is applied; ready to take over."""
         self._last_target = None  # whatever this replica applied before, the leader may have moved on since
         self._probe_backend(engine)  # ready to take over only if it could reach the backend itself
@@ -213,6 +234,12 @@ class Worker:
             head = None
         leader = self.elector.view()["leader"] if self.elector is not None else None
         log.debug("standby", revision=head, leader=leader)
+        target = _target(engine)
+        if target is not None and (target != self._standby_checked or not reasons <= NEWS):
+            self._checked = None
+            self._drift_plan(engine, target)  # what its /status shows: live state against the target
+            self._publish_checked(engine)
+            self._standby_checked = target
 
     def _prepare(self, reasons: set[str]) -> Engine | None:
         """The engine, after a fetch when the repository is remote; None (retry scheduled) if git failed."""
@@ -255,12 +282,21 @@ class Worker:
 
     # ------------------------------------------------------ drift and sync
 
+    def _drift_plan(self, engine: Engine, revision: str) -> Plan | None:
+        """The plan that would bring live state to ``revision`` (None: it cannot be planned); what it saw is
+        kept for the snapshot ``/status`` reads (``_publish_checked``)."""
+        try:
+            plan, _, live = engine.make_plan(revision, prune=self.settings.prune)
+        except ReconcilerError:
+            return None
+        self._checked = (revision, live, len(plan.actions))
+        return plan
+
     def _drifted(self, engine: Engine, revision: str) -> bool:
         """At the applied revision, any planned action is drift: report it; True if it should be corrected."""
         started = time.monotonic()
-        try:
-            plan, _, _ = engine.make_plan(revision, prune=self.settings.prune)
-        except ReconcilerError:
+        plan = self._drift_plan(engine, revision)
+        if plan is None:
             return True  # let the reconcile report it
         duration = time.monotonic() - started
         self.metrics.drifted_resources.set(len(plan.actions))
@@ -487,6 +523,54 @@ class Worker:
             self._count_failure()  # a failure all the same, only not retried
             self._probe_backend(engine)
 
+    # ------------------------------------------------- what /status shows
+
+    def _publish(
+        self, engine: Engine, revision: str | None, live: LiveState, changes: int | None, error: str | None
+    ) -> None:
+        """Replace the snapshot ``/status`` reads (one reference assignment: a request sees the old or the new)."""
+        names = self._tag_names.refresh(engine.repo, self._made)
+        checked_at = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            record: InstanceRecord | None = engine.record()  # as this pass left it
+        except ReconcilerError:
+            record = None
+        self.snapshot = StatusSnapshot(revision, LiveView(live), changes, error, names, checked_at, record)
+
+    def _publish_checked(self, engine: Engine) -> None:
+        """After a drift check that applied nothing: the live state it read and the actions it found."""
+        if self._checked is not None:
+            revision, live, actions = self._checked
+            self._publish(engine, revision, live, actions, None)
+
+    def _publish_result(self, engine: Engine, result: ReconcileResult) -> None:
+        """After a reconcile: live state as the backend keeps it after the pass's actions (local: in memory;
+        aws: the last read plus its own writes, no API call), read again only if the backend has none.
+        Converged: nothing left to do at its revision; otherwise not known (the record says why)."""
+        desired = engine.last_desired
+        converged = result.error is None and not result.progressing
+        backend, error = engine.backend, None
+        live = backend.kept_state() if isinstance(backend, KeptState) else None
+        if live is None and isinstance(result.error, BackendError):
+            live, error = LiveState(), str(result.error)  # what the pass met; not asked again (AWS: quotas, waits)
+        elif live is None:
+            try:
+                live = backend.read(desired or DesiredState())
+            except BackendError as exc:
+                live, error = LiveState(), str(exc)
+        self._made = result.tag
+        revision = result.revision if converged else desired.revision if desired is not None else None
+        self._publish(engine, revision or None, live, 0 if converged else None, error)
+
+    def _publish_tags(self, engine: Engine) -> None:
+        """At the end of a pass: the tag names the verdict uses, if they changed since it was published (tags
+        pushed and renumbered, or made by another process while no pass published)."""
+        names = self._tag_names.refresh(engine.repo, self._made)
+        self._made = None
+        snapshot = self.snapshot
+        if snapshot is not None and snapshot.tags is not names:
+            self.snapshot = dataclasses.replace(snapshot, tags=names)
+
     # ------------------------------------------------------- what it shows
 
     def _state_replaced(self) -> bool:
@@ -530,6 +614,40 @@ class Worker:
             "unpushed_tags": list(self.tags.pending),
             "pid": os.getpid(),
         }
+
+
+class TagNames:
+    """The newest applied tag of each tagged revision, for the names in ``/status``'s verdict: listed once, then
+    kept up to date with the tags the passes make (one ref and one object read each); listed again only when
+    someone else added or removed one (the tags folder or packed-refs changed between passes)."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.names: Mapping[str, str] = {}  # revision -> tag name; replaced, never changed (snapshots share it)
+        self._stamp: tuple[int, ...] | None = None  # ``applied_tags_stamp`` when ``names`` was last made right
+
+    def before_pass(self, repo: GitRepo) -> None:
+        """Forget the stamp if the tags changed since the last pass (another process; a fetch of the remote's)."""
+        if self._stamp is not None and repo.applied_tags_stamp(self.instance) != self._stamp:
+            self._stamp = None
+
+    def refresh(self, repo: GitRepo, made: str | None = None) -> Mapping[str, str]:
+        """``names`` after a pass that made the tag ``made`` (if any)."""
+        stamp = repo.applied_tags_stamp(self.instance)
+        if self._stamp is None or (stamp != self._stamp and made is None):
+            self.names = self._listed(repo)
+        elif stamp != self._stamp and made is not None:
+            revision = repo.tag_revision(made)
+            self.names = self._listed(repo) if revision is None else {**self.names, revision: made}
+        self._stamp = stamp
+        return self.names
+
+    def _listed(self, repo: GitRepo) -> dict[str, str]:
+        try:
+            return {tag.revision: tag.name for tag in reversed(repo.applied_tags(self.instance))}
+        except GitError as exc:
+            log.warning("tags_not_listed", error=str(exc))
+            return dict(self.names)
 
 
 class TagPusher:

@@ -255,6 +255,11 @@ class AwsBackend:
         self._remember(desired, live)
         return copy_live(live)
 
+    def kept_state(self) -> LiveState | None:
+        """What the last read saw, with this backend's own writes since (``backends.base.KeptState``); None
+        before the first read.  No API call: drift made since shows at the next read (the resync)."""
+        return copy_live(self._live) if self._listed else None
+
     def _rank(self, api: LiveApi) -> int:
         """Which of several APIs of one name the tool means: this instance's, another's, then any (oldest first)."""
         owner = owner_of(api)

@@ -51,3 +51,12 @@ class WarningSource(Protocol):
     """A backend whose applies can end in warnings (aws: import warnings kept with ``failOnWarnings: false``)."""
 
     def take_warnings(self) -> list[PlanWarning]: ...
+
+
+@runtime_checkable
+class KeptState(Protocol):
+    """A backend that keeps the live state of its last read, updated by its own applies since (no I/O to get)."""
+
+    def kept_state(self) -> LiveState | None:
+        """A copy of that state (the caller may keep it); None when there is none or it is unsure."""
+        ...

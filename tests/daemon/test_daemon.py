@@ -89,8 +89,9 @@ def test_drift_is_detected_counted_and_corrected(example_repo: SpecRepo, start_d
     cloud = LocalCloud(example_repo.state_dir)
     cloud.update_alias("orders-handler", "prod", "1", {}, "clicked in the console")
     cloud.close()
+    wait_for(lambda: daemon.metric("reconciler_drift_total") >= 1, what="drift found (/status shows the last pass's)")
     wait_for(lambda: prod_routing(daemon) == {"1": 95, "2": 5}, what="drift corrected")
-    assert daemon.metric("reconciler_drift_total") >= 1
+    assert daemon.status()["sync"] == "synced"
     assert [e["resources"] for e in daemon.events("drift")] == [["Alias/orders-handler/prod"]]
 
 

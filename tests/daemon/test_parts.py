@@ -16,17 +16,12 @@ import pytest
 import structlog
 import watchfiles
 
-from reconciler import httpview
-from reconciler.backends.local import LocalCloud
-from reconciler.cli import parsed_run
-from reconciler.daemon import Daemon
 from reconciler.errors import UsageError
 from reconciler.gitsource import _remote_env, redact
 from reconciler.httpapi import WebhookAuth, parse_listen
 from reconciler.logs import MASK, configure_logging, redact_secrets
 from reconciler.triggers import RefFilter, Triggers
 from reconciler.worker import backoff_delay
-from tests.support import SpecRepo
 
 SECRET = b"It's a Secret to Everybody"
 BODY = b'{"ref": "refs/heads/main"}'
@@ -192,21 +187,3 @@ def test_auto_log_format_is_json_off_a_terminal_and_console_on_one(
         assert json.loads(line)["event"] == "reconcile"
     else:
         assert line.startswith("20") and "reconcile" in line and "revision=abc" in line
-
-
-def test_status_reuses_a_backend_read_within_its_ttl(example_repo: SpecRepo, monkeypatch: pytest.MonkeyPatch) -> None:
-    """/status answers from one backend read for STATUS_TTL seconds (AWS reads cost quota), then reads anew."""
-    assert example_repo.cli("apply").code == 0
-    config, settings = parsed_run(["--repo", str(example_repo.path), "--state-dir", str(example_repo.state_dir)])
-    monkeypatch.setitem(httpview.STATUS_TTL, "local", 60.0)
-    daemon = Daemon(config, settings)
-    try:
-        before = daemon.http.status()["aliases"]["orders-handler/prod"]["routing"]
-        cloud = LocalCloud(example_repo.state_dir)
-        cloud.update_alias("orders-handler", "prod", "1", {}, "changed by hand")
-        cloud.close()
-        assert daemon.http.status()["aliases"]["orders-handler/prod"]["routing"] == before
-        monkeypatch.setitem(httpview.STATUS_TTL, "local", 0.0)
-        assert daemon.http.status()["aliases"]["orders-handler/prod"]["routing"] == {"1": 100}
-    finally:
-        daemon.stop()
