@@ -183,8 +183,6 @@ def make_backend(config: Config, state_dir: Path, on_wait: WaitHook | None = Non
     raise StateError(f"unknown backend {config.backend!r}; expected local or aws")
 
 
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -109,6 +109,20 @@ class LiveState:
     instance: str = DEFAULT_INSTANCE  # the instance this state was read for: it owns what ``owner_of`` names it
 
 
+def copy_live(live: LiveState) -> LiveState:
+    """A copy of ``live`` whose containers the caller may change (the entries are frozen: shared)."""
+    return LiveState(
+        apis=dict(live.apis),
+        deployments={api: dict(by_sha) for api, by_sha in live.deployments.items()},
+        stages=dict(live.stages),
+        aliases=dict(live.aliases),
+        versions={function: set(versions) for function, versions in live.versions.items()},
+        domains=set(live.domains),
+        mappings=dict(live.mappings),
+        instance=live.instance,
+    )
+
+
 def owner_of(resource: LiveApi | LiveStage | LiveAlias | LiveBasePathMapping) -> str | None:
     """The instance managing ``resource``, None if no instance does (old marks: ``default``'s)."""
     if not resource.managed:

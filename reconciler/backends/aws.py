@@ -46,7 +46,6 @@ from reconciler.backends.aws_model import (
     alias_refs,
     api_description,
     api_url,
-    copy_live,
     deployment_description,
     desired_refs,
     endpoint_patch,
@@ -88,6 +87,7 @@ from reconciler.model import (
     UpdateApi,
     UpdateBasePathMapping,
     UpdateStage,
+    copy_live,
     owner_of,
     routing_to_lambda,
 )

@@ -23,7 +23,6 @@ from reconciler.model import (
     LiveBasePathMapping,
     LiveCanary,
     LiveStage,
-    LiveState,
     percent_json,
     routing_from_lambda,
 )
@@ -318,19 +317,6 @@ def stage_patch(
 
 
 # ------------------------------------------------------------------ parsing
-
-
-def copy_live(live: LiveState) -> LiveState:
-    return LiveState(
-        apis=dict(live.apis),
-        deployments={api: dict(by_sha) for api, by_sha in live.deployments.items()},
-        stages=dict(live.stages),
-        aliases=dict(live.aliases),
-        versions={function: set(versions) for function, versions in live.versions.items()},
-        domains=set(live.domains),
-        mappings=dict(live.mappings),
-        instance=live.instance,
-    )
 
 
 def mapping_tag(base_path: str) -> str:

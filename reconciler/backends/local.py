@@ -50,6 +50,7 @@ from reconciler.model import (
     UpdateApi,
     UpdateBasePathMapping,
     UpdateStage,
+    copy_live,
     routing_from_lambda,
     routing_to_lambda,
 )
@@ -577,20 +578,6 @@ def _alias_target(row: sqlite3.Row) -> tuple[str, dict[str, float], str | None]:
     return row["function_version"], json.loads(row["additional_weights"]), row["description"]
 
 
-def _copy(live: LiveState) -> LiveState:
-    """A copy of ``live`` whose containers the caller may change (the entries are frozen: shared)."""
-    return LiveState(
-        apis=dict(live.apis),
-        deployments={api: dict(by_hash) for api, by_hash in live.deployments.items()},
-        stages=dict(live.stages),
-        aliases=dict(live.aliases),
-        versions={function: set(versions) for function, versions in live.versions.items()},
-        domains=set(live.domains),
-        mappings=dict(live.mappings),
-        instance=live.instance,
-    )
-
-
 class LocalBackend:
     """The ``Backend`` protocol over ``LocalCloud``: managed resources, one transaction per action."""
 
@@ -627,14 +614,14 @@ class LocalBackend:
                 f"local backend: {self.cloud.path} is damaged ({exc}); restore it from a backup, or delete it "
                 "to start afresh"
             ) from None
-        return _copy(live)
+        return copy_live(live)
 
     def kept_state(self) -> LiveState | None:
         """The state the last read saw, with this backend's own applies since (``backends.base.KeptState``);
         None when a whole read is due.  Writes of other connections since are not looked for: no I/O."""
         if self._live is None or self.cloud.db.total_changes != self._seen[1]:
             return None
-        return _copy(self._live)
+        return copy_live(self._live)
 
     def _refresh(self, action: Action) -> None:
         """After ``action`` committed: its resource as the database now has it, or a whole read next time."""
