@@ -61,7 +61,7 @@ from reconciler.model import (
     UpdateApi,
     UpdateStage,
 )
-from reconciler.plan import Plan, make_plan
+from reconciler.plan import Plan, PlanMemo, make_plan
 from reconciler.reader import Config as Config  # re-exported: the engine's callers name it here
 from reconciler.reader import SpecReader, gc_paused
 from reconciler.records import RecordStore
@@ -210,6 +210,7 @@ class Engine(SpecReader):
         self.on_event: EventHook | None = None  # called with rollout_* events (the daemon's metrics, notifications)
         self.clock: Callable[[], float] = time.time
         self._pending_apply: str | None = None  # apply_id of the tag this pass recorded as owed (pending)
+        self._plan_memo = PlanMemo()  # the last pass's plan per resource: a daemon's pass after a commit reuses it
         self._loaded_commands: dict[str, str | None] = {}  # rollout commands in the record as this pass read it
         self.on_wait: WaitHook | None = None  # told when the backend waits (AWS pacing); set before first use
 
@@ -401,7 +402,9 @@ class Engine(SpecReader):
                 if analysis.errors:  # neither pass nor failure: retried within seconds, shown in status
                     log.warning("rollout_analysis_inconclusive", resource=resource, errors=list(analysis.errors))
             shaped = shape(states, desired, live, now, done, pinned=pinned)
-            plan = make_plan(shaped.desired, live, prune=prune)
+            memo = self._plan_memo if touched_only else PlanMemo()  # resync, start-up, CLI: every resource afresh
+            plan = make_plan(shaped.desired, live, prune=prune, memo=memo)
+            self._plan_memo = memo
             if prune and not self.config.allow_empty and not (desired.stages or desired.aliases or desired.mappings):
                 self._refuse_empty_prune(plan)
             planned += plan.actions

@@ -92,15 +92,51 @@ class Plan:
 # ------------------------------------------------------------------ planning
 
 
-def make_plan(desired: DesiredState, live: LiveState, prune: bool = False) -> Plan:
+@dataclass(frozen=True)
+class _Planned:
+    """What planning one resource gave, and from what: its spec and live objects (compared by identity) and
+    whatever else of the live state it read (``context``, compared by value)."""
+
+    spec: Any
+    current: Any
+    context: Any
+    creates: tuple[Action, ...]
+    updates: tuple[Action, ...]
+    issues: tuple[SpecIssue, ...]
+
+
+class PlanMemo:
+    """What the last plan made of each stage, alias and mapping, kept by a long-lived engine between plans.
+
+    Planning is pure and the objects it is given are immutable: a daemon's
+    desired state and its backend's kept live state hand the same objects
+    again for every resource a commit did not touch, so a resource whose spec
+    object, live object and context are those planned last time gets the same
+    actions and issues without being compared again (and a stage the same
+    permission problems).  A plan with a memo equals one without
+    (``tests/test_plan_memo.py``); an empty memo plans everything.
+    """
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, dict[Any, Any]] = {}
+        self.instance: str | None = None  # the instance the last plan was for (ownership depends on it)
+        self.reused = 0  # resources the last plan took from the memo
+
+
+def make_plan(desired: DesiredState, live: LiveState, prune: bool = False, memo: PlanMemo | None = None) -> Plan:
     """Every action that makes ``live`` equal ``desired``, in the safe order."""
     issues: list[SpecIssue] = []
     actions: list[Action] = []
+    if memo is not None:
+        memo.reused = 0
+        if memo.instance != live.instance:  # planned for another instance: ownership answers differ
+            memo.kinds.clear()
+            memo.instance = live.instance
     actions += plan_apis(desired, live, issues)
     actions += plan_deployments(desired, live)
-    actions += plan_stages(desired, live, issues)
-    actions += plan_aliases(desired, live, issues)
-    actions += plan_mappings(desired, live, issues)
+    actions += plan_stages(desired, live, issues, memo)
+    actions += plan_aliases(desired, live, issues, memo)
+    actions += plan_mappings(desired, live, issues, memo)
     orphans = find_orphans(desired, live)
     if prune:
         actions += orphans  # ordered by kind below: mappings first, then stages, then aliases
@@ -110,7 +146,7 @@ def make_plan(desired: DesiredState, live: LiveState, prune: bool = False) -> Pl
     ordered = sorted(actions, key=lambda a: rank[a.action])  # stable: each kind keeps its own order
     orphaned = () if prune else tuple(o.resource for o in orphans)
     pruned = {(o.function, o.alias) for o in orphans if prune and isinstance(o, DeleteAlias)}
-    return Plan(desired.revision, tuple(ordered), orphaned, tuple(plan_permissions(desired, live, pruned)))
+    return Plan(desired.revision, tuple(ordered), orphaned, tuple(plan_permissions(desired, live, pruned, memo)))
 
 
 def _unmanaged(issues: list[SpecIssue], location: Location, what: str) -> None:
@@ -313,6 +349,8 @@ class _Kind(Generic[_D, _L]):
     adopt: Callable[[_D, _L], Action]
     update: Callable[[_D, _L, bool], Action | None]  # (spec, live, adopting now); None: nothing differs
     ready: Callable[[_D], bool] = lambda _: True  # checked before any action of the resource
+    # what else of the live state planning a resource reads besides its live object (for ``PlanMemo``)
+    context: Callable[[_D], Any] = lambda _: None
 
 
 def _plan_kind(
@@ -321,35 +359,71 @@ def _plan_kind(
     current_of: Mapping[Any, _L],
     live: LiveState,
     issues: list[SpecIssue],
+    memo: PlanMemo | None = None,
+    label: str = "",
 ) -> list[Action]:
     """Creates (in key order), then adoptions and updates: the shape every kind of a stage's side shares."""
     creates: list[Action] = []
     updates: list[Action] = []
+    last: dict[Any, _Planned] = memo.kinds.get(label, {}) if memo is not None else {}
+    kept: dict[Any, _Planned] = {}
     for key in sorted(desired):
         spec = desired[key]
         current = current_of.get(key)
-        adopting = False
-        if current is not None:
-            taken = take_over(current, spec.adopt, live, spec.location, kind.what(spec), issues)
-            if taken is None:
-                continue
-            adopting = taken
-        if not kind.ready(spec):
+        if memo is None:
+            _plan_one(kind, spec, current, live, issues, creates, updates)
             continue
-        if current is None:
-            created = kind.create(spec)
-            if created is not None:
-                creates.append(created)
-            continue
-        if adopting:
-            updates.append(kind.adopt(spec, current))
-        updated = kind.update(spec, current, adopting)
-        if updated is not None:
-            updates.append(updated)
+        context = kind.context(spec)
+        planned = last.get(key)
+        if planned is not None and planned.spec is spec and planned.current is current and planned.context == context:
+            memo.reused += 1
+        else:
+            marks = (len(creates), len(updates), len(issues))
+            _plan_one(kind, spec, current, live, issues, creates, updates)
+            made = (tuple(creates[marks[0] :]), tuple(updates[marks[1] :]), tuple(issues[marks[2] :]))
+            planned = _Planned(spec, current, context, *made)
+            del creates[marks[0] :], updates[marks[1] :], issues[marks[2] :]
+        creates += planned.creates
+        updates += planned.updates
+        issues += planned.issues
+        kept[key] = planned
+    if memo is not None:
+        memo.kinds[label] = kept  # this plan's resources only: a removed one is forgotten
     return creates + updates
 
 
-def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+def _plan_one(
+    kind: _Kind[_D, _L],
+    spec: _D,
+    current: _L | None,
+    live: LiveState,
+    issues: list[SpecIssue],
+    creates: list[Action],
+    updates: list[Action],
+) -> None:
+    adopting = False
+    if current is not None:
+        taken = take_over(current, spec.adopt, live, spec.location, kind.what(spec), issues)
+        if taken is None:
+            return
+        adopting = taken
+    if not kind.ready(spec):
+        return
+    if current is None:
+        created = kind.create(spec)
+        if created is not None:
+            creates.append(created)
+        return
+    if adopting:
+        updates.append(kind.adopt(spec, current))
+    updated = kind.update(spec, current, adopting)
+    if updated is not None:
+        updates.append(updated)
+
+
+def plan_stages(
+    desired: DesiredState, live: LiveState, issues: list[SpecIssue], memo: PlanMemo | None = None
+) -> list[Action]:
     def create(stage: DesiredStage) -> Action:
         created: dict[str, Change] = {
             "definition_sha256": (None, stage.definition.sha256),
@@ -377,7 +451,7 @@ def plan_stages(desired: DesiredState, live: LiveState, issues: list[SpecIssue])
         return _stage_action(UpdateStage, stage, changes) if changes else None
 
     kind = _Kind[DesiredStage, LiveStage](lambda s: f"stage {s.name!r} of API {s.api!r}", create, adopt, update)
-    return _plan_kind(kind, desired.stages, live.stages, live, issues)
+    return _plan_kind(kind, desired.stages, live.stages, live, issues, memo, "stages")
 
 
 def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue]) -> bool:
@@ -409,7 +483,9 @@ def _check_versions(alias: DesiredAlias, live: LiveState, issues: list[SpecIssue
     return True
 
 
-def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+def plan_aliases(
+    desired: DesiredState, live: LiveState, issues: list[SpecIssue], memo: PlanMemo | None = None
+) -> list[Action]:
     def create(alias: DesiredAlias) -> Action:
         return CreateAlias(
             function=alias.function,
@@ -453,8 +529,32 @@ def plan_aliases(desired: DesiredState, live: LiveState, issues: list[SpecIssue]
         adopt,
         update,
         ready=lambda alias: _check_versions(alias, live, issues),
+        context=_versions_of(live, memo),
     )
-    return _plan_kind(kind, desired.aliases, live.aliases, live, issues)
+    return _plan_kind(kind, desired.aliases, live.aliases, live, issues, memo, "aliases")
+
+
+def _versions_of(live: LiveState, memo: PlanMemo | None) -> Callable[[DesiredAlias], frozenset[str] | None]:
+    """An alias's context: its function's published versions, one frozenset per function and plan (the last
+    plan's when equal, so that comparing contexts is mostly an identity check)."""
+    last: dict[str, frozenset[str]] = memo.kinds.get("versions", {}) if memo is not None else {}
+    now: dict[str, frozenset[str]] = {}
+    if memo is not None:
+        memo.kinds["versions"] = now
+
+    def versions(alias: DesiredAlias) -> frozenset[str] | None:
+        found = now.get(alias.function)
+        if found is None:
+            published = live.versions.get(alias.function)
+            if published is None:
+                return None
+            found = last.get(alias.function)
+            if found is None or found != published:
+                found = frozenset(published)
+            now[alias.function] = found
+        return found
+
+    return versions
 
 
 def _mapping_target(mapping: LiveBasePathMapping) -> tuple[str, str | None]:
@@ -462,7 +562,9 @@ def _mapping_target(mapping: LiveBasePathMapping) -> tuple[str, str | None]:
     return mapping.api or mapping.rest_api_id, mapping.stage
 
 
-def plan_mappings(desired: DesiredState, live: LiveState, issues: list[SpecIssue]) -> list[Action]:
+def plan_mappings(
+    desired: DesiredState, live: LiveState, issues: list[SpecIssue], memo: PlanMemo | None = None
+) -> list[Action]:
     """Base path mappings: created, adopted or moved to the stage their spec names (its domain must exist)."""
 
     def create(mapping: DesiredBasePathMapping) -> Action | None:
@@ -511,10 +613,14 @@ def plan_mappings(desired: DesiredState, live: LiveState, issues: list[SpecIssue
             changes=changes,
         )
 
+    def context(mapping: DesiredBasePathMapping) -> tuple[bool, str | None]:
+        api = live.apis.get(mapping.api)
+        return mapping.domain in live.domains, None if api is None else api.id
+
     kind = _Kind[DesiredBasePathMapping, LiveBasePathMapping](
-        lambda m: f"base path mapping {m.domain}/{m.base_path}", create, adopt, update
+        lambda m: f"base path mapping {m.domain}/{m.base_path}", create, adopt, update, context=context
     )
-    return _plan_kind(kind, desired.mappings, live.mappings, live, issues)
+    return _plan_kind(kind, desired.mappings, live.mappings, live, issues, memo, "mappings")
 
 
 Orphan = DeleteBasePathMapping | DeleteStage | DeleteAlias
@@ -523,24 +629,25 @@ Orphan = DeleteBasePathMapping | DeleteStage | DeleteAlias
 def find_orphans(desired: DesiredState, live: LiveState) -> list[Orphan]:
     """Resources this instance manages that no spec names any more (never another instance's)."""
     orphans: list[Orphan] = []
-    for domain, base_path in sorted(live.mappings):
+    # the keys no spec names, found by set difference (in C) and only they sorted and looked at
+    for domain, base_path in sorted(live.mappings.keys() - desired.mappings.keys()):
         mapping = live.mappings[(domain, base_path)]
-        if owner_of(mapping) == live.instance and (domain, base_path) not in desired.mappings:
+        if owner_of(mapping) == live.instance:
             api, stage = _mapping_target(mapping)
             orphans.append(
                 DeleteBasePathMapping(
                     domain=domain, base_path=base_path, changes={"api": (api, None), "stage": (stage, None)}
                 )
             )
-    for api, stage in sorted(live.stages):
+    for api, stage in sorted(live.stages.keys() - desired.stages.keys()):
         current = live.stages[(api, stage)]
-        if owner_of(current) == live.instance and (api, stage) not in desired.stages:
+        if owner_of(current) == live.instance:
             orphans.append(
                 DeleteStage(api=api, stage=stage, changes={"definition_sha256": (current.definition_sha256, None)})
             )
-    for function, alias in sorted(live.aliases):
+    for function, alias in sorted(live.aliases.keys() - desired.aliases.keys()):
         current_alias = live.aliases[(function, alias)]
-        if owner_of(current_alias) == live.instance and (function, alias) not in desired.aliases:
+        if owner_of(current_alias) == live.instance:
             orphans.append(
                 DeleteAlias(
                     function=function, alias=alias, changes={"routing": (routing_json(current_alias.routing), None)}
@@ -549,8 +656,14 @@ def find_orphans(desired: DesiredState, live: LiveState) -> list[Orphan]:
     return orphans
 
 
+Problems = tuple[tuple[str, str, str | None], ...]  # (integration, problem or "", alias named or None)
+
+
 def plan_permissions(
-    desired: DesiredState, live: LiveState, pruned: Collection[tuple[str, str]] = ()
+    desired: DesiredState,
+    live: LiveState,
+    pruned: Collection[tuple[str, str]] = (),
+    memo: PlanMemo | None = None,
 ) -> list[PlanWarning]:
     """A warning per stage Lambda integration whose invoke permission the backend cannot grant (DESIGN §10).
 
@@ -558,34 +671,55 @@ def plan_permissions(
     or one it owns) for every stage naming it; an unqualified function, an unset variable or another alias
     gets no grant, and on AWS such a stage answers 500: said here, at plan time, never left silent.
     """
-    seen: dict[tuple[str, tuple[tuple[str, str | None], ...]], tuple[tuple[str, str, str | None], ...]] = {}
+    seen: dict[tuple[str, tuple[tuple[str, str | None], ...]], Problems] = {}
     warnings: list[PlanWarning] = []
+    last: dict[Any, tuple[DesiredStage, Problems]] = memo.kinds.get("permissions", {}) if memo is not None else {}
+    kept: dict[Any, tuple[DesiredStage, Problems]] = {}
+    granted: dict[str, bool] = {}  # per alias named, for this plan (thousands of stages name the same few)
     for key in sorted(desired.stages):
         stage = desired.stages[key]
-        resource = f"Stage/{stage.api}/{stage.name}"
+        known = last.get(key)
+        problems = known[1] if known is not None and known[0] is stage else _stage_problems(stage, seen)
+        if memo is not None:
+            kept[key] = (stage, problems)
         found: dict[tuple[str, str | None], str] = {}
-        sides = [(stage.definition, stage.variables)]
-        if stage.canary is not None:
-            sides.append((stage.canary.definition, {**stage.variables, **stage.canary.variables}))
-        for definition, variables in sides:
-            if not definition.body:  # known only by its hash (a rollout's stable deployment): checked when it went out
-                continue
-            named = _variables_named(definition.sha256, definition.body)  # only these can change the answer
-            memo = (definition.sha256, tuple((name, variables.get(name)) for name in named))
-            if memo not in seen:
-                seen[memo] = _problems_of(definition.sha256, definition.body, memo[1])
-            for integration, message, alias in seen[memo]:
-                if alias is None or not _granted(alias, desired, live, pruned):
-                    text = message or (
-                        f"alias {alias} is not managed by reconciler (no Alias spec of this instance); grant API "
-                        "Gateway lambda:InvokeFunction on it yourself"
-                    )
-                    found.setdefault((integration, alias), text)
+        for integration, message, alias in problems:  # whether a grant is made depends on the others: asked anew
+            if alias is not None:
+                if alias not in granted:
+                    granted[alias] = _granted(alias, desired, live, pruned)
+                if granted[alias]:
+                    continue
+            text = message or (
+                f"alias {alias} is not managed by reconciler (no Alias spec of this instance); grant API "
+                "Gateway lambda:InvokeFunction on it yourself"
+            )
+            found.setdefault((integration, alias), text)
         warnings += [
-            PlanWarning(resource, text, integration=integration, alias=alias)
+            PlanWarning(f"Stage/{stage.api}/{stage.name}", text, integration=integration, alias=alias)
             for (integration, alias), text in found.items()
         ]
+    if memo is not None:
+        memo.kinds["permissions"] = kept
     return warnings
+
+
+def _stage_problems(
+    stage: DesiredStage, seen: dict[tuple[str, tuple[tuple[str, str | None], ...]], Problems]
+) -> Problems:
+    """The permission problems and aliases of a stage's definition and its canary's, in that order."""
+    out: list[tuple[str, str, str | None]] = []
+    sides = [(stage.definition, stage.variables)]
+    if stage.canary is not None:
+        sides.append((stage.canary.definition, {**stage.variables, **stage.canary.variables}))
+    for definition, variables in sides:
+        if not definition.body:  # known only by its hash (a rollout's stable deployment): checked when it went out
+            continue
+        named = _variables_named(definition.sha256, definition.body)  # only these can change the answer
+        memo = (definition.sha256, tuple((name, variables.get(name)) for name in named))
+        if memo not in seen:
+            seen[memo] = _problems_of(definition.sha256, definition.body, memo[1])
+        out += seen[memo]
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=256)
