@@ -302,10 +302,10 @@ class Common:
 
     def reader(self) -> SpecReader:
         """What ``validate`` reads the specs with: the engine's repository, state and parse cache, no backend (it
-        imports no engine, plan, backend, rollout or logging module)."""
+        imports no engine, plan, backend, rollout or logging module), and no memo for a next load (there is none)."""
         from reconciler.reader import SpecReader
 
-        return SpecReader(self.config())
+        return SpecReader(self.config(), memo=False)
 
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")

@@ -103,7 +103,11 @@ def open_repo(config: Config) -> GitRepo:
 class SpecReader:
     """The specs of one instance of one repository/branch/specs root: which revision to read, and reading it."""
 
-    def __init__(self, config: Config, repo: GitRepo | None = None, records: RecordStore | None = None) -> None:
+    def __init__(
+        self, config: Config, repo: GitRepo | None = None, records: RecordStore | None = None, memo: bool = True
+    ) -> None:
+        """``memo``: keep what a load validated and resolved (and its indexes) for the next load to start from;
+        a reader that loads once (``validate``) would only pay for building it."""
         if config.branch is not None:
             check_branch_name(config.branch)
         self.config = config
@@ -115,7 +119,7 @@ class SpecReader:
         self._branch = config.branch
         self._cache: ParseCache | None = None  # loaded once: a long-lived engine (the daemon) keeps it in memory
         self._cache_saved = float("-inf")  # when the parse cache file was last written
-        self._memo = SpecMemo()  # validated spec files of the last load: the next validates only changed files
+        self._memo = SpecMemo() if memo else None  # the last load's: the next validates only changed files
         self.last_desired: DesiredState | None = None  # the last desired state loaded (replaced, never changed)
 
     @property
