@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - depends on the wheel
 Lines = dict[str, int]
 STR_TAG = "tag:yaml.org,2002:str"  # SafeLoader's DEFAULT_SCALAR_TAG
 MERGE_TAG = "tag:yaml.org,2002:merge"
+MAP_TAG, SEQ_TAG = _Loader.DEFAULT_MAPPING_TAG, _Loader.DEFAULT_SEQUENCE_TAG
 
 
 class _FastLoader(_Loader):
@@ -44,13 +45,15 @@ class _FastLoader(_Loader):
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> Any:
         resolvers = self.yaml_implicit_resolvers
-        if kind is not ScalarNode or self.yaml_path_resolvers or None in resolvers:
+        if self.yaml_path_resolvers or None in resolvers:
             return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
-        if implicit[0]:
-            for tag, regexp in resolvers.get(value[:1], ()):
-                if regexp.match(value):
-                    return tag
-        return STR_TAG
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in resolvers.get(value[:1], ()):
+                    if regexp.match(value):
+                        return tag
+            return STR_TAG
+        return MAP_TAG if kind is MappingNode else SEQ_TAG  # what BaseResolver.resolve returns for them
 
 
 JSON_SCALARS = frozenset(f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null"))
