@@ -119,8 +119,22 @@ class PlanMemo:
 
     def __init__(self) -> None:
         self.kinds: dict[str, dict[Any, Any]] = {}
+        self.orders: dict[str, tuple[set[Any], list[Any]]] = {}  # kind -> its keys, and them sorted
         self.instance: str | None = None  # the instance the last plan was for (ownership depends on it)
         self.reused = 0  # resources the last plan took from the memo
+
+
+def _in_order(resources: Mapping[Any, Any], memo: PlanMemo | None, label: str) -> list[Any]:
+    """``sorted(resources)``: the last plan's list when the keys are the same (comparing the key sets is a tenth
+    of sorting 5,000 keys again)."""
+    if memo is None:
+        return sorted(resources)
+    known = memo.orders.get(label)
+    if known is not None and resources.keys() == known[0]:
+        return known[1]
+    order = sorted(resources)
+    memo.orders[label] = (set(resources), order)
+    return order
 
 
 def make_plan(desired: DesiredState, live: LiveState, prune: bool = False, memo: PlanMemo | None = None) -> Plan:
@@ -133,7 +147,7 @@ def make_plan(desired: DesiredState, live: LiveState, prune: bool = False, memo:
             memo.kinds.clear()
             memo.instance = live.instance
     actions += plan_apis(desired, live, issues)
-    actions += plan_deployments(desired, live)
+    actions += plan_deployments(desired, live, memo)
     actions += plan_stages(desired, live, issues, memo)
     actions += plan_aliases(desired, live, issues, memo)
     actions += plan_mappings(desired, live, issues, memo)
@@ -255,10 +269,10 @@ def _stage_definitions(stage: DesiredStage) -> list[Definition]:
     return found
 
 
-def plan_deployments(desired: DesiredState, live: LiveState) -> list[Action]:
+def plan_deployments(desired: DesiredState, live: LiveState, memo: PlanMemo | None = None) -> list[Action]:
     """One deployment per (API, definition hash) that no deployment has yet."""
     needed: dict[str, dict[str, Definition]] = {}
-    for key in sorted(desired.stages):
+    for key in _in_order(desired.stages, memo, "stages"):
         stage = desired.stages[key]
         if stage.api not in desired.apis:
             continue
@@ -367,7 +381,7 @@ def _plan_kind(
     updates: list[Action] = []
     last: dict[Any, _Planned] = memo.kinds.get(label, {}) if memo is not None else {}
     kept: dict[Any, _Planned] = {}
-    for key in sorted(desired):
+    for key in _in_order(desired, memo, label):
         spec = desired[key]
         current = current_of.get(key)
         if memo is None:
@@ -676,7 +690,7 @@ def plan_permissions(
     last: dict[Any, tuple[DesiredStage, Problems]] = memo.kinds.get("permissions", {}) if memo is not None else {}
     kept: dict[Any, tuple[DesiredStage, Problems]] = {}
     granted: dict[str, bool] = {}  # per alias named, for this plan (thousands of stages name the same few)
-    for key in sorted(desired.stages):
+    for key in _in_order(desired.stages, memo, "stages"):
         stage = desired.stages[key]
         known = last.get(key)
         problems = known[1] if known is not None and known[0] is stage else _stage_problems(stage, seen)
