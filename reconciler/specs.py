@@ -621,6 +621,7 @@ class SpecMemo:
         self.files: dict[tuple[str, str, int], _FileResult] = {}
         self.definitions: dict[str, list[Any]] = {}  # parsed definitions in use, by cache key
         self.index: _Index | None = None  # the last load's, when it was clean
+        self.pending: Callable[[], _Index | None] | None = None  # builds it: a one-shot command never asks
         self.incremental = False  # whether the last load took the incremental path
         self.resolved = 0  # documents the last load resolved (the full path: every valid one)
         self.fallback = ""  # why the last load left the incremental path, if it did
@@ -669,12 +670,13 @@ def _build_index(
     definitions: _Definitions,
     unreadable: set[str],
 ) -> _Index | None:
-    """The index of a clean full load; None when a definition's content is at two paths (its ``source`` is
-    the first path in load order, which only a full load tells)."""
+    """The index of a clean full load (``state``: a copy of its dicts, not the one handed out); None when a
+    definition's content is at two paths (its ``source`` is the first path in load order, which only a full load
+    tells)."""
     index = _Index(
         files,
         results,
-        DesiredState(None, dict(state.apis), dict(state.stages), dict(state.aliases), dict(state.mappings)),
+        state,  # the index's own copy
         {},
         {},
         {},
@@ -778,6 +780,8 @@ def load_desired(
     _check_budget(source, read, [])
     if cache is None:
         cache = {}
+    if memo is not None and memo.pending is not None:  # the last load was a clean full one: index it now
+        memo.index, memo.pending = memo.pending(), None
     if memo is not None and memo.index is not None:
         index, memo.index = memo.index, None  # taken: a load that fails half way leaves none behind
         try:
@@ -816,7 +820,7 @@ def _load_full(
         else:
             issues.items.extend(result.read_issues)
     if memo is not None:
-        memo.files = checked
+        memo.files, memo.index, memo.pending = checked, None, None
         memo.incremental = False
     typed: list[tuple[_Doc, Any]] = []
     for result in checked.values():  # in file order, as one pass over every document would report them
@@ -838,8 +842,9 @@ def _load_full(
         raise SpecError(issues.items, source.revision)
     state.revision = source.revision
     if memo is not None:
+        kept = DesiredState(None, dict(state.apis), dict(state.stages), dict(state.aliases), dict(state.mappings))
         results = {key[0]: result for key, result in checked.items()}
-        memo.index = _build_index(files, results, state, definitions, set(unreadable))
+        memo.pending = lambda: _build_index(files, results, kept, definitions, set(unreadable))
     return state
 
 
