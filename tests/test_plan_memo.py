@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pytest
@@ -68,7 +70,7 @@ DEFINITIONS = [definition(f"d{i}") for i in range(3)]
 
 
 def at(line: int) -> Location:
-    return Location("specs/all.yaml", line, (("metadata.name", line + 1), ("spec.routing", line + 3)))
+    return Location("specs/all.yaml", line, {"metadata.name": line + 1, "spec.routing": line + 3})
 
 
 def desired_stage(rng: random.Random, api: str, name: str) -> DesiredStage:
@@ -143,25 +145,16 @@ def step(rng: random.Random, desired: DesiredState, live: LiveState) -> tuple[De
         elif op == 3:
             desired.aliases.pop(alias_key, None)
         elif op == 4:
-            if rng.random() < 0.7:
-                desired.mappings[mapping_key] = desired_mapping(rng, *mapping_key)
-            else:
-                desired.mappings.pop(mapping_key, None)
+            put_or_drop(rng, desired.mappings, mapping_key, partial(desired_mapping, rng, *mapping_key), 0.7)
         elif op == 5:
-            if rng.random() < 0.8:
-                live.stages[stage_key] = live_stage(rng, *stage_key, desired.stages.get(stage_key))
-            else:
-                live.stages.pop(stage_key, None)
+            put_or_drop(
+                rng, live.stages, stage_key, partial(live_stage, rng, *stage_key, desired.stages.get(stage_key))
+            )
         elif op == 6:
-            if rng.random() < 0.8:
-                live.aliases[alias_key] = live_alias(rng, *alias_key, desired.aliases.get(alias_key))
-            else:
-                live.aliases.pop(alias_key, None)
+            made = partial(live_alias, rng, *alias_key, desired.aliases.get(alias_key))
+            put_or_drop(rng, live.aliases, alias_key, made)
         elif op == 7:
-            if rng.random() < 0.8:
-                live.mappings[mapping_key] = live_mapping(rng, *mapping_key)
-            else:
-                live.mappings.pop(mapping_key, None)
+            put_or_drop(rng, live.mappings, mapping_key, partial(live_mapping, rng, *mapping_key))
         elif op == 8:  # a version published, or a function gone
             function = rng.choice(FUNCTIONS)
             if rng.random() < 0.85:
@@ -177,7 +170,8 @@ def step(rng: random.Random, desired: DesiredState, live: LiveState) -> tuple[De
             else:
                 live.apis.pop(api, None)
         elif op == 11:
-            desired.apis[rng.choice(APIS)] = DesiredApi(rng.choice(APIS), None, rng.choice(DEFINITIONS), at(1))
+            api = rng.choice(APIS)
+            desired.apis[api] = DesiredApi(api, None, rng.choice(DEFINITIONS), at(1))
         elif op == 12:  # a whole read, a cold load
             live, desired = fresh(live), fresh(desired)
         elif op == 13:  # everything live this instance's (adopted or fixed by hand)
@@ -189,6 +183,16 @@ def step(rng: random.Random, desired: DesiredState, live: LiveState) -> tuple[De
         else:  # mostly back to the instance that owns what is live
             live.instance = "other" if rng.random() < 0.1 else "default"
     return desired, live
+
+
+def put_or_drop(
+    rng: random.Random, resources: dict[Any, Any], key: Any, make: Callable[[], Any], chance: float = 0.8
+) -> None:
+    """``resources[key] = make()`` with probability ``chance``, else the key removed."""
+    if rng.random() < chance:
+        resources[key] = make()
+    else:
+        resources.pop(key, None)
 
 
 def plan_or_issues(desired: DesiredState, live: LiveState, prune: bool, memo: PlanMemo | None = None) -> Any:
