@@ -7,11 +7,16 @@ only a cache keyed by blob ids lets the second ``validate`` still pass.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import sqlite3
 import zlib
 from pathlib import Path
 
 import pytest
 
+from reconciler.parsecache import CACHE_DB, KEY_FILE, ParseCache
 from tests.support import SpecRepo, with_state_dir
 
 
@@ -51,3 +56,25 @@ def test_without_a_cache_the_swapped_blob_is_read(example_repo: SpecRepo, tmp_pa
     result = fresh.cli("validate", output="json")
     assert result.code == 1 and result.json["valid"] is False
     assert result.json["errors"]
+
+
+def test_an_entry_in_an_earlier_format_is_parsed_afresh_and_a_new_one_round_trips(tmp_path: Path) -> None:
+    """A JSON entry an earlier version wrote (its MAC good for that format) is never decoded; a value written now
+    reads back equal, types kept (ints, floats, infinity, booleans, null, nesting)."""
+    ParseCache(tmp_path).save()  # the database and this state directory's key
+    secret = bytes.fromhex((tmp_path / KEY_FILE).read_text(encoding="ascii"))
+    old = json.dumps([[{"kind": "Alias"}, {"kind": 2}, 1]], separators=(",", ":"))
+    mac = hmac.new(secret, f"spec:2:old\x00{old}".encode(), hashlib.sha256).hexdigest()
+    with sqlite3.connect(tmp_path / CACHE_DB) as db:
+        db.execute("INSERT INTO entries (key, value, mac, size, used) VALUES ('spec:2:old', ?, ?, 9, 1)", (old, mac))
+    cache = ParseCache(tmp_path)
+    cache.prefetch(["spec:2:old"])
+    assert "spec:2:old" not in cache and cache.get("spec:2:old") is None
+    value = [[{"a": 1, "b": 1.0, "c": [True, None, float("inf")], "d": {"e": "f"}}, {"a": 1, "d.e": 2}, 3]]
+    cache["spec:2:new"] = value
+    cache.save()
+    again = ParseCache(tmp_path)
+    again.prefetch(["spec:2:new"])
+    read = again["spec:2:new"]
+    assert read == value and type(read[0][0]["b"]) is float and type(read[0][0]["a"]) is int
+    assert ParseCache(tmp_path)["spec:2:new"] == value  # read one by one, without prefetch
