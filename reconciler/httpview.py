@@ -13,6 +13,7 @@ live state's moment), with the pin and the attempted revision read afresh.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,14 @@ from reconciler.engine import Config
 from reconciler.errors import GitError
 from reconciler.lease import Elector
 from reconciler.metrics import Metrics
-from reconciler.statusview import RESOURCE_KEYS, dumps_status, status_json
+from reconciler.statusview import (
+    RESOURCE_KEYS,
+    LiveView,
+    ResourceRenderer,
+    StatusSnapshot,
+    dumps_status,
+    status_json,
+)
 from reconciler.triggers import WEBHOOK, TriggerSources
 from reconciler.worker import Worker
 
@@ -39,6 +47,8 @@ class HttpView:
         self.sources = sources
         self.metrics = metrics
         self.elector = elector
+        self._renderer = ResourceRenderer()  # kept across snapshots: an unchanged entry is rendered once
+        self._body: tuple[LiveView | None, str, bytes] | None = None  # the last body served, and of what
 
     def healthy(self) -> bool:
         return self.health_problem() is None
@@ -64,21 +74,31 @@ class HttpView:
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` document as data (the live part built once per snapshot, shared)."""
-        data, _ = self._status()
-        return data
+        snapshot = self.worker.snapshot
+        resources = snapshot.view.resources if snapshot is not None else None
+        return self._status(snapshot, resources)
 
     def status_body(self) -> bytes:
         """The ``/status`` document as the JSON bytes served: the live part spliced in as rendered once."""
-        data, dumped = self._status()
-        return dumps_status(data, dumped)
+        snapshot = self.worker.snapshot
+        data = self._status(snapshot, None)
+        view, small = snapshot.view if snapshot is not None else None, json.dumps(data)
+        last = self._body
+        if last is not None and last[0] is view and last[1] == small:  # nothing changed: the same bytes again
+            return last[2]
+        body = dumps_status(data, view.dumped(self._renderer) if view is not None else {})
+        self._body = (view, small, body)
+        return body
 
-    def _status(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+    def _status(self, snapshot: StatusSnapshot | None, resources: dict[str, Any] | None) -> dict[str, Any]:
+        """The document; ``resources``: its live part (None: empty, or spliced in by the caller)."""
         worker = self.worker
         engine = worker.engine
         if engine is None:
             raise GitError("the repository has not been cloned yet")
         before = (worker.passes_started, worker.passes_ended)
-        snapshot = worker.snapshot  # read once: the worker replaces it, never changes it
+        if snapshot is not worker.snapshot:  # replaced since the caller read it: a pass ended meanwhile
+            before = (-1, -1)
         record = engine.records.load(self.config.instance)
         idle = before[0] == before[1] and before == (worker.passes_started, worker.passes_ended)
         if not idle and snapshot is not None and snapshot.record is not None:
@@ -104,7 +124,7 @@ class HttpView:
             live_changes=snapshot.live_changes if compared and snapshot is not None else None,
             live_error=snapshot.live_error if snapshot is not None else None,
             tags=snapshot.tags if snapshot is not None else {},
-            resources=snapshot.view.resources if snapshot is not None else {key: {} for key in RESOURCE_KEYS},
+            resources=resources or {key: {} for key in RESOURCE_KEYS},
             unknown=unknown,
         )
         data["role"] = worker.role()
@@ -115,7 +135,7 @@ class HttpView:
         }
         if self.elector is not None:
             data["lease"] = self.elector.view()
-        return data, snapshot.view.dumped if snapshot is not None else {}
+        return data
 
     def close(self) -> None:
         return None

@@ -15,7 +15,7 @@ import pytest
 from reconciler.backends.local import LocalCloud
 from reconciler.cli import parsed_run
 from reconciler.daemon import Daemon
-from reconciler.triggers import RESYNC, STARTUP
+from reconciler.triggers import GIT, RESYNC, STARTUP
 from tests.daemon.conftest import Daemon as DaemonProcess
 from tests.daemon.conftest import set_prod_routing, wait_for
 from tests.support import SpecRepo
@@ -81,6 +81,24 @@ def test_status_reads_only_the_record_and_the_branch_ref(
     assert set(opened) <= {record, str(example_repo.path / ".git" / "refs" / "heads" / "main")}, opened
     assert record in opened
     assert body == json.dumps(status, indent=2).encode() + b"\n"  # spliced, yet what json.dumps writes
+
+
+def test_the_live_part_is_rendered_again_only_where_a_pass_changed_it(
+    example_repo: SpecRepo, in_process: Callable[..., Daemon]
+) -> None:
+    """After a commit, /status shows the new routing; the body is still exactly what json.dumps writes, and a
+    request that finds nothing changed is served the very same bytes."""
+    daemon = in_process()
+    daemon.worker._pass({STARTUP})
+    before = json.loads(daemon.http.status_body())
+    set_prod_routing(example_repo, 'routing: {"2": 100}')
+    example_repo.commit("prod: all on version 2")
+    daemon.worker._pass({GIT})
+    body = daemon.http.status_body()
+    after = json.loads(body)
+    assert after["aliases"][PROD]["routing"] == {"2": 100} and after["stages"] == before["stages"]
+    assert body == json.dumps(after, indent=2).encode() + b"\n"
+    assert daemon.http.status_body() is body
 
 
 def test_status_before_the_first_pass_never_says_synced(
