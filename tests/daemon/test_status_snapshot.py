@@ -101,6 +101,35 @@ def test_the_live_part_is_rendered_again_only_where_a_pass_changed_it(
     assert daemon.http.status_body() is body
 
 
+def test_status_during_a_held_pass_answers_with_the_last_pass_and_the_attempt(
+    example_repo: SpecRepo, in_process: Callable[..., Daemon]
+) -> None:
+    """While a pass waits on the backend (its first action on a database another process holds), /status
+    answers: the previous pass's revisions and live state, the revision being attempted, never "synced"."""
+    first = example_repo.head()
+    daemon = in_process()
+    daemon.worker._pass({STARTUP})
+    set_prod_routing(example_repo, 'routing: {"2": 100}')
+    second = example_repo.commit("prod: all on version 2")
+    cloud = LocalCloud(example_repo.state_dir)
+    try:
+        with cloud.transaction():  # the pass's first action waits for this write lock
+            held = threading.Thread(target=daemon.worker._pass, args=({GIT},), daemon=True)
+            held.start()
+            status = wait_for(
+                lambda: (s := daemon.http.status())["attempted_revision"] == second and s, what="the pass to start"
+            )
+            assert held.is_alive()  # answered while the pass is held
+            assert status["applied_revision"] == first and status["aliases"][PROD]["routing"] == {"1": 95, "2": 5}
+            assert status["sync"] == "out_of_sync", status["sync_reason"]
+    finally:
+        cloud.close()
+    held.join(30)
+    status = daemon.http.status()
+    assert status["applied_revision"] == second and status["aliases"][PROD]["routing"] == {"2": 100}
+    assert status["sync"] == "synced"
+
+
 def test_status_before_the_first_pass_never_says_synced(
     example_repo: SpecRepo, in_process: Callable[..., Daemon]
 ) -> None:
@@ -200,3 +229,41 @@ def test_status_endpoint_equals_the_status_command_through_a_day(
     example_repo.commit("a stage without spec")
     wait_for(lambda: daemon.status()["last_error"], what="the failed pass")
     assert same_as_cli(daemon, example_repo, "a failed pass")["sync"] == "failed"
+
+
+@pytest.mark.daemon
+def test_status_polled_through_commits_never_shows_a_revision_with_another_revisions_live_state(
+    example_repo: SpecRepo, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Every answer polled while commits apply pairs the applied revision with that revision's live state (the
+    record says "applied" a moment before the pass publishes its live state: /status must not mix the two)."""
+    daemon = start_daemon(str(example_repo.path), example_repo.state_dir)
+    routings = {example_repo.head(): {"1": 95, "2": 5}}
+    daemon.wait_applied(example_repo.head())
+    answers: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            code, body = daemon.request("/status")
+            if code == 200:
+                answers.append(json.loads(body))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        for weight in (10, 20, 30, 40, 50, 60):
+            set_prod_routing(example_repo, f'routing: {{"1": {100 - weight}, "2": {weight}}}')
+            head = example_repo.commit(f"prod: {weight} % on version 2")
+            routings[head] = {"1": 100 - weight, "2": weight}
+            daemon.wait_applied(head)
+    finally:
+        stop.set()
+        poller.join(10)
+    assert len(answers) >= 6, len(answers)
+    mixed = [
+        (a["applied_revision"][:12], a["aliases"][PROD]["routing"])
+        for a in answers
+        if a["aliases"] and a["aliases"][PROD]["routing"] != routings[a["applied_revision"]]
+    ]
+    assert mixed == []
