@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.engine import Config, Engine
 from reconciler.errors import PlanError
 from reconciler.model import (
     LiveAlias,
@@ -43,6 +44,7 @@ from reconciler.specs import (
     Location,
     canonical_json,
 )
+from tests.support import SpecRepo
 
 APIS = ("orders", "billing")
 FUNCTIONS = ("fn", "other")
@@ -264,3 +266,22 @@ def test_a_mapping_is_planned_again_when_its_api_is_made_again() -> None:
     moved = make_plan(desired, live, memo=memo)
     assert moved == make_plan(desired, live)
     assert [a.action for a in moved.actions] == ["update_base_path_mapping"]
+
+
+def test_only_a_pass_after_a_commit_reuses_the_last_plan(example_repo: SpecRepo) -> None:
+    """The daemon's pass after a commit (``touched_only``) plans with the engine's memo; any other pass (resync,
+    start-up, the CLI) plans every resource afresh, so drift anywhere is still found."""
+    engine = Engine(Config(repo=str(example_repo.path), state_dir=str(example_repo.state_dir)))
+    try:
+        assert engine.reconcile().error is None  # creates everything: planned against nothing live
+        assert engine.reconcile().error is None  # in sync: the memo now holds every resource's live object
+        text = (example_repo.path / "deploy_specs/aliases.yaml").read_text()
+        example_repo.write("deploy_specs/aliases.yaml", text.replace("description: test", "description: tested"))
+        example_repo.commit("one alias")
+        assert engine.reconcile(touched_only=True).error is None
+        reused = engine._plan_memo.reused
+        assert reused >= 3, reused  # the stages and the two other aliases: the same objects as last time
+        assert engine.reconcile().error is None  # a resync
+        assert engine._plan_memo.reused == 0
+    finally:
+        engine.close()
