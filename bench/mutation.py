@@ -16,6 +16,7 @@ seconds, a survivor a whole run.
     .venv/bin/python bench/mutation.py --sample 40        # at most 40 mutants per target (seeded)
     .venv/bin/python bench/mutation.py --only gitsource.py:395  # the mutants of one line again
     .venv/bin/python bench/mutation.py --audit            # the audit's hand-made mutants (issue 14), minutes
+    .venv/bin/python bench/mutation.py --audit --audit-only "plan memo"   # those whose name has a word
 
 Exit status 0 when no mutant survived, 1 otherwise.  Each survivor either
 gets a test or a line in bench/README.md saying why it is equivalent.
@@ -241,6 +242,20 @@ AUDIT = (
         ("tests/daemon/test_audit.py::test_sigterm_during_a_hung_fetch_leaves_no_git_process_behind",),
     ),
     HandMutant(
+        "incremental load: an API's new definition leaves its stages as they were",
+        "reconciler/specs.py",
+        r"touched\.update\(index\.stages_of\.get\(name, \(\)\)\)",
+        "pass",
+        ("tests/test_incremental_index.py",),
+    ),
+    HandMutant(
+        "plan memo: a resource whose live object changed keeps its last actions",
+        "reconciler/plan.py",
+        r" and planned\.current is current",
+        "",
+        ("tests/test_plan_memo.py",),
+    ),
+    HandMutant(
         "a key beside a YAML merge is a duplicate",
         "reconciler/yamlsafe.py",
         r"if key in result and key not in merged_keys:",
@@ -250,7 +265,7 @@ AUDIT = (
 )
 
 
-def run_audit() -> int:
+def run_audit(only: list[str] | None = None) -> int:
     """Apply each hand-made mutant to a copy of the tree and run its tests; every one must be killed."""
     src = OUT / "audit" / "src"
     copy_tree(src)
@@ -258,6 +273,8 @@ def run_audit() -> int:
     env.pop("COVERAGE_PROCESS_CONFIG", None)
     failures = 0
     for mutant in AUDIT:
+        if only and not any(word in mutant.name for word in only):
+            continue
         path = src / mutant.module
         original = path.read_text(encoding="utf-8")
         mutated, count = re.subn(mutant.pattern, mutant.replacement, original)
@@ -394,9 +411,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one mutant's test run may take")
     parser.add_argument("--only", help="MODULE.py:LINE: only the mutants on that line")
     parser.add_argument("--audit", action="store_true", help="only the hand-made mutants of the issue-14 audit")
+    parser.add_argument("--audit-only", nargs="+", metavar="WORD", help="with --audit: the mutants naming a WORD")
     args = parser.parse_args()
     if args.audit:
-        return run_audit()
+        return run_audit(args.audit_only)
     args.only_module = args.only_line = None
     if args.only:
         module, _, line = args.only.rpartition(":")
