@@ -253,7 +253,9 @@ def daemon_mode(n: int, runs: int, commits: int) -> None:
 def compile_package() -> None:
     """Write the bytecode of the package the measured processes import (see the module's docstring)."""
     where = "import os, reconciler; print(os.path.dirname(reconciler.__file__))"
-    found = subprocess.run([sys.executable, "-c", where], cwd=tempfile.gettempdir(), capture_output=True, text=True)
+    found = subprocess.run(
+        [sys.executable, "-c", where], cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True
+    )
     compileall.compile_dir(found.stdout.strip(), quiet=1)
 
 
