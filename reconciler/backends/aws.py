@@ -733,6 +733,9 @@ class AwsBackend:
         if action.settings is not None:
             arn = f"arn:{self.partition}:apigateway:{self.region}::/restapis/{api.id}/stages/{action.stage}"
             self._tag(action.resource, arn, current.settings.tags if current.settings else {}, action.settings.tags)
+            kept = self._live.stages.get(key)
+            if kept is not None and kept.settings is not None:  # the kept state shows the tags just written
+                self._live.stages[key] = replace(kept, settings=replace(kept.settings, tags=dict(action.settings.tags)))
         self._grant_stage(api, action, before)
 
     def _tag(self, resource: str, arn: str, live: dict[str, str], wanted: dict[str, str]) -> None:
