@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.backends.local import LocalCloud
+from reconciler.backends.local import DB_NAME, LocalCloud
 from reconciler.cli import parsed_run
 from reconciler.daemon import Daemon
 from reconciler.triggers import GIT, RESYNC, STARTUP
@@ -267,3 +267,14 @@ def test_status_polled_through_commits_never_shows_a_revision_with_another_revis
         if a["aliases"] and a["aliases"][PROD]["routing"] != routings[a["applied_revision"]]
     ]
     assert mixed == []
+
+
+def test_the_status_command_never_says_synced_when_live_state_cannot_be_read(example_repo: SpecRepo) -> None:
+    """Applied and at the head, but the backend unreadable: out_of_sync, saying why (not "synced" on trust)."""
+    assert example_repo.cli("apply").code == 0
+    for suffix in ("-wal", "-shm"):
+        (example_repo.state_dir / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
+    (example_repo.state_dir / DB_NAME).write_bytes(b"not a database" * 100)
+    status = example_repo.cli_json("status")
+    assert status["live_error"] and status["sync"] == "out_of_sync"
+    assert "live state cannot be read" in status["sync_reason"], status["sync_reason"]
