@@ -256,6 +256,21 @@ AUDIT = (
         ("tests/test_plan_memo.py",),
     ),
     HandMutant(
+        "/status pairs a pass's fresh record with the previous pass's live state",
+        "reconciler/httpview.py",
+        r"if not idle and snapshot is not None and snapshot\.record is not None:",
+        "if False:",
+        ("tests/daemon/test_status_snapshot.py",),
+    ),
+    HandMutant(
+        "/status reads the backend on every request",
+        "reconciler/httpview.py",
+        r"snapshot = self\.worker\.snapshot\n        data = self\._status\(snapshot, None\)",
+        "snapshot = self.worker.snapshot\n        self.worker.engine.backend.read(self.worker.engine.last_desired)\n"
+        "        data = self._status(snapshot, None)",
+        ("tests/daemon/test_status_snapshot.py",),
+    ),
+    HandMutant(
         "a key beside a YAML merge is a duplicate",
         "reconciler/yamlsafe.py",
         r"if key in result and key not in merged_keys:",

@@ -11,7 +11,7 @@ and a rename) in-process, which any tag writer has to do.
 Target: creation time independent of the number of tags (≈ the 10-tag figure at
 3,000 tags).  Three runs on fresh repositories; medians.
 
-Usage: python bench/tags.py [--levels 10 300 3000] [--tags 20] [--runs 3]
+Usage: python bench/tags.py [--levels 10 300 3000] [--tags 200] [--runs 3]
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def one_run(levels: list[int], count: int) -> dict[int, tuple[list[float], list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[10, 300, 3000])
-    parser.add_argument("--tags", type=int, default=20, help="tags created (and timed) at each level")
+    parser.add_argument("--tags", type=int, default=200, help="tags created (and timed) at each level")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     runs = [one_run(sorted(args.levels), args.tags) for _ in range(args.runs)]
