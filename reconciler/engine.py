@@ -737,20 +737,16 @@ class Engine(SpecReader):
 
         return self.records.update(self.instance, unpin)
 
-    def status(self, known: DesiredState | None = None) -> dict[str, Any]:
-        """Live state and the instance record (``statusview.status_json``, the document ``/status`` shows too).
-        ``known``: a desired state already loaded, used when it is the applied revision's, so that answering
-        reads no specs."""
+    def status(self) -> dict[str, Any]:
+        """Live state and the instance record (``statusview.status_json``, the document ``/status`` shows too),
+        all read afresh: the CLI's ``status`` (the daemon's ``/status`` answers from its worker's snapshot)."""
         record = self.record()
         try:
             head: str | None = self.head()
         except GitError:
             head = None
         target = record.pinned.revision if record.pinned else head
-        if known is not None and known.revision is not None and known.revision == record.applied_revision:
-            desired = known
-        else:
-            desired = self._desired_for_status(record, head)
+        desired = self._desired_for_status(record, head)
         live_error: str | None = None
         try:
             live = self.backend.read(desired)
