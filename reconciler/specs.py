@@ -519,6 +519,10 @@ class DesiredState:
     def functions(self) -> set[str]:
         return {function for function, _ in self.aliases}
 
+    def copy(self, revision: str | None) -> DesiredState:
+        """A copy whose dicts the holder may change (the resources are frozen: shared), at ``revision``."""
+        return DesiredState(revision, dict(self.apis), dict(self.stages), dict(self.aliases), dict(self.mappings))
+
 
 def canonical_json(data: Any) -> str:
     """Compact JSON with sorted keys: the form a definition is hashed in."""
@@ -842,7 +846,7 @@ def _load_full(
         raise SpecError(issues.items, source.revision)
     state.revision = source.revision
     if memo is not None:
-        kept = DesiredState(None, dict(state.apis), dict(state.stages), dict(state.aliases), dict(state.mappings))
+        kept = state.copy(None)
         results = {key[0]: result for key, result in checked.items()}
         memo.pending = lambda: _build_index(files, results, kept, definitions, set(unreadable))
     return state
@@ -968,9 +972,7 @@ def _incremental(
     index.files = files
     _keep_definitions(memo, index, definitions)
     memo.resolved = count
-    return DesiredState(
-        source.revision, dict(state.apis), dict(state.stages), dict(state.aliases), dict(state.mappings)
-    )
+    return state.copy(source.revision)
 
 
 def _changed_paths(before: dict[str, SourceFile], after: dict[str, SourceFile]) -> set[str]:
