@@ -729,10 +729,10 @@ def _stage_problems(
         if not definition.body:  # known only by its hash (a rollout's stable deployment): checked when it went out
             continue
         named = _variables_named(definition.sha256, definition.body)  # only these can change the answer
-        memo = (definition.sha256, tuple((name, variables.get(name)) for name in named))
-        if memo not in seen:
-            seen[memo] = _problems_of(definition.sha256, definition.body, memo[1])
-        out += seen[memo]
+        key = (definition.sha256, tuple((name, variables.get(name)) for name in named))
+        if key not in seen:
+            seen[key] = _problems_of(definition.sha256, definition.body, key[1])
+        out += seen[key]
     return tuple(out)
 
 
