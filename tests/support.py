@@ -106,6 +106,12 @@ class SpecRepo:
         error: dict[str, Any] = errors[0]
         return error
 
+    def write_many_stages(self, count: int, relpath: str = "deploy_specs/many.yaml") -> None:
+        """``count`` more stages of the example's API (``s0``, ``s1``, …), one document each: a long apply."""
+        stage = "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {{name: s{}}}\n"
+        stage += "spec: {{api: orders, variables: {{lambdaAlias: prod}}}}\n"
+        self.write(relpath, "---\n".join(stage.format(i) for i in range(count)))
+
     def publish(self, function: str, times: int = 1) -> list[str]:
         return [self.cli("local", "publish-version", function).stdout.strip() for _ in range(times)]
 

@@ -154,9 +154,7 @@ def test_leader_losing_the_lease_mid_apply_stops_before_the_next_action(
     lease = ("--lease-duration", "1", "--lease-renew-interval", "0.25")
     daemon = start_daemon(str(example_repo.path), example_repo.state_dir, *flags, *lease, ready=False)
     daemon.wait_applied(example_repo.head(), timeout=20)
-    stage = "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {{name: s{}}}\n"
-    stage += "spec: {{api: orders, variables: {{lambdaAlias: prod}}}}\n"
-    example_repo.write("deploy_specs/many.yaml", "---\n".join(stage.format(i) for i in range(STAGES)))
+    example_repo.write_many_stages(STAGES)
     # Hold the local backend's write lock before the commit lands, so the daemon's first action of it
     # waits while the lease is taken: "lease lost" comes before "apply done" by construction, not by timing.
     cloud = LocalCloud(example_repo.state_dir)

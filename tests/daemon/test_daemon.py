@@ -312,9 +312,7 @@ def test_sigterm_mid_plan_finishes_the_action_in_flight_and_the_next_start_conve
     try:
         daemon.wait_ready()
         daemon.wait_applied(first)
-        stage = "apiVersion: reconciler/v1\nkind: Stage\nmetadata: {{name: s{}}}\n"
-        stage += "spec: {{api: orders, variables: {{lambdaAlias: prod}}}}\n"
-        example_repo.write("deploy_specs/many.yaml", "---\n".join(stage.format(i) for i in range(STAGES)))
+        example_repo.write_many_stages(STAGES)
         # By construction, not timing: the daemon stops itself at its first action (waitpid, no polling), gets
         # SIGTERM while stopped, and that action then waits on the backend's write lock, held here until the
         # daemon has taken the signal: exactly one action is in flight when it does.
