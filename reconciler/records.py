@@ -14,6 +14,7 @@ Used by the engine and the daemon.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import threading
 from collections.abc import Callable, Iterator
@@ -45,31 +46,51 @@ class RecordStore(Protocol):
         """Call ``on_foreign(instance)`` whenever a load sees a version newer than any this store wrote or saw."""
         ...
 
+    def latest(self, instance: str) -> InstanceRecord | None:
+        """A copy of the newest record of ``instance`` this store loaded or wrote (None: none yet), without a
+        read: what this process last knew of it (a write by another process since is not looked for)."""
+        ...
+
     def close(self) -> None: ...
 
 
 class VersionTracker:
-    """The newest version of each record this process has seen or written; reports versions it did not make."""
+    """The newest version of each record this process has seen or written, and that record; reports versions it
+    did not make."""
 
     def __init__(self) -> None:
         self._known: dict[str, int] = {}
+        self._latest: dict[str, InstanceRecord] = {}  # copies: callers change the records they load
         self._lock = threading.Lock()
         self._on_foreign: Callable[[str], None] | None = None
 
     def watch(self, on_foreign: Callable[[str], None]) -> None:
         self._on_foreign = on_foreign
 
+    def latest(self, instance: str) -> InstanceRecord | None:
+        with self._lock:
+            record = self._latest.get(instance)
+        return None if record is None else copy.deepcopy(record)
+
+    def _keep(self, record: InstanceRecord) -> None:
+        """Under the lock: ``record`` is the newest this store knows of its instance unless a newer one is kept."""
+        kept = self._latest.get(record.instance)
+        if kept is None or record.version >= kept.version:
+            self._latest[record.instance] = copy.deepcopy(record)
+
     def _saw(self, record: InstanceRecord) -> None:
         with self._lock:
             known = self._known.get(record.instance)
             self._known[record.instance] = max(known or 0, record.version)
             foreign = known is not None and record.version > known
+            self._keep(record)
         if foreign and self._on_foreign is not None:
             self._on_foreign(record.instance)
 
     def _wrote(self, record: InstanceRecord) -> None:
         with self._lock:
             self._known[record.instance] = max(self._known.get(record.instance, 0), record.version)
+            self._keep(record)
 
     @contextmanager
     def _writing(self, record: InstanceRecord) -> Iterator[None]:
@@ -87,6 +108,8 @@ class VersionTracker:
                 else:
                     self._known[record.instance] = before
             raise
+        with self._lock:
+            self._keep(record)
 
 
 class FileRecordStore(VersionTracker):

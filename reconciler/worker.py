@@ -531,10 +531,12 @@ class Worker:
         """Replace the snapshot ``/status`` reads (one reference assignment: a request sees the old or the new)."""
         names = self._tag_names.refresh(engine.repo, self._made)
         checked_at = datetime.now(UTC).isoformat(timespec="seconds")
-        try:
-            record: InstanceRecord | None = engine.record()  # as this pass left it
-        except ReconcilerError:
-            record = None
+        record = engine.records.latest(self.config.instance)  # as this pass left it (no second read)
+        if record is None:
+            try:
+                record = engine.record()
+            except ReconcilerError:
+                record = None
         self.snapshot = StatusSnapshot(revision, LiveView(live), changes, error, names, checked_at, record)
 
     def _publish_checked(self, engine: Engine) -> None:

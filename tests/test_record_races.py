@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from reconciler.engine import ActionDone, Config, Engine
 from reconciler.records import FileRecordStore
 from reconciler.rollout import PROMOTE
@@ -73,3 +75,32 @@ def test_a_store_never_takes_its_own_write_for_a_foreign_one(tmp_path: Path) -> 
     FileRecordStore(StateDir(tmp_path / "state")).update("default", lambda record: record.extra.update(n=9))
     store.load("default")
     assert foreign == ["default"]
+
+
+def test_a_store_keeps_a_copy_of_the_newest_record_it_loaded_or_wrote(tmp_path: Path) -> None:
+    """``latest`` answers without a read (the daemon's /status snapshot after a pass): the newest record this
+    store loaded or wrote, a copy that the loader's later changes and a failed write leave as it was; another
+    process's write shows once this store has loaded it."""
+    store = FileRecordStore(StateDir(tmp_path / "state"))
+    assert store.latest("default") is None
+    loaded = store.load("default")
+    loaded.last_error = "changed in memory, never written"
+    kept = store.latest("default")
+    assert kept is not None and kept.last_error is None and kept.version == loaded.version
+    written = store.update("default", lambda record: record.extra.update(n=1))
+    kept = store.latest("default")
+    assert kept is not None and kept.version == written.version and kept.extra == {"n": 1}
+    kept.extra["n"] = 2  # a copy each time
+    assert store.latest("default").extra == {"n": 1}  # type: ignore[union-attr]
+
+    def fails(record: InstanceRecord) -> None:
+        record.extra.update(n=3)
+        raise RuntimeError("the change fails half way")
+
+    with pytest.raises(RuntimeError):
+        store.update("default", fails)  # its change, made to the record loaded for it, is never kept
+    assert store.latest("default").extra == {"n": 1}  # type: ignore[union-attr]
+    other = FileRecordStore(StateDir(tmp_path / "state")).update("default", lambda record: record.extra.update(n=4))
+    assert store.latest("default").version == written.version  # type: ignore[union-attr]  # not read yet
+    store.load("default")
+    assert store.latest("default").version == other.version  # type: ignore[union-attr]
