@@ -221,11 +221,12 @@ class Daemon:
         if self.worker.thread.is_alive():
             return  # still in an action: the process exit ends it; closing under it would be worse
         engine = self.worker.engine
-        for close in ([engine.close] if engine is not None else []) + [self.http.close]:
-            try:
-                close()
-            except Exception as exc:
-                log.debug("close_failed", error=str(exc))
+        if engine is None:
+            return
+        try:
+            engine.close()
+        except Exception as exc:
+            log.debug("close_failed", error=str(exc))
 
 
 def _end_child_processes() -> None:

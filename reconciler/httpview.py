@@ -136,6 +136,3 @@ class HttpView:
         if self.elector is not None:
             data["lease"] = self.elector.view()
         return data
-
-    def close(self) -> None:
-        return None
